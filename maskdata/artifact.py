@@ -1,0 +1,75 @@
+"""Schema of the model artifact's metadata (SPEC §4): written by export, read by serving.
+
+Stored in the ONNX file's ``metadata_props`` as one JSON value per ``mask.<field>`` key, so
+``onnx``, ONNX Runtime (``get_modelmeta().custom_metadata_map``) and Netron all show it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from maskdata import labels
+from maskdata.preprocess import Preprocess
+
+FORMAT_VERSION = 1
+PREFIX = "mask."
+INPUT_NAME = "image"
+OUTPUT_NAMES = ("logits", "probs")
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    preprocess: Preprocess
+    arch: str
+    head: str                                   # "single" (one 18-way head) or "multi" (mask/gender/age heads)
+    labels: list[dict] = field(default_factory=labels.label_table_dicts)
+    age_bins: tuple[int, int] = labels.DEFAULT_AGE_BINS   # bins the model was *trained* on
+    sources: list[dict] = field(default_factory=list)     # [{"path", "metrics", "fingerprint"}] per checkpoint
+    metrics: dict = field(default_factory=dict)           # mean of the sources' best validation metrics
+    tta: tuple[str, ...] = ()
+    precision: str = "fp32"                               # fp32 | fp16 | int8
+    exported_at: str = ""
+    producer_version: str = ""
+    format_version: int = FORMAT_VERSION
+    input_name: str = INPUT_NAME
+    output_names: tuple[str, ...] = OUTPUT_NAMES
+
+    def to_props(self) -> dict[str, str]:
+        d = asdict(self)
+        d["preprocess"] = self.preprocess.to_dict()
+        return {PREFIX + k: json.dumps(v, sort_keys=True) for k, v in d.items()}
+
+    @classmethod
+    def from_props(cls, props: dict[str, str]) -> "ModelMetadata":
+        d = {k[len(PREFIX):]: v for k, v in props.items() if k.startswith(PREFIX)}
+        if "format_version" not in d:
+            raise ValueError("model has no mask.* metadata; was it exported with mask-export?")
+        try:
+            values = {k: json.loads(v) for k, v in d.items() if k in cls.__dataclass_fields__}
+        except json.JSONDecodeError as e:
+            raise ValueError(f"corrupt model metadata: {e}") from None
+        if values["format_version"] > FORMAT_VERSION:
+            raise ValueError(f"model metadata format {values['format_version']} is newer than this reader "
+                             f"({FORMAT_VERSION}); upgrade the package")
+        values["preprocess"] = Preprocess.from_dict(values["preprocess"])
+        for k in ("age_bins", "tta", "output_names"):
+            if k in values:
+                values[k] = tuple(values[k])
+        if len(values.get("labels", [])) != labels.NUM_CLASSES:
+            raise ValueError(f"model label table has {len(values.get('labels', []))} rows; expected {labels.NUM_CLASSES}")
+        return cls(**values)
+
+
+def read_metadata(path: str | Path) -> ModelMetadata:
+    """Metadata of an ONNX file, without building an inference session."""
+    import onnx  # only export and tools need the onnx package; serving reads it from its session
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX model not found: {path}")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # onnx raises DecodeError and friends
+        raise ValueError(f"{path}: not a readable ONNX model: {e}") from None
+    return ModelMetadata.from_props({p.key: p.value for p in model.metadata_props})

@@ -1,0 +1,181 @@
+"""Reader for the competition data layout (SPEC §2), without torch.
+
+``read_train_dir(DIR/train)`` turns a ``train/`` folder into a list of :class:`Sample` rows and a
+:class:`Report` of every problem found. Strict mode raises on the first kind of problem; lenient
+mode skips the offending people/images and reports them. Nothing is dropped silently: every skip
+is in the report with its path.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from maskdata import labels
+from maskdata.io import read_csv
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png"}
+TRAIN_COLUMNS = ("id", "gender", "race", "age", "path")
+EVAL_COLUMNS = ("ImageID", "ans")
+IMAGES_PER_PERSON = 7  # mask1..mask5, incorrect_mask, normal
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: str          # absolute image path
+    person: str        # folder name, unique per person
+    person_id: str     # the csv 'id' (may have odd forms such as 001498-1)
+    gender: int
+    race: str
+    age: int
+    mask: int
+
+    def label(self, age_bins=labels.DEFAULT_AGE_BINS) -> int:
+        return labels.encode(self.mask, self.gender, labels.age_group(self.age, age_bins))
+
+
+@dataclass
+class Report:
+    """Problems found while reading; ``kind -> [path or description, ...]``."""
+    problems: dict[str, list[str]] = field(default_factory=dict)
+    hidden_skipped: int = 0
+
+    def add(self, kind: str, where: str) -> None:
+        self.problems.setdefault(kind, []).append(where)
+
+    @property
+    def count(self) -> int:
+        return sum(len(v) for v in self.problems.values())
+
+    def summary(self) -> str:
+        if not self.problems:
+            return f"no problems ({self.hidden_skipped} hidden files skipped)"
+        parts = [f"{kind}: {len(v)} (e.g. {v[0]})" for kind, v in sorted(self.problems.items())]
+        return "; ".join(parts) + f" ({self.hidden_skipped} hidden files skipped)"
+
+
+class DataError(ValueError):
+    """The data folder does not match the expected layout."""
+
+
+def is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def list_person_images(folder: Path) -> tuple[dict[str, Path], list[str], int]:
+    """Images of one person folder: ({stem: path}, [problems], hidden_count)."""
+    found: dict[str, Path] = {}
+    problems: list[str] = []
+    hidden = 0
+    for p in sorted(folder.iterdir()):
+        if is_hidden(p.name):
+            hidden += 1
+            continue
+        if not p.is_file():
+            continue
+        if p.suffix.lower() not in IMAGE_EXTENSIONS or labels.mask_from_filename(p.name) is None:
+            problems.append(f"unexpected file {p}")
+            continue
+        stem = p.name.split(".", 1)[0].lower()
+        if stem in found:
+            problems.append(f"duplicate image {p} (also {found[stem].name})")
+            continue
+        found[stem] = p
+    return found, problems, hidden
+
+
+def read_train_dir(train_dir: str | Path, strict: bool = False) -> tuple[list[Sample], Report]:
+    """Read ``DIR/train`` (train.csv + images/) into samples, reporting every problem.
+
+    strict=True raises :class:`DataError` listing all problems if any were found.
+    """
+    train_dir = Path(train_dir)
+    if not train_dir.is_dir():
+        raise FileNotFoundError(f"data folder not found: {train_dir} (expected DIR/train with train.csv and images/)")
+    csv_path = train_dir / "train.csv"
+    images_dir = train_dir / "images"
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"{csv_path} not found; expected train.csv with columns {','.join(TRAIN_COLUMNS)}")
+    if not images_dir.is_dir():
+        raise FileNotFoundError(f"{images_dir} not found; expected one folder per person")
+    _, rows = read_csv(csv_path, TRAIN_COLUMNS)
+    if not rows:
+        raise DataError(f"{csv_path} has no rows")
+    report = Report()
+    folders = {p.name: p for p in images_dir.iterdir() if p.is_dir() and not is_hidden(p.name)}
+    report.hidden_skipped += sum(1 for p in images_dir.iterdir() if is_hidden(p.name))
+    seen_paths: set[str] = set()
+    samples: list[Sample] = []
+    for i, row in enumerate(rows, start=2):
+        person = row["path"].strip()
+        where = f"{csv_path}:{i}"
+        if person in seen_paths:
+            report.add("duplicate csv row", f"{where} ({person})")
+            continue
+        seen_paths.add(person)
+        try:
+            gender = labels.gender_index(row["gender"])
+        except ValueError as e:
+            report.add("bad gender", f"{where}: {e}")
+            continue
+        try:
+            age = int(float(row["age"].strip()))
+            if not 0 <= age < 130:
+                raise ValueError
+        except ValueError:
+            report.add("unreadable age", f"{where}: age={row['age']!r}")
+            continue
+        folder = folders.get(person)
+        if folder is None:
+            report.add("csv row without folder", f"{where}: {images_dir / person}")
+            continue
+        images, problems, hidden = list_person_images(folder)
+        report.hidden_skipped += hidden
+        for p in problems:
+            report.add("duplicate image" if p.startswith("duplicate") else "unexpected file", p)
+        expected = [f"mask{k}" for k in range(1, 6)] + ["incorrect_mask", "normal"]
+        missing = [s for s in expected if s not in images]
+        if missing:
+            report.add("missing image", f"{folder}: {','.join(missing)}")
+        for stem in expected:
+            if stem in images:
+                samples.append(Sample(str(images[stem].resolve()), person, row["id"].strip(), gender,
+                                      row["race"].strip(), age, labels.mask_from_filename(stem)))
+    for name in sorted(set(folders) - seen_paths):
+        report.add("folder without csv row", str(folders[name]))
+    if not samples:
+        raise DataError(f"no usable images under {images_dir}: {report.summary()}")
+    if strict and report.problems:
+        raise DataError(f"{train_dir}: {report.count} problem(s): {report.summary()}")
+    if report.problems:
+        log.warning("%s: skipped %d problem(s): %s", train_dir, report.count, report.summary())
+    return samples, report
+
+
+def people(samples: list[Sample]) -> dict[str, list[Sample]]:
+    out: dict[str, list[Sample]] = {}
+    for s in samples:
+        out.setdefault(s.person, []).append(s)
+    return out
+
+
+def class_counts(samples: list[Sample], age_bins=labels.DEFAULT_AGE_BINS) -> Counter:
+    return Counter(s.label(age_bins) for s in samples)
+
+
+def fingerprint(samples: list[Sample]) -> str:
+    """Stable digest of the sample table (relative paths and labels): tells whether two runs saw the same data."""
+    h = hashlib.sha256()
+    for s in sorted(samples, key=lambda s: (s.person, s.mask, s.path)):
+        h.update(f"{s.person}/{Path(s.path).name}|{s.gender}|{s.age}|{s.mask}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def read_eval_info(info_csv: str | Path | bytes) -> tuple[list[str], list[dict[str, str]]]:
+    """Read eval/info.csv (ImageID, ans, any extra columns) keeping every column and row order."""
+    header, rows = read_csv(info_csv, ("ImageID",))
+    return header, rows

@@ -1,0 +1,44 @@
+"""Competition metrics in NumPy: 18-class macro F1 (mean per-class F1, zero_division=0), accuracy,
+per-head F1, confusion matrix. Used by training validation, export checks and batch scoring."""
+from __future__ import annotations
+
+import numpy as np
+
+from maskdata import labels
+
+
+def confusion(y_true, y_pred, num_classes: int = labels.NUM_CLASSES) -> np.ndarray:
+    """Rows: true class, columns: predicted class."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true {y_true.shape} and y_pred {y_pred.shape} differ in shape")
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (y_true, y_pred), 1)
+    return cm
+
+
+def f1_from_confusion(cm: np.ndarray) -> np.ndarray:
+    """Per-class F1, 0 where a class is neither present nor predicted (zero_division=0)."""
+    tp = np.diag(cm).astype(np.float64)
+    denom = cm.sum(0) + cm.sum(1)
+    return np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+
+
+def macro_f1(y_true, y_pred, num_classes: int = labels.NUM_CLASSES) -> float:
+    return float(f1_from_confusion(confusion(y_true, y_pred, num_classes)).mean())
+
+
+def head_of(classes, head: str) -> np.ndarray:
+    c = np.asarray(classes, dtype=np.int64)
+    return {"mask": c // 6, "gender": (c // 3) % 2, "age": c % 3}[head]
+
+
+def report(y_true, y_pred) -> dict[str, float]:
+    """All the numbers we report, with namespaced names (``f1``, ``acc``, ``f1_mask`` …)."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    out = {"f1": macro_f1(y_true, y_pred), "acc": float((y_true == y_pred).mean()) if len(y_true) else 0.0}
+    for head, n in labels.HEAD_SIZES.items():
+        out[f"f1_{head}"] = macro_f1(head_of(y_true, head), head_of(y_pred, head), n)
+    return out
