@@ -17,3 +17,29 @@ def synth_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
     generate(root, people=24, eval_people=8, seed=0)
     return root
+
+
+@pytest.fixture(scope="session")
+def trained_run(synth_root, tmp_path_factory):
+    """RUN_DIR of a tiny 1-epoch training run on ``synth_root`` (best.pt, last.pt, metrics ...).
+
+    Owned by the training tests; export, serving and submission tests build on it.
+    """
+    from training.cli import main
+
+    out = tmp_path_factory.mktemp("run")
+    rc = main(["--data-dir", str(synth_root / "train"), "--out", str(out), "--model", "tiny_cnn",
+               "--epochs", "1", "--batch-size", "16", "--resize", "64", "48", "--workers", "0", "--seed", "0"])
+    assert rc == 0, f"tiny training run failed with exit code {rc}"
+    return out
+
+
+@pytest.fixture(scope="session")
+def onnx_model(trained_run, tmp_path_factory):
+    """Path of the tiny run's best.pt exported to ONNX (parity-checked by the exporter)."""
+    from export.cli import main
+
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    rc = main(["--checkpoint", str(trained_run / "best.pt"), "--out", str(path)])
+    assert rc == 0, f"export of the tiny run failed with exit code {rc}"
+    return path
