@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from maskdata import labels
+from maskdata.labels import DEFAULT_AGE_BINS, label_table_dicts
 from maskdata.preprocess import Preprocess
 
 FORMAT_VERSION = 1
@@ -23,8 +24,9 @@ class ModelMetadata:
     preprocess: Preprocess
     arch: str
     head: str                                   # "single" (one 18-way head) or "multi" (mask/gender/age heads)
-    labels: list[dict] = field(default_factory=labels.label_table_dicts)
-    age_bins: tuple[int, int] = labels.DEFAULT_AGE_BINS   # bins the model was *trained* on
+    # the field ``labels`` shadows the module inside this class body, hence the direct imports
+    labels: list[dict] = field(default_factory=label_table_dicts)
+    age_bins: tuple[int, int] = DEFAULT_AGE_BINS   # bins the model was *trained* on
     sources: list[dict] = field(default_factory=list)     # [{"path", "metrics", "fingerprint"}] per checkpoint
     metrics: dict = field(default_factory=dict)           # mean of the sources' best validation metrics
     tta: tuple[str, ...] = ()

@@ -1,0 +1,166 @@
+"""FP16 and INT8 variants of an exported FP32 model, and how far they move from it.
+
+    to_fp16("model.onnx", "model.fp16.onnx")                       # for GPUs; input uint8, outputs float32
+    to_int8("model.onnx", "model.int8.onnx", calibration_batch)    # static QDQ quantization (ORT)
+    compare_variant("model.onnx", "model.int8.onnx", batch, y_true)  # agreement, macro-F1 delta, CPU speed
+
+Both keep the ``image`` uint8 input and float32 ``logits``/``probs`` outputs, carry the FP32
+model's metadata with ``precision`` changed, pass ``onnx.checker`` and are written atomically.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from onnxruntime.quantization import CalibrationDataReader
+
+from maskdata import metrics
+from maskdata.artifact import INPUT_NAME, read_metadata
+
+from export.graph import save_checked, set_metadata
+from export.parity import compare, onnx_probs, onnx_session
+
+log = logging.getLogger(__name__)
+
+# Conv/Gemm/MatMul carry the compute; quantizing the small float tail (softmax, joint log-probs,
+# ensemble mean) would cost accuracy for no speed.
+INT8_OP_TYPES = ("Conv", "Gemm", "MatMul")
+
+
+def variant_path(path: str | os.PathLike, precision: str) -> Path:
+    """``model.onnx`` → ``model.fp16.onnx`` / ``model.int8.onnx``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.{precision}{path.suffix or '.onnx'}")
+
+
+def _load(path):
+    import onnx
+
+    return onnx.load(str(path))
+
+
+def to_fp16(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """FP16 weights and activations; Cast(uint8→float) becomes Cast(uint8→float16), outputs stay float32."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    meta = read_metadata(src)
+    model = convert_float_to_float16(_load(src), keep_io_types=True)
+    set_metadata(model, replace(meta, precision="fp16"))
+    return save_checked(model, dst)
+
+
+class _BatchReader(CalibrationDataReader):
+    """onnxruntime CalibrationDataReader over an in-memory uint8 batch."""
+
+    def __init__(self, batch: np.ndarray, batch_size: int = 16):
+        self.chunks = [np.ascontiguousarray(batch[i:i + batch_size]) for i in range(0, len(batch), batch_size)]
+        self.index = 0
+
+    def get_next(self) -> dict | None:
+        if self.index >= len(self.chunks):
+            return None
+        self.index += 1
+        return {INPUT_NAME: self.chunks[self.index - 1]}
+
+    def rewind(self) -> None:
+        self.index = 0
+
+
+def to_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: np.ndarray,
+            per_channel: bool = True) -> Path:
+    """Static INT8 quantization (QDQ, uint8 activations / int8 weights, MinMax ranges on ``calibration``).
+
+    ``quant_pre_process`` runs first, as ORT recommends: it folds BatchNorm into Conv and infers
+    shapes, without which fewer tensors can be quantized. It drops metadata, so it is set again.
+    """
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if calibration is None or len(calibration) == 0:
+        raise ValueError("INT8 quantization needs calibration images")
+    meta = read_metadata(src)
+    with tempfile.TemporaryDirectory(prefix="mask-int8-") as tmp:
+        pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        quantize_static(str(pre), str(out), _BatchReader(calibration), quant_format=QuantFormat.QDQ,
+                        per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=list(INT8_OP_TYPES))
+        model = _load(out)
+    set_metadata(model, replace(meta, precision="int8"))
+    return save_checked(model, dst)
+
+
+def time_sessions(sessions: list, batch: np.ndarray, repeats: int = 5) -> list[float]:
+    """Median seconds of one ``run`` on ``batch`` per session, runs interleaved round-robin after a
+    warm-up each, so load from other processes hits every session alike."""
+    feed = {INPUT_NAME: np.ascontiguousarray(batch)}
+    for s in sessions:
+        s.run(["probs"], feed)
+    times: list[list[float]] = [[] for _ in sessions]
+    for _ in range(repeats):
+        for s, t in zip(sessions, times):
+            t0 = time.perf_counter()
+            s.run(["probs"], feed)
+            t.append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
+
+
+@dataclass(frozen=True)
+class VariantReport:
+    precision: str
+    images: int
+    argmax_agreement: float          # with the FP32 model
+    max_abs_diff: float              # of probabilities, vs FP32
+    f1_fp32: float | None            # macro F1 on the same images, when their labels are known
+    f1_variant: float | None
+    fp32_seconds: float | None       # median time of one batch on ``provider`` (interleaved runs)
+    variant_seconds: float | None
+    provider: str = "CPUExecutionProvider"
+
+    @property
+    def f1_delta(self) -> float | None:
+        return None if self.f1_fp32 is None else self.f1_variant - self.f1_fp32
+
+    @property
+    def speedup(self) -> float | None:
+        """FP32 time / variant time: above 1 means the variant is faster."""
+        return None if not self.variant_seconds else self.fp32_seconds / self.variant_seconds
+
+    def summary(self) -> str:
+        parts = [f"{self.precision}: argmax agreement with fp32 {self.argmax_agreement:.2%} on {self.images} images",
+                 f"max |Δprob| {self.max_abs_diff:.3g}"]
+        if self.f1_fp32 is not None:
+            parts.append(f"macro F1 {self.f1_variant:.4f} vs {self.f1_fp32:.4f} (Δ {self.f1_delta:+.4f})")
+        else:
+            parts.append("macro F1 delta: n/a (images have no labels)")
+        if self.speedup is not None:
+            parts.append(f"{self.provider} batch of {self.images}: {self.variant_seconds * 1e3:.1f} ms vs "
+                         f"{self.fp32_seconds * 1e3:.1f} ms fp32 (speed ratio {self.precision}/fp32 = {self.speedup:.2f}x)")
+        return "; ".join(parts)
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"f1_delta": self.f1_delta, "speedup": self.speedup}
+
+
+def compare_variant(fp32_path: str | os.PathLike, variant: str | os.PathLike, batch: np.ndarray,
+                    y_true: np.ndarray | None = None, *, timing: bool = True,
+                    providers: list[str] | None = None) -> VariantReport:
+    """Agreement, macro-F1 delta (when ``y_true`` is known) and speed of ``variant`` against FP32."""
+    s32, svar = onnx_session(fp32_path, providers), onnx_session(variant, providers)
+    p32, pvar = onnx_probs(s32, batch), onnx_probs(svar, batch)
+    diff, agree = compare(p32, pvar)
+    f1_32 = f1_var = None
+    if y_true is not None:
+        f1_32 = metrics.macro_f1(y_true, p32.argmax(1))
+        f1_var = metrics.macro_f1(y_true, pvar.argmax(1))
+    t32 = tvar = None
+    if timing:
+        t32, tvar = time_sessions([s32, svar], batch)
+    return VariantReport(read_metadata(variant).precision, len(batch), agree, diff, f1_32, f1_var, t32, tvar,
+                         svar.get_providers()[0])
