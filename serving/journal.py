@@ -1,0 +1,99 @@
+"""Resume support for the batch job: an append-only journal of finished batches beside the output.
+
+``OUT.journal`` is JSON lines: line 1 is a header naming the job (a fingerprint of its rows, images
+folder, model and shard) and the batch size; every further line is one finished batch with its
+answers, probabilities and per-row errors. Appending one line per batch (flushed each time, fsync'd
+every few seconds) costs next to nothing, survives Ctrl-C and kill -9 (which can only tear the last
+line; :meth:`Journal.open` drops it), and lets ``mask-submit --resume`` skip finished batches.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+class Journal:
+    """Append-only JSON-lines record of finished batches, beside the output.
+
+    Line 1 is a header naming the job (fingerprint of rows, images folder, model, shard) and the
+    batch size; each further line is one batch. A kill -9 can tear only the last line, which
+    :meth:`open` drops.
+    """
+
+    def __init__(self, path: Path, header: dict, fsync_seconds: float):
+        self.path, self.header, self.fsync_seconds = path, header, fsync_seconds
+        self._file = None
+        self._synced = time.monotonic()
+
+    @staticmethod
+    def path_for(out_csv: Path) -> Path:
+        return out_csv.with_name(out_csv.name + ".journal")
+
+    @classmethod
+    def open(cls, path: Path, header: dict, resume: bool, fsync_seconds: float = 5.0) -> tuple["Journal", dict]:
+        """(journal, {batch: record}); ``header["batch_size"]`` follows a resumed journal's."""
+        journal = cls(path, dict(header), fsync_seconds)
+        old, done, good_bytes = read_journal(path) if path.exists() else (None, {}, 0)
+        if old is not None and not resume:
+            raise ValueError(f"{path} holds an unfinished run of this output; pass --resume to continue it, "
+                             f"or delete the file to start over")
+        if old is None:
+            journal._file = open(path, "w", encoding="utf-8")
+            journal._write(journal.header, sync=True)
+            return journal, {}
+        if old.get("fingerprint") != header["fingerprint"]:
+            raise ValueError(f"{path} belongs to a different job (info.csv, images folder, model or shard "
+                             f"changed); delete it to start over")
+        journal.header["batch_size"] = old["batch_size"]
+        with open(path, "r+b") as f:
+            f.truncate(good_bytes)
+        journal._file = open(path, "a", encoding="utf-8")
+        return journal, done
+
+    def _write(self, obj: dict, sync: bool = False) -> None:
+        self._file.write(json.dumps(obj, separators=(",", ":")) + "\n")
+        self._file.flush()
+        if sync or time.monotonic() - self._synced > self.fsync_seconds:
+            os.fsync(self._file.fileno())
+            self._synced = time.monotonic()
+
+    def append(self, batch: int, ans: np.ndarray, probs: np.ndarray, errors: dict[int, str]) -> None:
+        # float32 -> Python float is exact and JSON round-trips it, so a resumed file is identical
+        self._write({"batch": batch, "ans": ans.tolist(),
+                     "probs": [None if np.isnan(r).any() else r.tolist() for r in probs],
+                     "errors": {str(k): v for k, v in errors.items()}})
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def read_journal(path: Path) -> tuple[dict | None, dict[int, dict], int]:
+    """(header or None, {batch: record}, length of the intact prefix in bytes).
+
+    A header torn by a kill (nothing after it can exist yet) reads as no journal at all.
+    """
+    lines = path.read_bytes().split(b"\n")
+    if len(lines) == 1:   # not even the header's newline made it to disk
+        return None, {}, 0
+    try:
+        header = json.loads(lines[0])
+    except json.JSONDecodeError:
+        raise ValueError(f"{path}: not a mask-submit journal; delete it to start over") from None
+    if not isinstance(header, dict) or header.get("journal") != "mask-submit":
+        raise ValueError(f"{path}: not a mask-submit journal; delete it to start over")
+    done: dict[int, dict] = {}
+    good_bytes = len(lines[0]) + 1
+    for raw in lines[1:-1]:   # the element after the final newline is empty or a torn line
+        try:
+            record = json.loads(raw)
+        except json.JSONDecodeError:
+            break
+        done[record["batch"]] = record
+        good_bytes += len(raw) + 1
+    return header, done, good_bytes

@@ -1,0 +1,135 @@
+"""``mask-submit``: the competition submission file from info.csv and an images folder.
+
+    mask-submit --info eval/info.csv --images eval/images --out submission.csv
+    mask-submit --info ... --images ... --out sub.csv --model model.onnx --labels answers.csv
+    mask-submit --info ... --images ... --out sub.csv --resume        # after Ctrl-C or a crash
+    mask-submit --info ... --images ... --out part0.csv --shard 0/2   # half of the rows
+    mask-submit merge part0.csv part1.csv --info eval/info.csv --out submission.csv
+
+The model is a BentoML store tag (default ``mask-classifier:latest``), an ``.onnx`` file, or a
+``.pt`` checkpoint (PyTorch backend, imported only then). See docs/submit.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from maskdata.io import read_csv
+from serving.shards import Shard, merge_parts
+from serving.submission import default_workers
+
+log = logging.getLogger("mask-submit")
+
+DEFAULT_MODEL = "mask-classifier:latest"
+
+
+def load_predictor(model: str):
+    """A Predictor for a store tag / .onnx file (ONNX Runtime) or a .pt checkpoint (PyTorch)."""
+    from serving.predictor import Predictor
+
+    backend = "torch" if model.endswith(".pt") else "onnx"
+    return Predictor(model, backend=backend)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mask-submit",
+        description="Predict every image of info.csv and write the submission CSV (info.csv's rows and columns, "
+                    "'ans' = class index 0..17). Use 'mask-submit merge --help' to join --shard outputs.",
+        epilog="Resume, shards, archive safety and measured speed: docs/submit.md")
+    p.add_argument("--info", required=True, help="info.csv with an ImageID column (other columns are kept)")
+    p.add_argument("--images", required=True, help="folder holding the files named by ImageID")
+    p.add_argument("--out", required=True, help="submission CSV to write (atomically)")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="BentoML store tag, .onnx file, or .pt checkpoint (PyTorch backend); default %(default)s")
+    p.add_argument("--probs", metavar="FILE", help="also write the 18 class probabilities per row (for ensembling)")
+    p.add_argument("--labels", metavar="ANSWERS_CSV",
+                   help="answers CSV (ImageID,ans): print macro F1, accuracy, per-head F1 and write "
+                        "OUT.confusion.png")
+    p.add_argument("--batch-size", type=_positive, default=64, help="images per model call (default %(default)s)")
+    p.add_argument("--workers", type=_positive, default=default_workers(),
+                   help="parallel decode workers (default: one per CPU core, at most 8: %(default)s)")
+    p.add_argument("--worker-kind", choices=["thread", "process"], default="thread",
+                   help="decode in threads (default; PIL releases the GIL) or processes")
+    p.add_argument("--on-error", choices=["fail", "skip"], default="fail",
+                   help="missing or unreadable images: fail before/at inference, or mark them -1 and list them "
+                        "in OUT.errors.csv")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from OUT.journal; the output is identical to an "
+                        "uninterrupted run")
+    p.add_argument("--shard", metavar="I/N",
+                   help="process only shard I of N (0-based contiguous block of rows); join with 'merge'")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    return p
+
+
+def build_merge_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mask-submit merge",
+                                description="Join --shard outputs into one submission; fails unless every "
+                                            "info.csv row appears exactly once across the parts.")
+    p.add_argument("parts", nargs="+", help="part CSVs written by mask-submit --shard I/N")
+    p.add_argument("--info", required=True, help="the info.csv all shards were run on")
+    p.add_argument("--out", required=True, help="merged submission CSV to write")
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    from serving.submission import run_submission, score
+
+    shard = Shard.parse(args.shard) if args.shard else None
+    if args.labels:   # a bad answers file should fail now, not after the whole run
+        read_csv(args.labels, ("ImageID", "ans"))
+    predictor = load_predictor(args.model)
+    log.info("model %s (%s, %s) on %s", args.model, predictor.metadata.arch,
+             "x".join(map(str, predictor.input_shape[:2])), predictor.provider)
+    result = run_submission(predictor, args.info, args.images, args.out, batch_size=args.batch_size,
+                            workers=args.workers, worker_kind=args.worker_kind, on_error=args.on_error,
+                            resume=args.resume, probs_csv=args.probs, shard=shard,
+                            progress=not args.no_progress)
+    print(f"wrote {result.out_csv}: {result.summary()}")
+    if args.labels:
+        png = Path(args.out).with_suffix(".confusion.png")
+        s = score(result.image_ids, result.ans, args.labels, png)
+        print(f"score: macro F1 {s['f1']:.4f}, accuracy {s['acc']:.4f}, F1 mask {s['f1_mask']:.4f}, "
+              f"gender {s['f1_gender']:.4f}, age {s['f1_age']:.4f} (n={s['n']}, skipped={s['skipped']}); "
+              f"confusion matrix {png}")
+        log.debug("score %s", json.dumps(s))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    merging = bool(argv) and argv[0] == "merge"
+    parser = build_merge_parser() if merging else build_parser()
+    args = parser.parse_args(argv[1:] if merging else argv)
+    quiet = getattr(args, "quiet", False)
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if merging:
+            n = merge_parts(args.parts, args.info, args.out)
+            print(f"merged {len(args.parts)} part(s) into {args.out}: {n} rows, each exactly once")
+            return 0
+        return _run(args)
+    except (ValueError, OSError) as e:   # OSError: FileNotFoundError, an --out that is a folder, ...
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished batches are kept in {args.out}.journal; rerun the same command with "
+              f"--resume to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Archive safety (zip-slip, links, absolute names, bombs, member counts) and the /submission job core
+``run_archive_job`` with zip and tar uploads."""
+from __future__ import annotations
+
+import io
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from maskdata.io import read_csv
+from serving.archive import ArchiveLimits, extract_images, member_name
+from serving.submission import run_archive_job, run_submission
+
+JPEG = b"\xff\xd8\xff\xe0 not really a jpeg"
+
+
+def make_zip(path: Path, members: dict[str, bytes], symlinks: dict[str, str] | None = None) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+        for name, target in (symlinks or {}).items():
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (0o120777 << 16)
+            zf.writestr(info, target)
+    return path
+
+
+def make_tar(path: Path, members: dict[str, bytes], links: dict[str, tuple[bytes, str]] | None = None,
+             mode: str = "w:gz") -> Path:
+    with tarfile.open(path, mode) as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+        for name, (kind, target) in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, target
+            tf.addfile(info)
+    return path
+
+
+@pytest.fixture(scope="module")
+def predictor(onnx_model):
+    from serving.predictor import Predictor
+
+    return Predictor(str(onnx_model), backend="onnx")
+
+
+@pytest.fixture(scope="module")
+def job(synth_root):
+    """(info.csv bytes, {ImageID: bytes}) of the first 12 synthetic eval images."""
+    ev = synth_root / "eval"
+    _, rows = read_csv(ev / "info.csv", ("ImageID",))
+    rows = rows[:12]
+    info = ("ImageID,ans\n" + "".join(f"{r['ImageID']},0\n" for r in rows)).encode()
+    return info, {r["ImageID"]: (ev / "images" / r["ImageID"]).read_bytes() for r in rows}
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz", "tar"])
+def test_archive_job_equals_folder_run(kind, job, predictor, tmp_path):
+    info, images = job
+    # images inside a folder of the archive, plus a file the CSV does not name
+    members = {f"eval/images/{k}": v for k, v in images.items()}
+    members["eval/images/notes.txt"] = b"not named in the CSV"
+    archive = tmp_path / f"images.{kind}"
+    if kind == "zip":
+        make_zip(archive, members)
+    else:
+        make_tar(archive, members, mode="w:gz" if kind == "tar.gz" else "w")
+    work = tmp_path / "work"
+    got = run_archive_job(predictor, info, archive, work)
+    # the same job run from a plain folder
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for k, v in images.items():
+        (folder / k).write_bytes(v)
+    (tmp_path / "info.csv").write_bytes(info)
+    run_submission(predictor, tmp_path / "info.csv", folder, tmp_path / "ref.csv", progress=False)
+    assert got == (tmp_path / "ref.csv").read_bytes(), "archive job differs from the folder run"
+    assert list(work.iterdir()) == [], f"temporary files left behind: {list(work.rglob('*'))}"
+
+
+def test_only_named_members_are_written(tmp_path):
+    archive = make_zip(tmp_path / "a.zip", {"a.jpg": JPEG, "b.jpg": JPEG, "sub/c.jpg": JPEG, "x.txt": b"x"})
+    found = extract_images(archive, ["a.jpg", "sub/c.jpg"], tmp_path / "out")
+    assert sorted(found) == ["a.jpg", "sub/c.jpg"], found
+    written = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert written == ["a.jpg", "sub/c.jpg"], f"unrequested members were written: {written}"
+
+
+@pytest.mark.parametrize("kind,build,reason", [
+    ("zip", lambda p: make_zip(p, {"a.jpg": JPEG, "../evil.jpg": JPEG}), "escape"),
+    ("zip", lambda p: make_zip(p, {"a.jpg": JPEG, "/etc/evil.jpg": JPEG}), "absolute"),
+    ("zip", lambda p: make_zip(p, {"a.jpg": JPEG, "C:\\evil.jpg": JPEG}), "absolute"),
+    ("zip", lambda p: make_zip(p, {"a.jpg": JPEG}, symlinks={"b.jpg": "/etc/passwd"}), "symlink"),
+    ("tar", lambda p: make_tar(p, {"a.jpg": JPEG, "x/../../evil.jpg": JPEG}), "escape"),
+    ("tar", lambda p: make_tar(p, {"a.jpg": JPEG, "/abs.jpg": JPEG}), "absolute"),
+    ("tar", lambda p: make_tar(p, {"a.jpg": JPEG}, links={"b.jpg": (tarfile.SYMTYPE, "/etc/passwd")}), "symlink"),
+    ("tar", lambda p: make_tar(p, {"a.jpg": JPEG}, links={"b.jpg": (tarfile.LNKTYPE, "/etc/passwd")}), "hardlink"),
+    ("tar", lambda p: make_tar(p, {"a.jpg": JPEG}, links={"d": (tarfile.CHRTYPE, "")}), "device"),
+])
+def test_unsafe_archives_are_refused(kind, build, reason, tmp_path):
+    archive = build(tmp_path / f"bad.{kind}")
+    dest = tmp_path / "dest"
+    with pytest.raises(ValueError, match=reason):
+        extract_images(archive, ["a.jpg", "b.jpg"], dest)
+    outside = [p for p in tmp_path.rglob("*") if p.name in ("evil.jpg", "abs.jpg")]
+    assert outside == [], f"an escaping member was written: {outside}"
+
+
+def test_limits(tmp_path):
+    many = make_zip(tmp_path / "many.zip", {f"{i}.jpg": JPEG for i in range(20)})
+    with pytest.raises(ValueError, match="members"):
+        extract_images(many, ["0.jpg"], tmp_path / "d1", ArchiveLimits(max_members=10))
+    bomb = make_zip(tmp_path / "bomb.zip", {"a.jpg": bytes(5_000_000)})     # compresses to ~5 kB
+    assert bomb.stat().st_size < 50_000
+    with pytest.raises(ValueError, match="uncompressed bytes"):
+        extract_images(bomb, ["a.jpg"], tmp_path / "d2", ArchiveLimits(max_total_bytes=1_000_000))
+    tar_bomb = make_tar(tmp_path / "bomb.tar.gz", {"a.jpg": bytes(5_000_000)})
+    with pytest.raises(ValueError, match="uncompressed bytes"):
+        extract_images(tar_bomb, ["a.jpg"], tmp_path / "d3", ArchiveLimits(max_total_bytes=1_000_000))
+    with pytest.raises(ValueError, match="over the limit"):
+        extract_images(bomb, ["a.jpg"], tmp_path / "d4", ArchiveLimits(max_member_bytes=1_000_000))
+
+
+def test_archive_job_failures_report_why_and_clean_up(job, predictor, tmp_path):
+    info, images = job
+    work = tmp_path / "work"
+    first = next(iter(images))
+    cases = {
+        "not in the archive": make_zip(tmp_path / "partial.zip", {first: images[first]}),
+        "escape": make_zip(tmp_path / "slip.zip", {**images, "../../evil.jpg": JPEG}),
+        "neither a zip nor a tar": tmp_path / "plain.bin",
+    }
+    cases["neither a zip nor a tar"].write_bytes(b"just bytes")
+    for reason, archive in cases.items():
+        with pytest.raises(ValueError, match=reason):
+            run_archive_job(predictor, info, archive, work)
+        assert list(work.iterdir()) == [], f"{reason}: temporary files left: {list(work.rglob('*'))}"
+    with pytest.raises(ValueError, match="ImageID"):
+        run_archive_job(predictor, b"name,ans\na.jpg,0\n", cases["escape"], work)
+    with pytest.raises(ValueError, match="could not be decoded"):
+        run_archive_job(predictor, b"ImageID,ans\nbroken.jpg,0\n", make_zip(tmp_path / "b.zip", {"broken.jpg": JPEG}),
+                        work)
+    assert list(work.iterdir()) == []
+
+
+def test_member_name_normalises():
+    assert member_name("./a/./b.jpg") == "a/b.jpg"
+    assert member_name("a\\b.jpg") == "a/b.jpg"
+    for bad in ("../a.jpg", "a/../../b.jpg", "/a.jpg", "C:/a.jpg", ""):
+        with pytest.raises(ValueError):
+            member_name(bad)
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_truncated_archive_is_a_clear_error(kind, job, tmp_path):
+    _, images = job
+    archive = tmp_path / f"full.{kind}"
+    (make_zip if kind == "zip" else make_tar)(archive, images)
+    cut = tmp_path / f"cut.{kind}"
+    cut.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    with pytest.raises(ValueError, match="corrupt|not a|neither"):
+        extract_images(cut, list(images), tmp_path / "dest")
