@@ -37,6 +37,10 @@ class Preprocess:
     width: int
     resize_filter: str = "bilinear"
     jpeg_draft: bool = True
+    # Draft-decode to no less than this multiple of the target, then resize: scale 1 is fastest but
+    # its DCT-domain average differs more from a full decode + resize (what other tools feed);
+    # 2 keeps most of the speed and comes within a third of a grey level of the full decode.
+    draft_scale: int = 2
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     layout: str = "NHWC"
@@ -45,6 +49,8 @@ class Preprocess:
     def __post_init__(self):
         if self.height < 8 or self.width < 8:
             raise ValueError(f"input size must be at least 8x8, got {self.height}x{self.width}")
+        if self.draft_scale < 1:
+            raise ValueError(f"draft_scale must be >= 1, got {self.draft_scale}")
         if self.resize_filter not in FILTERS:
             raise ValueError(f"unknown resize filter {self.resize_filter!r}; expected one of {sorted(FILTERS)}")
 
@@ -56,6 +62,7 @@ class Preprocess:
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocess":
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        known.setdefault("draft_scale", 1)  # artifacts written before the field existed decoded at scale 1
         known["mean"] = tuple(float(x) for x in known.get("mean", IMAGENET_MEAN))
         known["std"] = tuple(float(x) for x in known.get("std", IMAGENET_STD))
         return cls(**known)
@@ -65,9 +72,16 @@ class Preprocess:
         """(width, height), PIL's order."""
         return self.width, self.height
 
+    @property
+    def draft_size(self) -> tuple[int, int] | None:
+        """Smallest (width, height) a JPEG may be draft-decoded to, or None for a full decode."""
+        if not self.jpeg_draft:
+            return None
+        return self.width * self.draft_scale, self.height * self.draft_scale
+
     def __call__(self, source, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         """Image file path, bytes or PIL image → (H, W, 3) uint8 array."""
-        img = open_image(source, max_pixels=max_pixels, draft_size=self.size if self.jpeg_draft else None)
+        img = open_image(source, max_pixels=max_pixels, draft_size=self.draft_size)
         return self.resize(img)
 
     def resize(self, img: Image.Image) -> np.ndarray:
@@ -98,6 +112,8 @@ def open_image(source, max_pixels: int = DEFAULT_MAX_PIXELS,
             img = Image.open(fp)
         except UnidentifiedImageError:
             raise ImageError(f"{name}: not a recognised image (expected JPEG, PNG, WebP, BMP, ...)") from None
+        except Image.DecompressionBombError as e:  # PIL's own hard limit, checked on open; not an OSError
+            raise ImageError(f"{name}: too many pixels, over the limit of {max_pixels}: {e}") from None
         except FileNotFoundError:
             raise
         except (OSError, ValueError) as e:
