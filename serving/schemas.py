@@ -1,0 +1,96 @@
+"""Pydantic models of every REST response (SPEC §5), with examples so ``/docs`` shows real bodies.
+
+Examples use OpenAPI 3.0's singular ``example``: BentoML 1.4's OpenAPI generator rejects ``examples``.
+"""
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+_EXAMPLE_PREDICTION = {
+    "class": 4,
+    "label": "wear/female/30-59",
+    "mask": "wear",
+    "gender": "female",
+    "age": "30-59",
+    "confidence": 0.912345,
+    "probabilities": {
+        "mask": {"wear": 0.97, "incorrect": 0.02, "not_wear": 0.01},
+        "gender": {"male": 0.05, "female": 0.95},
+        "age": {"<30": 0.03, "30-59": 0.93, ">=60": 0.04},
+    },
+}
+
+
+class HeadProbabilities(BaseModel):
+    """Each head's probabilities, marginalised from the 18 class probabilities (each sums to 1)."""
+
+    mask: dict[str, float] = Field(json_schema_extra={"example": _EXAMPLE_PREDICTION["probabilities"]["mask"]})
+    gender: dict[str, float] = Field(json_schema_extra={"example": _EXAMPLE_PREDICTION["probabilities"]["gender"]})
+    age: dict[str, float] = Field(json_schema_extra={"example": _EXAMPLE_PREDICTION["probabilities"]["age"]})
+
+
+class Prediction(BaseModel):
+    """One image's answer: the most likely of the 18 classes and what it means."""
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True,
+                              json_schema_extra={"example": _EXAMPLE_PREDICTION})
+
+    class_: int = Field(alias="class", ge=0, le=17, description="class = mask*6 + gender*3 + age")
+    label: str = Field(description="mask/gender/age names of the class")
+    mask: str = Field(description="wear | incorrect | not_wear")
+    gender: str = Field(description="male | female")
+    age: str = Field(description="<30 | 30-59 | >=60 (the bins the model was trained on)")
+    confidence: float = Field(ge=0.0, le=1.0, description="probability of the predicted class")
+    probabilities: HeadProbabilities
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx answer: what was wrong with the request, in words safe to show a user."""
+
+    model_config = ConfigDict(json_schema_extra={"example":
+        {"error": "image: not a recognised image (expected JPEG, PNG, WebP, BMP, ...)", "status": 400}})
+
+    error: str
+    status: int
+
+
+class ModelInfo(BaseModel):
+    """``GET /model``: what is being served and where it runs."""
+
+    model_config = ConfigDict(protected_namespaces=(), json_schema_extra={"example": {
+        "source": "mask-classifier:latest",
+        "model_file": "/home/app/bentoml/models/mask-classifier/abc123/model.onnx", "backend": "onnx",
+        "provider": "CPUExecutionProvider",
+        "providers": ["CPUExecutionProvider"], "ready": True, "arch": "tiny_cnn", "head": "single",
+        "precision": "fp32",
+        "input": {"name": "image", "shape": ["N", 128, 96, 3], "dtype": "uint8", "layout": "NHWC"},
+        "preprocess": {"height": 128, "width": 96, "resize_filter": "bilinear", "jpeg_draft": True,
+                       "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                       "layout": "NHWC", "dtype": "uint8"},
+        "labels": [{"index": 0, "mask": "wear", "gender": "male", "age": "<30"}],
+        "age_bins": [30, 60], "metrics": {"f1": 0.81, "acc": 0.9}, "sources": [], "tta": [],
+        "exported_at": "2026-11-27T10:00:00Z", "producer_version": "0.1.0", "format_version": 1,
+        "limits": {"max_upload_bytes": 10485760, "max_pixels": 40000000, "max_files": 64,
+                   "batching": True, "max_batch_size": 32, "max_latency_ms": 1000, "max_archive_bytes": 2147483648},
+    }})
+
+    source: str = Field(description="model tag or file the service loaded")
+    model_file: str = Field(description="the ONNX file in use (an .fp16 sibling on a GPU with MASK_PRECISION=auto)")
+    backend: str = Field(description="onnx (default) or torch")
+    provider: str = Field(description="execution provider actually active, e.g. CUDAExecutionProvider")
+    providers: list[str]
+    ready: bool = Field(description="true once the warm-up inference has run")
+    arch: str
+    head: str
+    precision: str
+    input: dict
+    preprocess: dict
+    labels: list[dict]
+    age_bins: list[int]
+    metrics: dict
+    sources: list[dict]
+    tta: list[str]
+    exported_at: str
+    producer_version: str
+    format_version: int
+    limits: dict = Field(description="request limits in force (set by MASK_* environment variables)")

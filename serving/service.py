@@ -1,0 +1,375 @@
+"""The REST service (SPEC §5): a thin BentoML layer over :class:`serving.predictor.Predictor`.
+
+Run it from the repository root (``bentofile.yaml`` points here)::
+
+    bentoml serve                                  # model: mask-classifier:latest from the store
+    MASK_MODEL=path/to/model.onnx bentoml serve    # or any .onnx file / model folder
+    curl -F image=@photo.jpg http://localhost:3000/predict
+
+Routes: ``POST /predict`` (multipart ``image``), ``POST /predict_batch`` (``images``, repeated),
+``GET /model``, the ``/submission`` task (``info`` CSV + ``archive`` zip/tar → submission CSV), the
+batchable ``POST /infer`` (base64 uint8 pixels) and BentoML's ``/readyz``, ``/livez``, ``/metrics``, ``/docs``.
+Limits and batching come from ``MASK_*`` environment variables (:mod:`serving.settings`).
+
+Uploads arrive as files and are decoded here, not by BentoML: a non-image given to a PIL-typed
+parameter becomes an HTTP 500 in BentoML 1.4, and every bad input must get a 4xx JSON reason.
+``/predict`` and ``/predict_batch`` decode in worker threads, then queue the images on BentoML's
+adaptive-batching dispatcher (``MASK_MAX_BATCH_SIZE``, ``MASK_MAX_LATENCY_MS``); its batch sizes are
+the ``mask_predict_batch_size`` histogram on ``/metrics``.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import shutil
+import tempfile
+import typing as t
+from pathlib import Path
+
+import anyio
+import bentoml
+import numpy as np
+from bentoml._internal.marshal.dispatcher import CorkDispatcher
+from PIL import Image
+from starlette.responses import JSONResponse, Response
+
+from maskdata.preprocess import ImageError
+from serving.predictor import MODEL_FILE, Predictor
+from serving.schemas import ModelInfo, Prediction
+from serving.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SETTINGS = Settings.from_env()
+# Headroom for multipart boundaries and headers when capping whole request bodies.
+_MULTIPART_SLACK = 64 * 1024
+
+BATCH_SIZE = bentoml.metrics.Histogram(
+    name="mask_predict_batch_size", documentation="images per model call from /predict and /predict_batch",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+
+
+class RequestError(Exception):
+    """A request that cannot be served: ``{"error": ..., "status": ...}`` with a 4xx status for client
+    mistakes, or 503 (with Retry-After) when the batching queue sheds load."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+    def response(self) -> JSONResponse:
+        return error_response(self.status, str(self))
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
+
+
+def _store_model(settings: Settings) -> bentoml.models.BentoModel | None:
+    """A store tag is declared on the class so ``bentoml build`` packages the model; paths are not."""
+    source = settings.model_source
+    if settings.backend != "onnx" or source.endswith(".onnx") or os.sep in source or Path(source).exists():
+        return None
+    return bentoml.models.BentoModel(source)
+
+
+def _pack(array: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(array, dtype=np.uint8).tobytes()).decode("ascii")
+
+
+def _unpack(text: str, shape: tuple[int, int, int]) -> np.ndarray | None:
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (ValueError, TypeError):
+        return None
+    if len(raw) != shape[0] * shape[1] * shape[2]:
+        return None
+    return np.frombuffer(raw, dtype=np.uint8).reshape(shape)
+
+
+class PartInspector:
+    """Streams a multipart body past python-multipart's parser to see each part's name and whether it
+    is a file, without keeping the data. BentoML 1.4 answers HTTP 500 to a binary part under an
+    unknown name, and *downloads a URL* sent as a text part where a file is expected; both get a
+    4xx here instead."""
+
+    def __init__(self, content_type: bytes, expected: tuple[str, ...]):
+        from python_multipart.multipart import MultipartParser, parse_options_header
+
+        self._parse_options = parse_options_header
+        self.expected, self.error = expected, ""
+        self._name, self._value, self._disposition = b"", b"", b""
+        _, params = parse_options_header(content_type)
+        boundary = params.get(b"boundary")
+        if not boundary:
+            self.error = "multipart body without a boundary"
+            self.parser = None
+            return
+        self.parser = MultipartParser(boundary, {
+            "on_header_field": lambda d, a, b: setattr(self, "_name", self._name + d[a:b]),
+            "on_header_value": lambda d, a, b: setattr(self, "_value", self._value + d[a:b]),
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+        })
+
+    def _header_end(self):
+        if self._name.lower() == b"content-disposition":
+            self._disposition = self._value
+        self._name, self._value = b"", b""
+
+    def _headers_finished(self):
+        _, options = self._parse_options(self._disposition)
+        self._disposition = b""
+        name = options.get(b"name", b"").decode("utf-8", "replace")
+        if self.error:
+            return
+        if name not in self.expected:
+            self.error = f"unexpected form field {name!r}; expected {', '.join(map(repr, self.expected))}"
+        elif b"filename" not in options:
+            self.error = f"form field {name!r} must be a file upload (URLs and text are not accepted)"
+
+    def feed(self, chunk: bytes) -> None:
+        if self.parser is not None and not self.error and chunk:
+            try:
+                self.parser.write(chunk)
+            except Exception as e:  # python-multipart's MultipartParseError and friends
+                self.error = f"malformed multipart body: {e}"
+
+
+class RequestGuard:
+    """ASGI middleware in front of the routes: body-size limits (411/413) decided from the
+    Content-Length before anything is read, multipart field checks (400), and ``GET /model``
+    (BentoML routes every API as POST)."""
+
+    def __init__(self, app, limits: dict[str, int], fields: dict[str, tuple[str, ...]]):
+        self.app, self.limits, self.fields = app, limits, fields
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path, method = scope.get("path", ""), scope.get("method", "")
+        if path == "/model" and method == "GET":
+            return await self._model_info(scope, receive, send)
+        limit = self.limits.get(path)
+        if limit is None or method != "POST":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is None:
+            return await error_response(411, "send a Content-Length header (chunked uploads are not "
+                                             "accepted)")(scope, receive, send)
+        if not length.isdigit() or int(length) > limit:
+            return await error_response(413, f"request body of {length.decode(errors='replace')} bytes is "
+                                             f"over the limit of {limit} bytes")(scope, receive, send)
+        content_type = headers.get(b"content-type", b"")
+        if not content_type.lower().startswith(b"multipart/form-data"):
+            got = content_type.decode(errors="replace") or "none"
+            return await error_response(415, f"send multipart/form-data with file field(s) "
+                                             f"{', '.join(map(repr, self.fields[path]))}, got content type "
+                                             f"{got!r}")(scope, receive, send)
+        inspector = PartInspector(content_type, self.fields[path])
+        replaced = False
+
+        async def inspected_receive():
+            message = await receive()
+            if message["type"] == "http.request":
+                inspector.feed(message.get("body", b""))
+            return message
+
+        async def guarded_send(message):
+            nonlocal replaced
+            if message["type"] == "http.response.start" and inspector.error:
+                replaced = True
+                body = error_response(400, inspector.error)
+                await send({"type": "http.response.start", "status": 400, "headers": body.raw_headers})
+                await send({"type": "http.response.body", "body": body.body})
+            elif not replaced:
+                await send(message)
+
+        await self.app(scope, inspected_receive, guarded_send)
+
+    async def _model_info(self, scope, receive, send):
+        try:
+            service = bentoml.get_current_service()
+        except bentoml.exceptions.BentoMLException:
+            return await error_response(503, "model is still loading")(scope, receive, send)
+        body = service.model_info().model_dump(mode="json")
+        await JSONResponse(body)(scope, receive, send)
+
+
+@bentoml.service(
+    name="mask-classifier",
+    workers=SETTINGS.workers,
+    # a task endpoint makes BentoML default `concurrency` to 1 (a BentoCloud scaling hint); one
+    # request at a time per replica would leave adaptive batching nothing to batch
+    traffic={"timeout": 600, "concurrency": 4 * SETTINGS.max_batch_size},
+    http={"cors": {"enabled": False}},
+)
+class MaskClassifier:
+    model_ref = _store_model(SETTINGS)
+
+    def __init__(self) -> None:
+        declared = type(self).model_ref
+        if declared is not None:
+            if declared.stored is None:
+                raise FileNotFoundError(
+                    f"model {str(declared.tag)!r} is not in the BentoML model store (see `bentoml models list`); "
+                    "build the demo model with `make demo-model`, import one with "
+                    "`mask-export ... --bento-tag mask-classifier`, "
+                    "or set MASK_MODEL=path/to/model.onnx")
+            source = self.model_ref.path_of(MODEL_FILE)
+        else:
+            source = SETTINGS.model_source
+        self.settings = SETTINGS
+        self._batched, self._batched_loop = None, None
+        # Predictor warms up before __init__ returns, so /readyz only turns 200 after a real inference.
+        self.predictor = Predictor(source, settings=SETTINGS)
+        if declared is not None:
+            self.predictor.source = str(self.model_ref.tag)
+        log.info("serving %s on %s", self.predictor.source, self.predictor.provider)
+
+    # --- model calls ------------------------------------------------------------------------
+    @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
+    def infer(self, images: list[str]) -> list[list[float] | None]:
+        """Adaptive-batched model call. Each image is base64 of its raw uint8 pixels, (H, W, 3) in
+        C order at the model's input size (``GET /model``: ``input.shape``); the answer is its 18
+        class probabilities, or ``null`` for an image of the wrong size (so it cannot fail its
+        batch-mates). Base64, not nested JSON arrays: pydantic needs ~300 ms to validate one
+        128x96x3 array given as lists, base64 takes well under a millisecond."""
+        shape = self.predictor.input_shape
+        arrays: list[np.ndarray | None] = [_unpack(x, shape) for x in images]
+        ok = [i for i, a in enumerate(arrays) if a is not None]
+        out: list[list[float] | None] = [None] * len(images)
+        if ok:
+            for i, row in zip(ok, self.predictor.infer(np.stack([arrays[i] for i in ok]))):
+                out[i] = row.tolist()
+        return out
+
+    async def _infer(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """One request's decoded images → their probabilities, batched with concurrent requests."""
+        if not self.settings.batching:  # MASK_BATCHING=0: one model call per request
+            return list(await anyio.to_thread.run_sync(self.predictor.infer, np.stack(arrays)))
+        return await self._batcher()(arrays)
+
+    def _batcher(self):
+        """BentoML's adaptive-batching dispatcher (the one it builds for batchable APIs), held here.
+
+        Not ``await self.to_async.infer(...)``: inside a real server that self-call goes through an
+        in-process aiohttp connector, which dropped requests ("Server disconnected", "Cannot write
+        to closing transport") at 16 concurrent clients with BentoML 1.4.40.
+        """
+        loop = asyncio.get_running_loop()
+        if self._batched is None or self._batched_loop is not loop:  # the dispatcher binds one loop
+            dispatcher = CorkDispatcher(max_latency_in_ms=self.settings.max_latency_ms,
+                                        max_batch_size=self.settings.max_batch_size,
+                                        fallback=self._overloaded, get_batch_size=len)
+            self._batched, self._batched_loop = dispatcher(self._run_jobs), loop
+        return self._batched
+
+    async def _run_jobs(self, jobs: t.Sequence[list[np.ndarray]]) -> list[list[np.ndarray]]:
+        flat = [a for job in jobs for a in job]
+        BATCH_SIZE.observe(len(flat))
+        probs = await anyio.to_thread.run_sync(self.predictor.infer, np.stack(flat))
+        out, start = [], 0
+        for job in jobs:
+            out.append(list(probs[start:start + len(job)]))
+            start += len(job)
+        return out
+
+    def _overloaded(self):
+        # the dispatcher sheds what it cannot serve within MASK_MAX_LATENCY_MS
+        raise RequestError(503, f"server busy: the request could not be served within "
+                                f"{self.settings.max_latency_ms} ms (MASK_MAX_LATENCY_MS); retry")
+
+    # --- input handling ---------------------------------------------------------------------
+    def _decode(self, field: str, path: Path) -> np.ndarray:
+        """An uploaded file → model input, or :class:`RequestError` with a client-safe reason."""
+        size = path.stat().st_size
+        if size > self.settings.max_upload_bytes:
+            raise RequestError(413, f"{field}: file of {size} bytes is over the limit of "
+                                    f"{self.settings.max_upload_bytes} bytes")
+        if size == 0:
+            raise RequestError(400, f"{field}: empty upload (0 bytes)")
+        try:
+            return self.predictor.load(path.read_bytes())
+        except ImageError as e:
+            too_big = "over the limit" in str(e) or "decompression bomb" in str(e)  # the pixel limits
+            raise RequestError(413 if too_big else 400, f"{field}: {e}") from None
+
+    async def _decode_all(self, field: str, paths: list[Path]) -> list[np.ndarray]:
+        if not paths:
+            raise RequestError(400, f"no files in field {field!r}")
+        if len(paths) > self.settings.max_files:
+            raise RequestError(413, f"{len(paths)} files in one request; the limit is {self.settings.max_files}")
+        arrays = []
+        for i, p in enumerate(paths):
+            label = field if len(paths) == 1 and field == "image" else f"{field}[{i}]"
+            arrays.append(await anyio.to_thread.run_sync(self._decode, label, p))
+        return arrays
+
+    # --- public routes ----------------------------------------------------------------------
+    @bentoml.api(route="/predict")
+    async def predict(self, image: Path) -> Prediction:
+        """Classify one photo (multipart field ``image``: JPEG, PNG, WebP, BMP, ...)."""
+        try:
+            (probs,) = await self._infer(await self._decode_all("image", [image]))
+        except RequestError as e:
+            return e.response()
+        return Prediction.model_validate(self.predictor.decode(probs))
+
+    @bentoml.api(route="/predict_batch")
+    async def predict_batch(self, images: list[Path]) -> list[Prediction]:
+        """Classify several photos (multipart field ``images``, repeated); answers keep the order."""
+        try:
+            rows = await self._infer(await self._decode_all("images", images))
+        except RequestError as e:
+            return e.response()
+        return [Prediction.model_validate(self.predictor.decode(p)) for p in rows]
+
+    @bentoml.api(route="/model")
+    def model(self) -> ModelInfo:
+        """What is served: artifact metadata, the active execution provider, the limits in force.
+        ``GET /model`` answers the same (BentoML's own routes are POST)."""
+        return self.model_info()
+
+    def model_info(self) -> ModelInfo:
+        s = self.settings
+        limits = {"max_upload_bytes": s.max_upload_bytes, "max_pixels": s.max_pixels, "max_files": s.max_files,
+                  "batching": s.batching, "max_batch_size": s.max_batch_size, "max_latency_ms": s.max_latency_ms,
+                  "max_archive_bytes": s.max_archive_bytes}
+        return ModelInfo.model_validate({**self.predictor.info(), "limits": limits})
+
+    @bentoml.task(route="/submission")
+    async def submission(self, info: Path, archive: Path) -> str:
+        """Competition submission as a background task: ``info`` (info.csv with ImageID,ans) and
+        ``archive`` (zip/tar of the eval images) → the filled-in CSV from ``/submission/get``."""
+        from serving import submission as job  # the batch-submission core; imported on first use
+
+        if info.stat().st_size > self.settings.max_upload_bytes:
+            return error_response(413, f"info: CSV over the limit of {self.settings.max_upload_bytes} bytes")
+        if archive.stat().st_size > self.settings.max_archive_bytes:
+            return error_response(413, f"archive: over the limit of {self.settings.max_archive_bytes} bytes")
+        workdir = Path(tempfile.mkdtemp(prefix="mask-submission-"))
+        try:
+            csv_bytes = await anyio.to_thread.run_sync(
+                job.run_archive_job, self.predictor, info.read_bytes(), archive, workdir)
+        except (ValueError, FileNotFoundError, Image.DecompressionBombError) as e:
+            return error_response(400, str(e))
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return Response(csv_bytes, media_type="text/csv",
+                        headers={"Content-Disposition": 'attachment; filename="submission.csv"'})
+
+
+MaskClassifier.add_asgi_middleware(
+    RequestGuard,
+    limits={"/predict": SETTINGS.max_upload_bytes + _MULTIPART_SLACK,
+            "/predict_batch": SETTINGS.max_files * SETTINGS.max_upload_bytes + _MULTIPART_SLACK,
+            "/submission/submit": SETTINGS.max_archive_bytes + SETTINGS.max_upload_bytes + _MULTIPART_SLACK,
+            "/submission": SETTINGS.max_archive_bytes + SETTINGS.max_upload_bytes + _MULTIPART_SLACK},
+    fields={"/predict": ("image",), "/predict_batch": ("images",),
+            "/submission/submit": ("info", "archive"), "/submission": ("info", "archive")},
+)

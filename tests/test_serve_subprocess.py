@@ -1,0 +1,257 @@
+"""The real thing: `bentoml serve` from the repository root (bentofile.yaml) in a subprocess on a free
+loopback port, called with bentoml.SyncHTTPClient and with raw multipart HTTP; and the same service
+started from a fresh virtual environment holding only serving/requirements.txt's packages (no torch),
+which is the environment the Docker image installs."""
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import csv
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import zipfile
+from importlib import metadata
+from pathlib import Path
+
+import httpx
+import pytest
+
+from serving.predictor import Predictor
+from serving.settings import Settings
+from test_service import LIMITS, bad_requests, image_bytes
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def bentoml_serve(python: str, env: dict, log: Path, timeout: float = 150.0):
+    """`python -m bentoml serve` from the repo root (so bentofile.yaml picks the service); yields
+    the base URL once /readyz answers 200, i.e. after the model's warm-up inference."""
+    port = free_port()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([python, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"bentoml serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"/readyz not ready after {timeout}s:\n{log.read_text()[-3000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.5)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MASK_", "BENTOML_"))}
+    return {**env, **LIMITS, "BENTOML_DO_NOT_TRACK": "true", **extra}
+
+
+@pytest.fixture(scope="module")
+def store_home(onnx_model, tmp_path_factory):
+    """A BentoML home whose store holds the test model as mask-classifier:<version>."""
+    home = tmp_path_factory.mktemp("bentoml_home")
+    out = subprocess.run([sys.executable, "-m", "export.cli", "--import-onnx", str(onnx_model),
+                          "--bento-tag", "mask-classifier"], cwd=REPO, env=_env(BENTOML_HOME=str(home)),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, f"store import failed: {out.stderr[-2000:]}"
+    return home
+
+
+@pytest.fixture(scope="module")
+def server(store_home, tmp_path_factory):
+    """The default path: no MASK_MODEL, so the service loads mask-classifier:latest from the store."""
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with bentoml_serve(sys.executable, _env(BENTOML_HOME=str(store_home)), log) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def reference(onnx_model):
+    return Predictor(onnx_model, settings=Settings())
+
+
+@pytest.fixture(scope="module")
+def eval_paths(synth_root):
+    return sorted((synth_root / "eval" / "images").iterdir())[:4]
+
+
+def test_sync_http_client(server, reference, eval_paths):
+    import bentoml
+
+    with bentoml.SyncHTTPClient(server, timeout=60) as client:
+        assert client.is_ready(), "client must see the server ready"
+        one = client.predict(image=eval_paths[0])
+        many = client.predict_batch(images=eval_paths)
+        info = client.model()
+    assert one == reference.predict([eval_paths[0]])[0], f"/predict: {one}"
+    assert many == reference.predict(eval_paths), "/predict_batch must answer in order, like the predictor"
+    assert info["source"].startswith("mask-classifier:") and info["provider"] == "CPUExecutionProvider", info
+
+
+def test_raw_multipart_bad_inputs_then_good(server, eval_paths, reference):
+    with httpx.Client(base_url=server, timeout=60) as c:
+        for name, route, kwargs, status, words in bad_requests():
+            r = c.post(route, **kwargs)
+            assert r.status_code == status, f"{name}: expected {status}, got {r.status_code} {r.text[:300]}"
+            assert words in r.json()["error"], f"{name}: {r.json()}"
+        # a large body is refused from its Content-Length alone, before upload
+        r = c.post("/predict", files={"image": ("big.jpg", b"\0" * 2_000_000, "image/jpeg")})
+        assert r.status_code == 413, r.text
+        r = c.post("/predict", files={"image": ("ok.jpg", eval_paths[0].read_bytes(), "image/jpeg")})
+        assert r.status_code == 200, f"good image after the bad ones: {r.text}"
+        assert r.json() == reference.predict([eval_paths[0]])[0]
+        assert c.get("/livez").status_code == 200, "server must still be alive"
+
+
+def test_make_serve_readiness_helper_prints_a_curl_line(server, capsys, tmp_path):
+    from serving.demo import wait_ready
+
+    assert wait_ready(server, tmp_path, timeout=30) == 0
+    out = capsys.readouterr().out
+    assert f"curl -F image=@photo.jpg {server}/predict" in out, out
+
+
+def test_get_model_and_docs(server):
+    with httpx.Client(base_url=server, timeout=30) as c:
+        info = c.get("/model").json()
+        spec = c.get("/docs.json").json()
+        metrics = c.get("/metrics").text
+    assert info["ready"] is True and info["limits"]["max_files"] == 4, info
+    assert "/predict" in spec["paths"] and "/submission/submit" in spec["paths"], sorted(spec["paths"])
+    assert "bentoml_service_request" in metrics, "BentoML's /metrics must be served"
+
+
+def test_concurrent_requests_are_batched_correctly(server, eval_paths, reference):
+    """Many clients at once go through adaptive batching; each still gets its own image's answer."""
+    expected = reference.predict(eval_paths)
+
+    def call(i):
+        p = eval_paths[i % len(eval_paths)]
+        r = httpx.post(f"{server}/predict", files={"image": (p.name, p.read_bytes(), "image/jpeg")}, timeout=60)
+        return i, r.status_code, r.json()
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(call, range(64)))
+    for i, status, body in results:
+        assert status == 200 and body == expected[i % len(eval_paths)], f"request {i}: {status} {body}"
+    metrics = dict(line.rsplit(" ", 1) for line in httpx.get(f"{server}/metrics").text.splitlines()
+                   if line.startswith("mask_predict_batch_size_"))
+    images, calls = float(metrics["mask_predict_batch_size_sum"]), float(metrics["mask_predict_batch_size_count"])
+    assert images >= 64 and 1 <= calls <= images, f"batching metrics: {images} images in {calls} model calls"
+
+
+def test_submission_task(server, synth_root, reference):
+    with open(synth_root / "eval" / "info.csv", newline="") as f:
+        ids = [r["ImageID"] for r in csv.DictReader(f)][:5]
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        for i in ids:
+            z.write(synth_root / "eval" / "images" / i, f"images/{i}")
+    info = ("ImageID,ans\n" + "".join(f"{i},0\n" for i in ids)).encode()
+    with httpx.Client(base_url=server, timeout=60) as c:
+        task = c.post("/submission/submit", files={"info": ("info.csv", info, "text/csv"),
+                                                   "archive": ("eval.zip", archive.getvalue(), "application/zip")})
+        assert task.status_code == 200, task.text
+        task_id = task.json()["task_id"]
+        for _ in range(300):
+            status = c.get("/submission/status", params={"task_id": task_id}).json()["status"]
+            if status != "in_progress":
+                break
+            time.sleep(0.2)
+        result = c.get("/submission/get", params={"task_id": task_id})
+    assert status == "completed" and result.status_code == 200, (status, result.text[:300])
+    got = {r["ImageID"]: int(r["ans"]) for r in csv.DictReader(io.StringIO(result.text))}
+    expected = reference.predict([synth_root / "eval" / "images" / i for i in ids])
+    assert [got[i] for i in ids] == [e["class"] for e in expected], got
+
+
+# --- the Docker image's environment, without Docker ---------------------------------------------
+def requirement_closure(requirements: Path) -> dict[str, metadata.Distribution]:
+    """The installed distributions pip would install for ``requirements`` (markers and extras
+    evaluated), resolved against this environment's versions."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    lines = [ln.split("#", 1)[0].strip() for ln in requirements.read_text().splitlines()]
+    todo = [(Requirement(ln), "") for ln in lines if ln]
+    found: dict[str, metadata.Distribution] = {}
+    while todo:
+        req, extra = todo.pop()
+        if req.marker is not None and not req.marker.evaluate({"extra": extra}):
+            continue
+        name = canonicalize_name(req.name)
+        first = name not in found
+        if first:
+            found[name] = metadata.distribution(req.name)
+        for wanted in (req.extras if first or req.extras else ()):
+            todo.extend((Requirement(r), wanted) for r in found[name].requires or [])
+        if first:
+            todo.extend((Requirement(r), "") for r in found[name].requires or [])
+    return found
+
+
+@pytest.fixture(scope="module")
+def serving_venv(tmp_path_factory):
+    """A fresh venv (no system site-packages) holding only serving/requirements.txt's closure,
+    linked from this environment's installed files: same versions, seconds instead of the minutes
+    a network `pip install` takes (docs/serving.md has that command and its measured time)."""
+    dists = requirement_closure(REPO / "serving" / "requirements.txt")
+    banned = sorted(n for n in dists if n.startswith(("torch", "triton", "nvidia-cu", "nvidia-nccl")))
+    assert banned == [], f"serving requirements pull in {banned}"
+    venv = tmp_path_factory.mktemp("serving_venv") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    rel = Path(sysconfig.get_path("purelib")).relative_to(sys.prefix)
+    site = venv / rel
+    for dist in dists.values():
+        for f in dist.files or []:
+            if f.parts[0] == "..":  # console scripts; the test runs `python -m bentoml`
+                continue
+            dst = site / f
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if not dst.exists():
+                dst.symlink_to(dist.locate_file(f))
+    return venv / "bin" / "python", sorted(dists)
+
+
+def test_serving_runs_in_a_torch_free_environment(serving_venv, onnx_model, eval_paths, reference,
+                                                  tmp_path):
+    python, dists = serving_venv
+    probe = subprocess.run([str(python), "-c", "import torch"], capture_output=True, text=True, timeout=60)
+    assert probe.returncode != 0 and "No module named 'torch'" in probe.stderr, "venv must not have torch"
+    env = _env(MASK_MODEL=str(onnx_model), BENTOML_HOME=str(tmp_path / "home"))
+    imports = subprocess.run([str(python), "-c", "import serving.service, serving.submission, serving.submit"],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert imports.returncode == 0, f"serving modules need more than the requirements: {imports.stderr[-1500:]}"
+    with bentoml_serve(str(python), env, tmp_path / "serve.log") as url:
+        r = httpx.post(f"{url}/predict", files={"image": ("a.jpg", eval_paths[0].read_bytes(), "image/jpeg")},
+                       timeout=60)
+        info = httpx.get(f"{url}/model", timeout=30).json()
+    assert r.status_code == 200 and r.json() == reference.predict([eval_paths[0]])[0], r.text
+    assert info["provider"] == "CPUExecutionProvider", info
+    assert "bentoml" in dists and "onnxruntime-gpu" in dists and len(dists) > 20, dists

@@ -1,0 +1,216 @@
+"""The BentoML service in-process: the ASGI app BentoML serves (lifespan, adaptive-batching
+dispatcher, self-client) driven by Starlette's TestClient, plus the plain service class."""
+from __future__ import annotations
+
+import csv
+import importlib
+import io
+import sys
+import zipfile
+
+import pytest
+from PIL import Image
+
+from serving.predictor import Predictor
+from serving.settings import Settings
+
+LIMITS = {"MASK_MAX_UPLOAD_BYTES": "300000", "MASK_MAX_PIXELS": "4000000", "MASK_MAX_FILES": "4",
+          "MASK_MAX_BATCH_SIZE": "8"}
+
+
+def image_bytes(fmt="JPEG", size=(384, 512), color=(30, 140, 60), mode="RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, color if mode == "RGB" else 128).save(buf, fmt)
+    return buf.getvalue()
+
+
+def bad_requests() -> list[tuple[str, str, dict, int, str]]:
+    """(name, route, httpx/TestClient kwargs, expected status, words in the error) for LIMITS."""
+    good = image_bytes()
+    bomb = io.BytesIO()
+    Image.new("1", (3000, 2000)).save(bomb, "PNG")  # 6 Mpx in a few kB: over MASK_MAX_PIXELS=4e6
+    one = lambda data, name="a.jpg", field="image", ctype="image/jpeg": {"files": {field: (name, data, ctype)}}
+    return [
+        ("not an image", "/predict", one(b"%PDF-1.4 hello", "a.pdf", ctype="application/pdf"), 400,
+         "not a recognised image"),
+        ("truncated jpeg", "/predict", one(good[: len(good) // 2]), 400, "truncated"),
+        ("empty upload", "/predict", one(b""), 400, "empty upload"),
+        ("wrong field name", "/predict", one(good, field="photo"), 400, "unexpected form field 'photo'"),
+        ("text instead of a file", "/predict", {"files": {"image": (None, "http://example.com/x.jpg")}}, 400,
+         "must be a file upload"),
+        ("unsupported format", "/predict", one(b"<svg xmlns='http://www.w3.org/2000/svg'/>", "a.svg",
+                                                ctype="image/svg+xml"), 400, "not a recognised image"),
+        ("unknown content type", "/predict", {"content": good, "headers": {"content-type": "image/jpeg"}}, 415,
+         "multipart/form-data"),
+        ("file over the byte limit", "/predict", one(good + b"\0" * 300_001), 413, "over the limit"),
+        ("over the pixel limit", "/predict", one(bomb.getvalue(), "b.png", ctype="image/png"), 413,
+         "over the limit of 4000000"),
+        ("too many files", "/predict_batch", {"files": [("images", ("a.jpg", good, "image/jpeg"))] * 5}, 413,
+         "5 files in one request; the limit is 4"),
+        ("one bad file in a batch", "/predict_batch",
+         {"files": [("images", ("a.jpg", good, "image/jpeg")), ("images", ("b.jpg", b"junk", "image/jpeg"))]},
+         400, "images[1]"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def service_module(onnx_model):
+    """serving.service imported with the test model and small limits (it reads MASK_* at import)."""
+    saved = {k: sys.modules.pop(k) for k in list(sys.modules) if k == "serving.service"}
+    env = {"MASK_MODEL": str(onnx_model), **LIMITS}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        module = importlib.import_module("serving.service")
+        yield module
+    sys.modules.pop("serving.service", None)
+    sys.modules.update(saved)
+
+
+@pytest.fixture(scope="module")
+def client(service_module, tmp_path_factory):
+    from starlette.testclient import TestClient
+
+    # `bentoml serve` creates the task result database before starting workers; do the same here
+    from _bentoml_impl.tasks.result import Sqlite3Store
+
+    db = tmp_path_factory.mktemp("tasks") / "task_result.db"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BENTOML_RESULT_STORE", str(db))
+        Sqlite3Store.init_db(str(db))
+        with TestClient(service_module.MaskClassifier.to_asgi()) as c:
+            yield c
+
+
+@pytest.fixture(scope="module")
+def reference(onnx_model):
+    return Predictor(onnx_model, settings=Settings())
+
+
+def test_predict_gives_the_predictors_answer(client, reference, synth_root):
+    path = sorted((synth_root / "eval" / "images").iterdir())[0]
+    r = client.post("/predict", files={"image": (path.name, path.read_bytes(), "image/jpeg")})
+    assert r.status_code == 200, r.text
+    assert r.json() == reference.predict([path])[0], "service and predictor must agree on one image"
+    assert set(r.json()) == {"class", "label", "mask", "gender", "age", "confidence", "probabilities"}, r.json()
+
+
+def test_predict_batch_keeps_order(client, reference, synth_root):
+    paths = sorted((synth_root / "eval" / "images").iterdir())[:3]
+    files = [("images", (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
+    r = client.post("/predict_batch", files=files)
+    assert r.status_code == 200, r.text
+    assert r.json() == reference.predict(paths), "batch answers must match one-by-one answers, in order"
+
+
+def test_bad_inputs_get_4xx_json_and_the_service_keeps_working(client):
+    for name, route, kwargs, status, words in bad_requests():
+        r = client.post(route, **kwargs)
+        assert r.status_code == status, f"{name}: expected {status}, got {r.status_code} {r.text[:300]}"
+        body = r.json()
+        assert words in body["error"] and body["status"] == status, f"{name}: {body}"
+    r = client.post("/predict", files={"image": ("ok.png", image_bytes("PNG", mode="L"), "image/png")})
+    assert r.status_code == 200 and 0 <= r.json()["class"] < 18, f"good image after bad ones: {r.text}"
+
+
+def test_model_route_get_and_post(client, onnx_model):
+    got, posted = client.get("/model"), client.post("/model", json={})
+    assert got.status_code == posted.status_code == 200, (got.text, posted.text)
+    info = got.json()
+    assert info == posted.json(), "GET and POST /model must agree"
+    assert info["provider"] == "CPUExecutionProvider" and info["source"] == str(onnx_model), info
+    assert info["limits"]["max_files"] == 4 and info["limits"]["max_upload_bytes"] == 300000, info["limits"]
+    assert info["input"]["shape"] == ["N", 64, 48, 3] and len(info["labels"]) == 18, info["input"]
+
+
+def test_openapi_documents_responses_with_examples(client):
+    spec = client.get("/docs.json").json()
+    for route in ("/predict", "/predict_batch", "/model", "/submission/submit"):
+        assert route in spec["paths"], f"{route} missing from /docs: {sorted(spec['paths'])}"
+    ok = spec["paths"]["/predict"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok["example"]["mask"] == "wear" and "class" in ok["properties"], ok
+
+
+def test_batching_switch_gives_the_same_answers(service_module, reference, synth_root):
+    import asyncio
+    from pathlib import Path
+
+    svc = service_module.MaskClassifier()
+    svc.settings = Settings(batching=False)
+    path = sorted((synth_root / "eval" / "images").iterdir())[1]
+    out = asyncio.run(svc.predict(Path(path)))
+    assert out.model_dump(by_alias=True) == reference.predict([path])[0], "MASK_BATCHING=0 must not change answers"
+    assert svc.model_info().limits["batching"] is False
+
+
+def test_infer_isolates_malformed_images(client, reference, synth_root):
+    import base64
+
+    path = sorted((synth_root / "eval" / "images").iterdir())[0]
+    good = base64.b64encode(reference.load(path).tobytes()).decode()
+    r = client.post("/infer", json={"images": ["AAAA", "not base64!", good]})
+    assert r.status_code == 200, r.text
+    rows = r.json()
+    assert rows[:2] == [None, None], f"malformed images must get null, not fail the batch: {rows[:2]}"
+    assert rows[2] == pytest.approx(reference.infer(reference.load(path)[None])[0].tolist(), abs=1e-6), rows[2]
+
+
+def _submission_inputs(synth_root, n=6):
+    info = synth_root / "eval" / "info.csv"
+    with open(info, newline="") as f:
+        rows = list(csv.DictReader(f))[:n]
+    text = "ImageID,ans\n" + "".join(f"{r['ImageID']},0\n" for r in rows)
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        for r in rows:
+            z.write(synth_root / "eval" / "images" / r["ImageID"], r["ImageID"])
+    return [r["ImageID"] for r in rows], text.encode(), archive.getvalue()
+
+
+def test_submission_task_returns_the_filled_csv(client, reference, synth_root):
+    import time
+
+    ids, info, archive = _submission_inputs(synth_root)
+    r = client.post("/submission/submit", files={"info": ("info.csv", info, "text/csv"),
+                                                 "archive": ("images.zip", archive, "application/zip")})
+    assert r.status_code == 200, r.text
+    task = r.json()["task_id"]
+    for _ in range(200):
+        status = client.get("/submission/status", params={"task_id": task}).json()["status"]
+        if status != "in_progress":
+            break
+        time.sleep(0.1)
+    result = client.get("/submission/get", params={"task_id": task})
+    assert status == "completed" and result.status_code == 200, (status, result.text[:500])
+    got = {row["ImageID"]: int(row["ans"]) for row in csv.DictReader(io.StringIO(result.text))}
+    expected = [p["class"] for p in reference.predict([synth_root / "eval" / "images" / i for i in ids])]
+    assert [got[i] for i in ids] == expected, "task answers must match the predictor's"
+
+
+def test_submission_task_rejects_a_bad_csv(client, synth_root):
+    import time
+
+    _, _, archive = _submission_inputs(synth_root, n=1)
+    r = client.post("/submission/submit", files={"info": ("info.csv", b"foo,bar\n1,2\n", "text/csv"),
+                                                 "archive": ("images.zip", archive, "application/zip")})
+    task = r.json()["task_id"]
+    for _ in range(100):
+        status = client.get("/submission/status", params={"task_id": task}).json()["status"]
+        if status != "in_progress":
+            break
+        time.sleep(0.1)
+    result = client.get("/submission/get", params={"task_id": task})
+    assert status == "failed" and result.status_code == 400, (status, result.text)
+    assert "ImageID" in result.json()["error"], result.json()
+
+
+def test_plain_service_class_works_without_a_server(service_module, reference, synth_root):
+    import asyncio
+    from pathlib import Path
+
+    svc = service_module.MaskClassifier()
+    path = sorted((synth_root / "eval" / "images").iterdir())[0]
+    out = asyncio.run(svc.predict(Path(path)))
+    assert out.model_dump(by_alias=True) == reference.predict([path])[0]
+    bad = asyncio.run(svc.predict(Path(__file__)))
+    assert bad.status_code == 400 and b"not a recognised image" in bad.body, bad.body
