@@ -1,0 +1,392 @@
+"""Batch job: the competition baseline's inference loop vs ``mask-submit``, same weights, same images.
+
+For each architecture: make (or reuse) a synthetic data set with >= 2,000 eval JPEGs of 384×512,
+train a checkpoint briefly with ``mask-train`` (or take ``--checkpoint``), export it with
+``mask-export``, then run as commands, one after the other on a warm page cache:
+
+* ``python -m bench.baseline`` — the baseline loop (PIL full decode, torchvision Resize/ToTensor/
+  Normalize, DataLoader defaults, batch 64, eager PyTorch in eval mode) on the checkpoint;
+* ``mask-submit`` with its defaults on the exported ONNX model; then, for reference, on the same
+  graph with its recorded preprocessing changed (JPEG draft off; the other draft scale) and on the
+  INT8 export.
+
+Reported: img/s of each command end to end (interpreter start and model load included) and of each
+job's own loop, their ratio, the share of identical predictions, accuracy of both against the
+synthetic ground truth, and a stage breakdown (read, decode, resize, to-tensor, infer, write) from
+an instrumented serial pass of each pipeline over a subset, next to two ceilings: ONNX Runtime
+inference alone on pre-decoded batches and a pure decode+resize loop with mask-submit's 2 threads.
+
+    python -m bench.batch_job                       # small_cnn (the product default) and resnet18
+    python -m bench.batch_job --archs small_cnn --quick
+    python -m bench.batch_job --checkpoint runs/x/best.pt
+
+Writes ``bench/results/batch_job.json`` and re-renders ``docs/benchmarks.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bench import common
+
+log = logging.getLogger(__name__)
+
+ARCHS = ("small_cnn", "resnet18")
+MIN_IMAGES = 2000
+_SUBMIT_SUMMARY = re.compile(r"(\d+) images, ([\d.]+) s")
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    data: Path
+    archs: tuple[str, ...] = ARCHS
+    checkpoint: str | None = None
+    train_people: int = 100
+    eval_people: int = 300        # 7 images each: 2,100 eval images
+    epochs: int = 4
+    size: tuple[int, int] = (128, 96)
+    stage_images: int = 640       # images in the instrumented stage-breakdown passes
+    min_images: int = MIN_IMAGES
+    retrain: bool = False
+    repeats: int = 2              # runs of each command; the fastest counts
+
+
+# ----------------------------------------------------------------------------- inputs
+
+def ensure_data(cfg: JobConfig) -> tuple[Path, Path, Path]:
+    """(info.csv, images dir, answers.csv) of a synthetic set with enough eval images."""
+    from maskdata.synth import generate
+
+    info, images, answers = cfg.data / "eval" / "info.csv", cfg.data / "eval" / "images", cfg.data / "eval" / "answers.csv"
+    if not info.is_file():
+        log.info("generating %d train + %d eval people into %s", cfg.train_people, cfg.eval_people, cfg.data)
+        generate(cfg.data, people=cfg.train_people, eval_people=cfg.eval_people, seed=0, progress=True)
+    n = sum(1 for _ in open(info, encoding="utf-8")) - 1
+    if n < cfg.min_images:
+        raise ValueError(f"{info} lists {n} images; the batch benchmark needs at least {cfg.min_images} "
+                         f"(delete {cfg.data} or pass --data to a larger set)")
+    return info, images, answers
+
+
+def ensure_model(cfg: JobConfig, arch: str) -> tuple[Path, Path]:
+    """(checkpoint, exported ONNX) for ``arch``: trained briefly with mask-train unless given."""
+    from export.cli import main as export_main
+
+    work = cfg.data / "bench-runs" / arch
+    if cfg.checkpoint:
+        ckpt = Path(cfg.checkpoint)
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {ckpt}")
+    else:
+        ckpt = work / "best.pt"
+        if cfg.retrain or not ckpt.is_file():
+            from training.cli import main as train_main
+
+            h, w = cfg.size
+            argv = ["--data-dir", str(cfg.data / "train"), "--out", str(work), "--model", arch,
+                    "--epochs", str(cfg.epochs), "--resize", str(h), str(w), "--seed", "0", "--no-progress"]
+            log.info("training %s: mask-train %s", arch, " ".join(argv))
+            if train_main(argv) != 0:
+                raise ValueError(f"mask-train failed for {arch}")
+    onnx_path = work / "model.onnx"
+    work.mkdir(parents=True, exist_ok=True)
+    stale = not onnx_path.is_file() or onnx_path.stat().st_mtime < ckpt.stat().st_mtime
+    if cfg.retrain or cfg.checkpoint or stale or not onnx_path.with_name("model.int8.onnx").is_file():
+        # --int8 also writes model.int8.onnx (static quantization calibrated on the parity images)
+        if export_main(["--checkpoint", str(ckpt), "--out", str(onnx_path), "--int8"]) != 0:
+            raise ValueError(f"mask-export failed for {ckpt}")
+    return ckpt, onnx_path
+
+
+def warm_cache(images: Path, ids: list[str]) -> None:
+    """Read every file once, and import both sides' libraries once in a throwaway interpreter, so
+    neither timed command pays for a cold page cache (a first torch import after an idle spell took
+    ~20 s here)."""
+    for i in ids:
+        (images / i).read_bytes()
+    subprocess.run([sys.executable, "-c", "import torch, torchvision, onnxruntime, serving.submission"],
+                   cwd=common.REPO_ROOT, check=True, capture_output=True)
+
+
+def best_of(runs: list[dict]) -> dict:
+    """The fastest of repeated runs of one command (the least disturbed by a shared machine)."""
+    best = dict(min(runs, key=lambda r: r["wall_s"]))
+    best["all_wall_s"] = [r["wall_s"] for r in runs]
+    return best
+
+
+def read_ans(path: Path) -> dict[str, int]:
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        return {r["ImageID"]: int(r["ans"]) for r in csv.DictReader(f)}
+
+
+# ----------------------------------------------------------------------------- the two commands
+
+def _run(cmd: list[str]) -> tuple[float, str]:
+    log.info("running: %s", " ".join(cmd))
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=common.REPO_ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise ValueError(f"{cmd[2] if cmd[1] == '-m' else cmd[0]} exited {proc.returncode}: "
+                         f"{(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
+    return wall, proc.stdout
+
+
+def run_baseline(ckpt: Path, info: Path, images: Path, out: Path) -> dict:
+    cmd = [sys.executable, "-m", "bench.baseline", "--checkpoint", str(ckpt), "--info", str(info),
+           "--images", str(images), "--out", str(out)]
+    wall, stdout = _run(cmd)
+    inner = json.loads(stdout.strip().splitlines()[-1])
+    return {"command": _display(cmd), "wall_s": wall, "loop_s": inner["loop_s"], "load_s": inner["load_s"]}
+
+
+def run_submit(onnx_path: Path, info: Path, images: Path, out: Path) -> dict:
+    cmd = [sys.executable, "-m", "serving.submit", "--info", str(info), "--images", str(images), "--out", str(out),
+           "--model", str(onnx_path), "--no-progress"]
+    wall, stdout = _run(cmd)
+    m = _SUBMIT_SUMMARY.search(stdout)
+    return {"command": _display(cmd).replace(".venv/bin/python -m serving.submit", "mask-submit"), "wall_s": wall,
+            "loop_s": float(m.group(2)) if m else None}
+
+
+def _display(cmd: list[str]) -> str:
+    root = str(common.REPO_ROOT) + "/"
+    return " ".join(c.replace(root, "") for c in [".venv/bin/python", *cmd[1:]])
+
+
+# ----------------------------------------------------------------------------- stage breakdowns
+
+def product_stages(onnx_path: Path, paths: list[Path], out_csv: Path, batch_size: int = 64) -> dict[str, float]:
+    """mask-submit's per-image work done serially in this process, each stage timed (seconds per stage)."""
+    from maskdata.io import atomic_path
+    from maskdata.preprocess import open_image
+    from serving.predictor import Predictor
+
+    predictor = Predictor(onnx_path)
+    pre = predictor.preprocess
+    t = dict.fromkeys(("read", "decode", "resize", "infer", "write"), 0.0)
+    preds: list[int] = []
+    for start in range(0, len(paths), batch_size):
+        arrays = []
+        for p in paths[start:start + batch_size]:
+            t0 = time.perf_counter()
+            data = p.read_bytes()
+            t1 = time.perf_counter()
+            img = open_image(data, draft_size=pre.size if pre.jpeg_draft else None)
+            t2 = time.perf_counter()
+            arrays.append(pre.resize(img))
+            t3 = time.perf_counter()
+            t["read"] += t1 - t0
+            t["decode"] += t2 - t1
+            t["resize"] += t3 - t2
+        t0 = time.perf_counter()
+        preds.extend(predictor.infer(np.stack(arrays)).argmax(axis=1).tolist())
+        t["infer"] += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with atomic_path(out_csv) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["ImageID", "ans"])
+        w.writerows([p.name, c] for p, c in zip(paths, preds))
+    t["write"] = time.perf_counter() - t0
+    return t
+
+
+def baseline_stages(ckpt: Path, info: Path, images: Path, out_csv: Path, limit: int) -> dict[str, float]:
+    """The baseline's per-stage seconds over the first ``limit`` images, in a fresh process like its run."""
+    cmd = [sys.executable, "-m", "bench.baseline", "--checkpoint", str(ckpt), "--info", str(info),
+           "--images", str(images), "--out", str(out_csv), "--stages", str(limit)]
+    _, stdout = _run(cmd)
+    return json.loads(stdout.strip().splitlines()[-1])["stages"]
+
+
+def preprocess_variant(onnx_path: Path, name: str, **changes) -> Path:
+    """A copy of the exported model with its recorded preprocessing changed (e.g. ``jpeg_draft=False``
+    so ``mask-submit`` decodes full-size like the baseline); weights and graph are unchanged."""
+    from dataclasses import replace
+
+    import onnx
+
+    from export.graph import save_checked, set_metadata
+    from maskdata.artifact import read_metadata
+
+    meta = read_metadata(onnx_path)
+    model = onnx.load(str(onnx_path))
+    set_metadata(model, replace(meta, preprocess=replace(meta.preprocess, **changes)))
+    return save_checked(model, onnx_path.with_name(f"model.{name}.onnx"))
+
+
+def variants(onnx_path: Path) -> list[tuple[str, Path, dict]]:
+    """(result key, model file, preprocessing change) of the reference runs after the shipped one."""
+    from maskdata.artifact import read_metadata
+    from maskdata.preprocess import Preprocess
+
+    pre = read_metadata(onnx_path).preprocess
+    out = [("submit_no_draft", preprocess_variant(onnx_path, "nodraft", jpeg_draft=False), {"jpeg_draft": False})]
+    # artifacts record the draft scale they were exported with; the other scale is measured too
+    if "draft_scale" in Preprocess.__dataclass_fields__ and pre.jpeg_draft:
+        other = 2 if pre.draft_scale == 1 else 1
+        out.append((f"submit_draft_scale_{other}", preprocess_variant(onnx_path, f"draft{other}", draft_scale=other),
+                    {"draft_scale": other}))
+    out.append(("submit_int8", onnx_path.with_name("model.int8.onnx"), {}))
+    return out
+
+
+def decode_ceiling(onnx_path: Path, paths: list[Path], threads: int = 2) -> float:
+    """img/s of read + draft decode + resize alone, in ``threads`` threads (mask-submit's default)."""
+    from maskdata.artifact import read_metadata
+
+    pre = read_metadata(onnx_path).preprocess
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in pool.map(pre, paths, chunksize=16):
+            pass
+    return len(paths) / (time.perf_counter() - t0)
+
+
+def infer_ceiling(onnx_path: Path, batch_size: int = 64) -> float:
+    """img/s of ONNX Runtime inference alone at ``batch_size`` on in-memory uint8 (the model-only figure)."""
+    from serving.predictor import Predictor
+
+    p = Predictor(onnx_path)
+    x = np.random.default_rng(0).integers(0, 256, (batch_size, *p.input_shape), dtype=np.uint8)
+    t = common.time_calls(lambda: p.infer(x), warmup=1, min_repeats=3, budget_s=2.0, cap_s=6.0)
+    return batch_size / t.median
+
+
+def _fractions(stages: dict[str, float]) -> dict[str, float]:
+    total = sum(stages.values())
+    return {k: v / total for k, v in stages.items()} if total else {}
+
+
+# ----------------------------------------------------------------------------- one architecture
+
+def bench_arch(cfg: JobConfig, arch: str, info: Path, images: Path, answers: Path) -> dict:
+    from maskdata.artifact import read_metadata
+    from training.checkpoint import load_checkpoint
+
+    ckpt, onnx_path = ensure_model(cfg, arch)
+    work = onnx_path.parent
+    ids = list(read_ans(info))
+    warm_cache(images, ids)
+    b_runs, s_runs = [], []
+    for _ in range(cfg.repeats):  # interleaved, so a burst of outside load hits both sides alike
+        b_runs.append(run_baseline(ckpt, info, images, work / "baseline.csv"))
+        s_runs.append(run_submit(onnx_path, info, images, work / "submission.csv"))
+    base, sub = best_of(b_runs), best_of(s_runs)
+    pred_b, pred_s = read_ans(work / "baseline.csv"), read_ans(work / "submission.csv")
+    truth = read_ans(answers) if answers.is_file() else {}
+    n = len(ids)
+    identical = sum(pred_b[i] == pred_s[i] for i in ids) / n
+    meta = load_checkpoint(ckpt)
+    root = str(common.REPO_ROOT) + "/"
+    row = {"arch": arch, "checkpoint": str(ckpt).replace(root, ""), "onnx": str(onnx_path).replace(root, ""),
+           "images": n,
+           "trained_epochs": meta.get("epoch"), "val_f1": (meta.get("metrics") or {}).get("f1"),
+           "input_size": list(cfg.size), "preprocess": read_metadata(onnx_path).preprocess.to_dict(),
+           "baseline": base, "submit": sub,
+           "identical": identical, "distinct_classes_predicted": len(set(pred_s.values()))}
+    for side in ("baseline", "submit"):
+        r = row[side]
+        r["img_per_s"] = n / r["wall_s"]
+        r["loop_img_per_s"] = n / r["loop_s"] if r.get("loop_s") else None
+    row["ratio"] = row["submit"]["img_per_s"] / row["baseline"]["img_per_s"]
+    if row["submit"]["loop_img_per_s"]:
+        row["loop_ratio"] = row["submit"]["loop_img_per_s"] / row["baseline"]["loop_img_per_s"]
+    if truth:
+        row["accuracy"] = {"baseline": sum(pred_b[i] == truth[i] for i in ids) / n,
+                           "submit": sum(pred_s[i] == truth[i] for i in ids) / n}
+    log.info("%s: ceilings (inference alone, decode alone)", arch)
+    all_paths = [images / i for i in ids]
+    row["ceilings"] = {"infer_img_per_s": infer_ceiling(onnx_path),
+                       "decode_img_per_s_2_threads": decode_ceiling(onnx_path, all_paths),
+                       "decode_img_per_s_1_thread": decode_ceiling(onnx_path, all_paths, threads=1)}
+    for key, model, change in variants(onnx_path):
+        log.info("%s: mask-submit on %s", arch, model.name)
+        csv_name = f"{key}.csv"
+        variant = run_submit(model, info, images, work / csv_name)
+        variant["preprocess_change"] = change
+        pred_v = read_ans(work / csv_name)
+        variant.update(img_per_s=n / variant["wall_s"],
+                       loop_img_per_s=n / variant["loop_s"] if variant.get("loop_s") else None)
+        variant["ratio"] = variant["img_per_s"] / row["baseline"]["img_per_s"]
+        variant["identical"] = sum(pred_b[i] == pred_v[i] for i in ids) / n
+        row[key] = variant
+    row["identical_without_draft"] = row["submit_no_draft"]["identical"]
+    subset = ids[:cfg.stage_images]
+    paths = [images / i for i in subset]
+    log.info("%s: stage breakdown over %d images (baseline, then mask-submit's stages)", arch, len(subset))
+    b_stages = baseline_stages(ckpt, info, images, work / "baseline_stages.csv", len(subset))
+    p_stages = product_stages(onnx_path, paths, work / "submit_stages.csv")
+    row["stages"] = {"images": len(subset),
+                     "baseline": {"seconds": b_stages, "fraction": _fractions(b_stages)},
+                     "submit": {"seconds": p_stages, "fraction": _fractions(p_stages)}}
+    log.info("%s: baseline %.1f img/s, mask-submit %.1f img/s (%.2fx), identical %.2f%%", arch,
+             row["baseline"]["img_per_s"], row["submit"]["img_per_s"], row["ratio"], 100 * identical)
+    return row
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.batch_job", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=common.REPO_ROOT / "data" / "bench",
+                   help="synthetic data set (made here if missing; default: data/bench)")
+    p.add_argument("--archs", nargs="+", default=list(ARCHS), help=f"architectures (default: {' '.join(ARCHS)})")
+    p.add_argument("--checkpoint", help="use this mask-train checkpoint instead of training (one arch: its own)")
+    p.add_argument("--epochs", type=int, default=4, help="epochs of the quick training run (default: 4)")
+    p.add_argument("--stage-images", type=int, default=640, help="images in the stage-breakdown passes (default: 640)")
+    p.add_argument("--retrain", action="store_true", help="train and export again even if a run exists")
+    p.add_argument("--repeats", type=int, default=2,
+                   help="runs of the baseline and mask-submit commands, interleaved; the fastest counts (default: 2)")
+    p.add_argument("--quick", action="store_true", help="small_cnn only, 1 epoch, 320-image stage passes")
+    p.add_argument("--out", type=Path, default=common.RESULTS_DIR / "batch_job.json", help="result JSON")
+    p.add_argument("--no-report", action="store_true", help="do not re-render docs/benchmarks.md")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    common.setup_logging()
+    try:
+        archs = tuple(args.archs)
+        if args.quick:
+            archs, args.epochs, args.stage_images, args.repeats = ("small_cnn",), 1, 320, 1
+        if args.checkpoint:
+            from training.checkpoint import load_checkpoint
+
+            archs = (load_checkpoint(args.checkpoint)["arch"],)
+        if args.epochs < 1 or args.stage_images < 64 or args.repeats < 1:
+            raise ValueError("--epochs and --repeats must be >= 1 and --stage-images >= 64")
+        cfg = JobConfig(data=args.data, archs=archs, checkpoint=args.checkpoint, epochs=args.epochs,
+                        stage_images=args.stage_images, retrain=args.retrain, repeats=args.repeats)
+        info, images, answers = ensure_data(cfg)
+        started = common.utc_now()
+        with common.CpuMonitor() as monitor:
+            runs = [bench_arch(cfg, arch, info, images, answers) for arch in archs]
+        payload = {"name": "batch_job", "command": common.command_line("bench.batch_job", argv),
+                   "started": started, "finished": common.utc_now(), "quick": args.quick,
+                   "machine": common.machine_info(), "cpu_monitor": monitor.summary,
+                   "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+                   "runs": runs}
+        common.write_result(args.out, payload)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not args.no_report:
+        common.render_docs()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""Helpers every benchmark shares: machine description, CPU-sharing monitor, repeat-timing and the
+atomic JSON result files in ``bench/results/`` that ``bench.report`` renders.
+
+Nothing here imports torch, so the REST benchmark stays light.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+from maskdata.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+DOCS_DIR = REPO_ROOT / "docs"
+PACKAGES = ("torch", "torchvision", "onnxruntime-gpu", "onnxruntime", "onnx", "bentoml", "numpy", "pillow",
+            "httpx")
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def cpu_flags() -> list[str]:
+    """The SIMD features that decide CPU inference speed (AVX2/AVX-512/VNNI for INT8, BF16)."""
+    wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in wanted if f in have]
+    except OSError:
+        pass
+    return []
+
+
+def memory_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return None
+
+
+def gpu_names() -> list[str]:
+    """CUDA devices as torch sees them, without importing torch when it is not loaded already."""
+    if "torch" not in sys.modules:
+        return []
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+
+
+def machine_info() -> dict:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    return {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "logical_cpus": os.cpu_count(), "usable_cpus": usable,
+            "memory_gib": memory_gib(), "os": platform.platform(), "python": platform.python_version(),
+            "versions": versions, "gpus": gpu_names(),
+            "threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}}
+
+
+def _proc_stat_jiffies() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    values = [int(v) for v in fields[:8]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+def _own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class CpuMonitor:
+    """How busy the machine was *apart from this benchmark* while it ran.
+
+    ``other_cores`` = (all CPUs' busy time − this process's and its reaped children's CPU time) / wall
+    time: 0 on a quiet machine, ~1.0 when another job kept one core busy the whole time. Children
+    still running when the monitor stops are not counted as ours, so stop it after they exit.
+    """
+
+    def __enter__(self) -> "CpuMonitor":
+        self.t0, self.own0, self.stat0 = time.perf_counter(), _own_cpu_seconds(), _proc_stat_jiffies()
+        self.load0 = os.getloadavg()
+        self.summary: dict = {}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        wall = time.perf_counter() - self.t0
+        own = _own_cpu_seconds() - self.own0
+        stat1 = _proc_stat_jiffies()
+        summary = {"wall_s": round(wall, 1), "own_cpu_s": round(own, 1),
+                   "loadavg_start": [round(x, 2) for x in self.load0],
+                   "loadavg_end": [round(x, 2) for x in os.getloadavg()]}
+        if self.stat0 and stat1:
+            hz = os.sysconf("SC_CLK_TCK")
+            busy = (stat1[0] - self.stat0[0]) / hz
+            summary["machine_busy_cores"] = round(busy / wall, 2) if wall > 0 else None
+            summary["other_cores"] = round(max(0.0, busy - own) / wall, 2) if wall > 0 else None
+        self.summary = summary
+
+
+@dataclass
+class Timing:
+    """Per-call wall times of one repeated measurement, in seconds."""
+    times: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    def to_dict(self) -> dict:
+        return {"repeats": len(self.times), "median_s": self.median, "min_s": min(self.times),
+                "max_s": max(self.times)}
+
+
+def time_calls(fn: Callable[[], object], *, warmup: int = 1, min_repeats: int = 3, max_repeats: int = 50,
+               budget_s: float = 2.0, cap_s: float | None = None) -> Timing:
+    """Call ``fn`` ``warmup`` times untimed, then repeatedly: at least ``min_repeats`` times and until
+    ``budget_s`` of timed calls have passed, at most ``max_repeats`` times, and never past ``cap_s``
+    (after one call) so a slow cell of a large grid costs one or two calls, not minutes. The median
+    resists the odd slow call a shared machine produces."""
+    for _ in range(warmup):
+        fn()
+    timing = Timing()
+    spent = 0.0
+    while len(timing.times) < max_repeats:
+        if len(timing.times) >= min_repeats and spent >= budget_s:
+            break
+        if cap_s is not None and timing.times and spent >= cap_s:
+            break
+        t0 = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t0
+        timing.times.append(dt)
+        spent += dt
+    return timing
+
+
+def command_line(module: str, argv: list[str] | None) -> str:
+    args = sys.argv[1:] if argv is None else argv
+    return " ".join([".venv/bin/python", "-m", module, *map(shlex.quote, args)])
+
+
+def write_result(path: Path, payload: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    log.info("wrote %s", path)
+    return path
+
+
+def load_results(results_dir: Path = RESULTS_DIR) -> dict[str, dict]:
+    """``{"model_only": {...}, "batch_job": {...}, "rest": {...}}`` for whichever files exist."""
+    out = {}
+    for name in ("model_only", "batch_job", "rest"):
+        p = results_dir / f"{name}.json"
+        if p.is_file():
+            out[name] = json.loads(p.read_text())
+    return out
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """INFO for the harness and the product's modules; WARNING for library chatter (the ONNX
+    quantizer logs one line per rescaled weight on the root logger)."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("__main__", "bench", "export", "serving", "training", "maskdata"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def render_docs() -> None:
+    """Re-render docs/benchmarks.md from whatever results exist (each script calls this last)."""
+    from bench import report
+
+    report.main([])

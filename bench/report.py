@@ -1,0 +1,531 @@
+"""Render ``bench/results/*.json`` into ``docs/benchmarks.md`` and the ``docs/bench_*.png`` plots.
+
+Every benchmark script calls this when it finishes, so the document always shows the latest
+results of each part side by side with the machine and the exact command that produced them.
+Nothing here measures or estimates anything: a missing result is written as "not measured".
+
+    python -m bench.report                     # re-render from bench/results/
+    python -m bench.report --results DIR --out docs/benchmarks.md
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from bench import common
+from maskdata.io import atomic_path, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+BACKEND_NAMES = {"torch_eager": "PyTorch eager", "ort_fp32": "ORT FP32", "ort_int8": "ORT INT8",
+                 "torch_fp16": "PyTorch FP16", "ort_cuda_fp16": "ORT CUDA FP16",
+                 "ort_tensorrt_fp16": "ORT TensorRT FP16"}
+BATCH_TARGET_RATIO, IDENTICAL_TARGET, REST_TARGET_RATIO, REST_CLIENTS = 3.0, 0.995, 1.5, 32
+SHARED_ABOVE = 0.2  # cores' worth of other processes' CPU time during a run that we call "shared"
+
+
+def _f(x, digits: int = 1, unit: str = "") -> str:
+    if x is None:
+        return "–"
+    return f"{x:,.{digits}f}{unit}"
+
+
+def _pct(x, digits: int = 1) -> str:
+    return "–" if x is None else f"{100 * x:.{digits}f} %"
+
+
+def _met(ok: bool | None) -> str:
+    return "not measured" if ok is None else ("**met**" if ok else "**missed**")
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- sections
+
+def machine_section(results: dict[str, dict]) -> str:
+    if not results:
+        return "## Machine\n\nNo results yet: run `make bench`.\n"
+    first = next(iter(results.values()))["machine"]
+    v = first.get("versions", {})
+    lines = ["## Machine", "",
+             f"- CPU: {first['cpu']} ({first['usable_cpus']} usable of {first['logical_cpus']} logical CPUs), "
+             f"SIMD: {', '.join(first.get('cpu_flags') or []) or 'unknown'}; memory {first.get('memory_gib')} GiB; "
+             f"GPU: {', '.join(first.get('gpus') or []) or 'none'}",
+             f"- {first['os']}, Python {first['python']}; "
+             + ", ".join(f"{k} {v[k]}" for k in sorted(v)),
+             "", "Each part ran at its own time; `other cores` is how many cores' worth of CPU time *other* "
+             "processes used while it ran (all CPUs' busy time minus the benchmark's own and its reaped "
+             f"children's, from /proc/stat). Above {SHARED_ABOVE} the machine was shared and absolute "
+             "figures are low; ratios measured within one run hold better.", ""]
+    rows = []
+    for name, r in results.items():
+        m = r.get("cpu_monitor", {})
+        other = m.get("other_cores")
+        rows.append([name, r["started"], r["finished"], _f(m.get("wall_s"), 0, " s"), _f(other, 2),
+                     "shared" if other is not None and other > SHARED_ABOVE else "quiet",
+                     " / ".join(_f(x, 1) for x in m.get("loadavg_start", [])[:1] + m.get("loadavg_end", [])[:1]),
+                     "yes" if r.get("quick") else "no"])
+    lines.append(_table(["part", "started (UTC)", "finished (UTC)", "wall", "other cores", "machine",
+                         "load avg start / end", "--quick"], rows))
+    return "\n".join(lines) + "\n"
+
+
+def commands_section(results: dict[str, dict]) -> str:
+    lines = ["## Commands", "", "Everything: `make bench` (from the repository root). The runs shown here:", "",
+             "```"]
+    lines += [r["command"] for r in results.values()] or ["# none yet"]
+    lines += ["```", ""]
+    for r in results.get("batch_job", {}).get("runs", []):
+        cmds = [r[k]["command"] for k in ("baseline", "submit", "submit_no_draft", "submit_int8") if k in r]
+        lines += [f"Batch job commands ({r['arch']}), each timed end to end by `bench.batch_job`:", "", "```",
+                  *cmds, "```", ""]
+    for m in results.get("rest", {}).get("modes", [])[:2]:
+        env = " ".join(f"{k}={v}" for k, v in (m.get("env") or {}).items())
+        lines += [f"REST server ({m['mode']}): `MASK_MODEL={results['rest']['config']['model']} {env} "
+                  f"{m.get('server_command', '')}`", ""]
+    return "\n".join(lines)
+
+
+def _batch_targets(job: dict) -> list[list]:
+    rows = []
+    for r in job.get("runs", []):
+        ok = r["ratio"] >= BATCH_TARGET_RATIO and r["identical"] >= IDENTICAL_TARGET
+        rows.append([f"Batch job ({r['arch']}): mask-submit ≥ {BATCH_TARGET_RATIO:g}× baseline img/s, "
+                     f"≥ {IDENTICAL_TARGET:.1%} identical",
+                     f"{r['ratio']:.2f}× end to end ({r.get('loop_ratio', 0):.2f}× loop only), "
+                     f"{_pct(r['identical'], 2)} identical"
+                     + (f" (but only {r['distinct_classes_predicted']} distinct classes predicted: agreement says "
+                        "little)" if r["distinct_classes_predicted"] < 6 else ""), _met(ok)])
+        for key, label in _variant_labels(r):
+            v = r[key]
+            ok = v["ratio"] >= BATCH_TARGET_RATIO and v["identical"] >= IDENTICAL_TARGET
+            rows.append([f"— same, {label}", f"{v['ratio']:.2f}× end to end, {_pct(v['identical'], 2)} identical",
+                         _met(ok)])
+    return rows
+
+
+def _variant_labels(r: dict) -> list[tuple[str, str]]:
+    """(key, description) of the reference mask-submit runs present in a batch-job row."""
+    out = []
+    for key in r:
+        if key == "submit_no_draft":
+            out.append((key, "mask-submit with JPEG draft decoding off (bench-made metadata variant)"))
+        elif key.startswith("submit_draft_scale_"):
+            out.append((key, f"mask-submit with draft_scale={key.rsplit('_', 1)[1]} (bench-made metadata variant)"))
+        elif key == "submit_int8":
+            out.append((key, "mask-submit on the INT8 export (`mask-export --int8`)"))
+    return out
+
+
+def _rest_level(mode: dict | None, clients: int) -> dict | None:
+    if not mode or mode.get("status") != "measured":
+        return None
+    return next((lv for lv in mode.get("levels", []) if lv["clients"] == clients), None)
+
+
+def _rest_modes(rest: dict) -> dict[str, dict]:
+    return {m["mode"]: m for m in rest.get("modes", [])}
+
+
+def targets_section(results: dict[str, dict]) -> str:
+    rows = _batch_targets(results["batch_job"]) if "batch_job" in results else [
+        ["Batch job ≥ 3× baseline, ≥ 99.5 % identical", "not measured", "not measured"]]
+    if "rest" in results:
+        modes = _rest_modes(results["rest"])
+        on, off = _rest_level(modes.get("batching_on"), REST_CLIENTS), _rest_level(modes.get("batching_off"), REST_CLIENTS)
+        if on and off:
+            ratio = on["req_per_s"] / off["req_per_s"] if off["req_per_s"] else None
+            ok = ratio is not None and ratio >= REST_TARGET_RATIO and on["errors"] == 0 and off["errors"] == 0
+            measured = (f"{_f(ratio, 2)}× ({_f(on['req_per_s'])} vs {_f(off['req_per_s'])} req/s), errors "
+                        f"{on['errors']} / {off['errors']}, p99 {_f(on['p99_ms'], 0)} / {_f(off['p99_ms'], 0)} ms")
+        elif on:
+            off_mode = modes.get("batching_off", {})
+            measured = (f"on: {_f(on['req_per_s'])} req/s, {on['errors']} errors, p99 {_f(on['p99_ms'], 0)} ms; "
+                        f"off: {off_mode.get('status', 'not run')} ({off_mode.get('reason', '')})")
+            ok = None
+        else:
+            measured, ok = "not measured", None
+        rows.append([f"REST at {REST_CLIENTS} clients: batching on ≥ {REST_TARGET_RATIO:g}× req/s of off, 0 errors, "
+                     "p99 reported", measured, _met(ok)])
+    else:
+        rows.append([f"REST at {REST_CLIENTS} clients ≥ 1.5× with batching", "not measured", "not measured"])
+    return "## Targets\n\n" + _table(["target (2-core CPU)", "measured", ""], rows) + "\n"
+
+
+def model_only_section(mo: dict | None) -> str:
+    if not mo:
+        return "## 1. Model only\n\nNot measured yet: `python -m bench.model_only`.\n"
+    cells: dict[tuple, dict[str, dict]] = {}
+    for r in mo["cpu_rows"]:
+        cells.setdefault((r["arch"], r["height"], r["width"], r["batch"]), {})[r["backend"]] = r
+
+    def cell(r: dict | None, ratio: bool = True) -> str:
+        if not r:
+            return "not measured"
+        if r.get("status") != "measured":
+            return f"{r.get('status')}: {r.get('error') or r.get('reason', '')}"
+        text = f"{r['img_per_s']:,.1f}"
+        if ratio and r.get("ratio_to_eager") is not None:
+            text += f" ({r['ratio_to_eager']:.2f}×)"
+        return text
+
+    rows = [[a, f"{h}×{w}", b, cell(c.get("torch_eager"), False), cell(c.get("ort_fp32")), cell(c.get("ort_int8")),
+             max((x.get("repeats", 0) for x in c.values()), default=0)]
+            for (a, h, w, b), c in cells.items()]
+    cfg = mo["config"]
+    lines = ["## 1. Model only", "",
+             "Images per second of the network alone on in-memory uint8 NHWC batches (random init; random "
+             "pixels), with the ratio to PyTorch eager of the same arch, size and batch in brackets. "
+             "PyTorch runs in `eval()` under `torch.inference_mode()`; the ORT rows run the product's "
+             "exported graph through `serving.predictor.Predictor` (CPUExecutionProvider, graph "
+             "optimizations on); INT8 is `export.variants.to_int8` (static QDQ, per-channel, "
+             f"{cfg['calib_images']} random calibration images). Each cell: 1 warm-up call, then the median of "
+             f"at least {cfg['min_repeats']} timed calls or {cfg['budget_s']:g} s, capped at {cfg['cap_s']:g} s "
+             f"(so the slowest cells rest on 1–2 calls). torch threads: {mo.get('torch_threads')}; ORT intra-op "
+             "threads: its default (one per physical core). `mobilenet_v3` is `mobilenet_v3_large` "
+             "(`--archs mobilenet_v3_small` adds the small one).", "",
+             _table(["arch", "H×W", "batch", "PyTorch eager img/s", "ORT FP32 img/s (× eager)",
+                     "ORT INT8 img/s (× eager)", "calls"], rows), "",
+             "![throughput vs batch size](bench_throughput.png)", "", "### GPU", ""]
+    gpu = mo.get("gpu", {})
+    if gpu.get("measured"):
+        gcells: dict[tuple, dict[str, dict]] = {}
+        for r in mo["gpu_rows"]:
+            gcells.setdefault((r["arch"], r["height"], r["width"], r["batch"]), {})[r["backend"]] = r
+        lines += [f"Device: {', '.join(gpu.get('device') or [])}.", "",
+                  _table(["arch", "H×W", "batch", "PyTorch FP16 img/s", "ORT CUDA FP16 (× torch)",
+                          "ORT TensorRT FP16 (× torch)"],
+                         [[a, f"{h}×{w}", b, cell(c.get("torch_fp16"), False), cell(c.get("ort_cuda_fp16")),
+                           cell(c.get("ort_tensorrt_fp16"))] for (a, h, w, b), c in gcells.items()])]
+    else:
+        sizes = ", ".join(f"{h}×{w}" for h, w in cfg["gpu_sizes"])
+        lines += [f"**Not measured** ({gpu.get('reason', 'no CUDA device')}): PyTorch FP16, ORT CUDA FP16 and "
+                  f"ORT TensorRT FP16 at batch {', '.join(map(str, cfg['gpu_batches']))} ({sizes}) run only where "
+                  "`torch.cuda.is_available()`; no figure here is estimated. (That code path, `gpu_cells` in "
+                  "`bench/model_only.py`, has not yet run on a GPU machine.)"]
+    return "\n".join(lines) + "\n"
+
+
+def _pre(p: dict | None) -> str:
+    if not p:
+        return "not recorded"
+    draft = f"JPEG draft on, scale {p.get('draft_scale', 1)}" if p.get("jpeg_draft") else "JPEG draft off"
+    return f"{p['height']}×{p['width']}, {p.get('resize_filter')}, {draft}"
+
+
+def _dominant(fractions: dict[str, float]) -> str:
+    if not fractions:
+        return "–"
+    k = max(fractions, key=fractions.get)
+    return f"{k} ({fractions[k]:.0%})"
+
+
+def batch_section(job: dict | None) -> str:
+    if not job:
+        return "## 2. Batch job\n\nNot measured yet: `python -m bench.batch_job`.\n"
+    lines = ["## 2. Batch job: competition baseline loop vs `mask-submit`", "",
+             "Same checkpoint on both sides (trained briefly with `mask-train` on the synthetic train split, "
+             "exported with `mask-export`), same synthetic 384×512 JPEGs, both run as commands on a warm page "
+             "cache (files read and libraries imported once before timing), interleaved "
+             f"{job.get('config', {}).get('repeats', 1)}× with the fastest run of each counting. *End to end* includes "
+             "interpreter start, imports and model load; "
+             "*loop* is each job's own decode+infer+write time. The baseline is `bench/baseline.py`: "
+             "`Image.open` → `Resize((H, W), BILINEAR)` → `ToTensor()` → `Normalize()` per image in a "
+             "`Dataset`, `DataLoader(batch_size=64, shuffle=False)` with every other argument at its default "
+             "(`num_workers=0`: loading runs in the main process, in series with the model), eager PyTorch in "
+             "`eval()` under `no_grad`. `mask-submit` runs with its defaults (2 decode threads, batch 64, JPEG "
+             "draft decoding, ONNX Runtime). Predictions can differ where the two resizes differ (full decode + "
+             "PIL resize vs draft decode + PIL resize); the share of identical predictions is measured, not assumed.",
+             ""]
+    rows = []
+    for r in job["runs"]:
+        acc = r.get("accuracy", {})
+        rows.append([f"{r['arch']} ({r.get('trained_epochs', '?')} ep., val F1 {_f(r.get('val_f1'), 2)})",
+                     f"{r['input_size'][0]}×{r['input_size'][1]}", r["images"],
+                     f"{_f(r['baseline']['img_per_s'])} / {_f(r['baseline'].get('loop_img_per_s'))}",
+                     f"{_f(r['submit']['img_per_s'])} / {_f(r['submit'].get('loop_img_per_s'))}",
+                     f"**{r['ratio']:.2f}×** / {_f(r.get('loop_ratio'), 2)}×", _pct(r["identical"], 2),
+                     f"{_pct(r.get('identical_without_draft'), 2)}", r["distinct_classes_predicted"],
+                     f"{_pct(acc.get('baseline'))} / {_pct(acc.get('submit'))}"])
+    lines += [_table(["model", "input", "images", "baseline img/s (end to end / loop)",
+                      "mask-submit img/s (end to end / loop)", "ratio (end to end / loop)", "identical",
+                      "identical, draft off", "classes predicted", "accuracy vs truth (baseline / submit)"], rows), ""]
+    for r in job["runs"]:
+        st = r["stages"]
+        names = ["read", "decode", "resize", "to_tensor", "infer", "write"]
+        srows = []
+        for k in names:
+            b, s = st["baseline"]["seconds"].get(k), st["submit"]["seconds"].get(k)
+            if b is None and s is None:
+                continue
+            srows.append([k, f"{_f(b, 2, ' s')} ({_pct(st['baseline']['fraction'].get(k))})" if b is not None else "–",
+                          f"{_f(s, 2, ' s')} ({_pct(st['submit']['fraction'].get(k))})" if s is not None else "– (uint8 goes in as is)"])
+        c = r["ceilings"]
+        sub_loop = r["submit"].get("loop_img_per_s")
+        lines += [f"### Stages and ceilings: {r['arch']}", "",
+                  f"Stage breakdown from an instrumented *serial* pass of each pipeline over {st['images']} of the "
+                  "images (each stage timed alone; the share is of the pass's total; the baseline's pass runs in a "
+                  "fresh process like its real run). mask-submit overlaps decoding (2 threads) with inference, so "
+                  "its real wall time is below its serial sum. The ceilings are measured over all images right "
+                  "after the two commands.", "",
+                  _table(["stage", "baseline", "mask-submit (serial)"], srows), "",
+                  f"- Dominant stage: baseline **{_dominant(st['baseline']['fraction'])}**, "
+                  f"mask-submit **{_dominant(st['submit']['fraction'])}**.",
+                  f"- Binding ceiling: **{'inference' if c['infer_img_per_s'] <= c['decode_img_per_s_2_threads'] else 'decoding'}** "
+                  f"({_f(min(c['infer_img_per_s'], c['decode_img_per_s_2_threads']))} img/s); mask-submit's loop "
+                  f"reaches {_pct(sub_loop / min(c['infer_img_per_s'], c['decode_img_per_s_2_threads']) if sub_loop else None, 0)} "
+                  "of it (ceilings and job measured separately, so figures near 100 % mean \"at the ceiling\" "
+                  "within run-to-run noise).",
+                  f"- Inference ceiling (ORT alone, batch 64, in-memory uint8): {_f(c['infer_img_per_s'])} img/s "
+                  f"(loop at {_pct(sub_loop / c['infer_img_per_s'] if sub_loop else None, 0)}). Preprocessing ceiling "
+                  f"(pure read + draft decode + resize loop): {_f(c['decode_img_per_s_2_threads'])} img/s with 2 "
+                  f"threads, {_f(c['decode_img_per_s_1_thread'])} with 1 (loop at "
+                  f"{_pct(sub_loop / c['decode_img_per_s_2_threads'] if sub_loop else None, 0)} of the 2-thread figure).",
+                  f"- Identical predictions: {_pct(r['identical'], 2)} as shipped (preprocessing recorded in the "
+                  f"model: {_pre(r.get('preprocess'))}); what remains with JPEG draft off "
+                  f"({_pct(r.get('identical_without_draft'), 2)}) is what ONNX Runtime vs PyTorch changes.", ""]
+        vrows = [[label, _f(r[key]["img_per_s"]), f"{r[key]['ratio']:.2f}×", _pct(r[key]["identical"], 2)]
+                 for key, label in _variant_labels(r)]
+        if vrows:
+            lines += ["Reference runs of `mask-submit` on variants of the same model (same images, same baseline):",
+                      "", _table(["variant", "img/s end to end", "× baseline", "identical to baseline"],
+                                 [["as shipped", _f(r["submit"]["img_per_s"]), f"{r['ratio']:.2f}×",
+                                   _pct(r["identical"], 2)], *vrows]), ""]
+    lines += ["![stage breakdown](bench_stages.png)", ""]
+    return "\n".join(lines)
+
+
+def _model_share(rest: dict, mo: dict | None, off: dict) -> str | None:
+    """How much of a request the model is: arithmetic on measured figures only (model-only rows of
+    the served arch and size vs the batching-off server's req/s at 32 clients)."""
+    inp = next((m.get("input") for m in rest["modes"] if m.get("input")), None)
+    arch = next((m.get("arch") for m in rest["modes"] if m.get("arch")), None)
+    o32 = _rest_level(off, REST_CLIENTS)
+    if not (mo and inp and arch and o32 and o32["req_per_s"]):
+        return None
+    h, w = inp["shape"][1], inp["shape"][2]
+    ort = {r["batch"]: r["img_per_s"] for r in mo["cpu_rows"] if r["arch"] == arch and r["height"] == h
+           and r["width"] == w and r["backend"] == "ort_fp32" and r.get("status") == "measured"}
+    if 1 not in ort or len(ort) < 2:
+        return None
+    big = max(ort)
+    cores = rest["machine"]["usable_cpus"]
+    per_request = 1000 * cores / o32["req_per_s"]
+    t1, tb = 1000 / ort[1], 1000 / ort[big]
+    return (f"- Where the time goes: the served model ({arch}, {h}×{w}) takes {t1:.2f} ms per image at batch 1 "
+            f"and {tb:.2f} ms at batch {big} (model-only ORT FP32 rows; single head, same backbone), while a request "
+            f"costs at most {per_request:.1f} ms of CPU ({cores} cores ÷ {o32['req_per_s']:.0f} req/s with batching "
+            f"off at {REST_CLIENTS} clients, the load generator's share included). The model is roughly "
+            f"{t1 / per_request:.0%} of a request, so batching the model call alone cannot buy much; the rest is "
+            "per-request work outside the model (e.g. HTTP and multipart parsing, the upload's temporary file, "
+            "JPEG decode, thread hand-offs, JSON) that batching does not touch.")
+
+
+def rest_section(rest: dict | None, model_only: dict | None = None) -> str:
+    if not rest:
+        return "## 3. REST\n\nNot measured yet: `python -m bench.rest`.\n"
+    cfg = rest["config"]
+    lines = ["## 3. REST: `bentoml serve` under load", "",
+             f"Closed-loop clients (`bench/loadgen.py`, asyncio + httpx, on the same machine as the server) post "
+             f"{cfg['images']} real synthetic JPEGs in turn to `POST /predict` on loopback; each level runs "
+             f"{cfg['warmup_s']:g} s unmeasured then {cfg['duration_s']:g} s measured (requests *started* in the "
+             f"window count). Model: `{cfg['model']}`. Errors are non-200 answers, timeouts and connection errors. "
+             "*batching_on* is the service as shipped (`bentoml serve` with `bentofile.yaml`; adaptive batching "
+             "with the `MASK_MAX_BATCH_SIZE` / `MASK_MAX_LATENCY_MS` defaults); *batching_off* is the same "
+             "server with `MASK_BATCHING=0` (one model call per request). Each mode is confirmed on "
+             "`GET /model` (`limits.batching`) and, after the run, on `/metrics` (batched model calls). The load "
+             "generator shares the 2 cores with the server, so high-concurrency figures include its own CPU use.",
+             ""]
+    rows = []
+    for m in rest["modes"]:
+        if m.get("status") != "measured":
+            rows.append([m["mode"], "–", m.get("status", "not measured"), "–", "–", "–", "–", m.get("reason", "")])
+            continue
+        for lv in m["levels"]:
+            rows.append([m["mode"], lv["clients"], _f(lv["req_per_s"]), _f(lv["p50_ms"], 0), _f(lv["p95_ms"], 0),
+                         _f(lv["p99_ms"], 0), lv["errors"], ", ".join(f"{k}: {v}" for k, v in lv["error_kinds"].items())])
+    lines += [_table(["mode", "clients", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors", "error kinds"], rows), ""]
+    for m in rest["modes"]:
+        lim = m.get("limits") or {}
+        bb = m.get("bentoml_batching")
+        lines.append(f"- {m['mode']}: GET /model limits: batching={lim.get('batching', 'not reported')}, "
+                     f"max_batch_size={lim.get('max_batch_size')}, max_latency_ms={lim.get('max_latency_ms')}; "
+                     f"provider {m.get('provider')}; /metrics after the run: "
+                     + (f"{bb['model_calls']} batched model calls, mean batch {bb['mean_batch_size']:.2f} "
+                        f"(`{bb['metric']}`)" if bb else "no batched model call"))
+    modes = _rest_modes(rest)
+    on, off = modes.get("batching_on"), modes.get("batching_off")
+    if on and off and on.get("status") == off.get("status") == "measured":
+        ratios = []
+        for lv in on["levels"]:
+            o = _rest_level(off, lv["clients"])
+            if o and o["req_per_s"]:
+                ratios.append(f"{lv['clients']} client{'s' if lv['clients'] > 1 else ''} "
+                              f"{lv['req_per_s'] / o['req_per_s']:.2f}×")
+        lines.append(f"- req/s batching on ÷ off: {', '.join(ratios)}.")
+        on1, off1 = _rest_level(on, 1), _rest_level(off, 1)
+        if on1 and off1:
+            diff = on1["p50_ms"] - off1["p50_ms"]
+            lines.append(f"- With 1 client (no batch can form) p50 is {_f(on1['p50_ms'], 1)} ms on vs "
+                         f"{_f(off1['p50_ms'], 1)} ms off: "
+                         + (f"{diff:.1f} ms is the fixed cost of the batching path per request." if diff > 0.5 else
+                            "the batching path adds no measurable fixed cost."))
+        share = _model_share(rest, model_only, off)
+        if share:
+            lines.append(share)
+    lines += ["", "![latency vs concurrency](bench_latency.png)", ""]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- plots
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+
+
+def plot_throughput(mo: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in mo["cpu_rows"] if r.get("status") == "measured"]
+    archs = list(dict.fromkeys(r["arch"] for r in rows))
+    sizes = list(dict.fromkeys((r["height"], r["width"]) for r in rows))
+    if not rows:
+        return
+    fig, axes = plt.subplots(len(sizes), len(archs), figsize=(3.2 * len(archs), 2.6 * len(sizes)), squeeze=False)
+    for i, size in enumerate(sizes):
+        for j, arch in enumerate(archs):
+            ax = axes[i][j]
+            for backend in ("torch_eager", "ort_fp32", "ort_int8"):
+                pts = sorted((r["batch"], r["img_per_s"]) for r in rows
+                             if r["arch"] == arch and (r["height"], r["width"]) == size and r["backend"] == backend)
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", label=BACKEND_NAMES[backend])
+            ax.set_xscale("log", base=2)
+            batches = sorted({r["batch"] for r in rows})
+            ax.set_xticks(batches, [str(b) for b in batches])
+            ax.set_ylim(bottom=0)
+            ax.set_title(f"{arch} {size[0]}×{size[1]}", fontsize=9)
+            ax.set_xlabel("batch size", fontsize=8)
+            ax.set_ylabel("img/s", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Model-only CPU throughput vs batch size", fontsize=11)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_latency(rest: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = [m for m in rest["modes"] if m.get("status") == "measured"]
+    if not modes:
+        return
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    clients = sorted({v["clients"] for m in modes for v in m["levels"]})
+    for k, m in enumerate(modes):
+        lv = [v for v in m["levels"] if v["p50_ms"] is not None]
+        x = [v["clients"] for v in lv]
+        color = f"C{k}"
+        for key, style in (("p50_ms", "-"), ("p99_ms", "--")):
+            ax1.plot(x, [v[key] for v in lv], style, color=color, marker="o", label=f"{m['mode']} {key[:3]}")
+        ax2.plot(x, [v["req_per_s"] for v in lv], color=color, marker="o", label=m["mode"])
+    for ax, ylabel in ((ax1, "latency (ms)"), (ax2, "requests/s")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(clients, [str(c) for c in clients])
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    ax1.set_yscale("log")
+    fig.suptitle("POST /predict on loopback: latency and throughput vs concurrency")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_stages(job: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["read", "decode", "resize", "to_tensor", "infer", "write"]
+    bars = []
+    for r in job["runs"]:
+        for side in ("baseline", "submit"):
+            st = r["stages"][side]["seconds"]
+            n = r["stages"]["images"]
+            bars.append((f"{r['arch']}\n{side}", [1000 * st.get(k, 0.0) / n for k in names]))
+    if not bars:
+        return
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(bars)), 3.8))
+    bottoms = [0.0] * len(bars)
+    for k, name in enumerate(names):
+        vals = [b[1][k] for b in bars]
+        ax.bar([b[0] for b in bars], vals, bottom=bottoms, label=name)
+        bottoms = [x + y for x, y in zip(bottoms, vals)]
+    ax.set_ylabel("ms per image (serial pass)")
+    ax.set_title("Batch job: where the time goes")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def render(results: dict[str, dict], docs_dir: Path) -> str:
+    if "model_only" in results:
+        plot_throughput(results["model_only"], docs_dir / "bench_throughput.png")
+    if "rest" in results:
+        plot_latency(results["rest"], docs_dir / "bench_latency.png")
+    if "batch_job" in results:
+        plot_stages(results["batch_job"], docs_dir / "bench_stages.png")
+    parts = ["# Benchmarks", "",
+             "Generated by `bench/report.py` from `bench/results/*.json`; do not edit by hand — rerun "
+             "`make bench` (or one of the scripts below) instead. Every figure was measured by the command "
+             "shown, on the machine described; nothing is estimated, and a part that did not run says so. "
+             "Machines here are shared and noisy: absolute times move between runs, ratios measured within "
+             "one run hold better. How to run and read these: [bench/README.md](../bench/README.md). The "
+             "synthetic images and the briefly trained checkpoints live in `data/bench/` (not in git; "
+             "`bench.batch_job` makes them when missing).", "",
+             targets_section(results), machine_section(results), commands_section(results),
+             model_only_section(results.get("model_only")), batch_section(results.get("batch_job")),
+             rest_section(results.get("rest"), results.get("model_only"))]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.split("\n\n")[0])
+    p.add_argument("--results", type=Path, default=common.RESULTS_DIR, help="folder of result JSON files")
+    p.add_argument("--out", type=Path, default=common.DOCS_DIR / "benchmarks.md", help="Markdown file to write")
+    args = p.parse_args(argv)
+    if not logging.getLogger().handlers:
+        common.setup_logging()
+    try:
+        if not args.results.is_dir():
+            raise FileNotFoundError(f"results folder not found: {args.results}")
+        text = render(common.load_results(args.results), args.out.parent)
+        atomic_write_text(args.out, text)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    log.info("wrote %s", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,271 @@
+"""REST: ``bentoml serve`` on loopback under 1, 8, 32 and 128 concurrent clients posting real JPEGs
+to ``/predict``, with adaptive batching on (the service's defaults) and off (``MASK_BATCHING=0``: every request is
+its own model call).
+
+For each mode the server is started as a subprocess on a free loopback port with
+``MASK_MODEL=<onnx>``, polled on ``/readyz``, checked on ``GET /model`` (the limits in force are
+recorded; a mode the service does not confirm in ``limits.batching`` is reported "not measured")
+and on ``/metrics`` afterwards (how many batched model calls there were and their mean size, which
+shows each mode did what it says), loaded by :mod:`bench.loadgen` for a fixed window per concurrency level, and
+always stopped at the end (SIGTERM to its process group, SIGKILL after a grace period).
+
+    python -m bench.rest                          # 4 levels x 2 modes x 10 s (about 2.5 minutes)
+    python -m bench.rest --quick                  # 1 and 8 clients, 3 s each
+    python -m bench.rest --model model.onnx --clients 1 8 32 128 --duration 20
+
+The model defaults to the batch benchmark's exported small_cnn (``data/bench/bench-runs``) or,
+when that does not exist, a random-init ``small_cnn`` exported here (speed does not depend on
+the weights). Images default to the synthetic eval set of ``bench.batch_job``.
+Writes ``bench/results/rest.json`` and re-renders ``docs/benchmarks.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+
+from bench import common
+from bench.loadgen import multipart_body, run_load
+
+log = logging.getLogger(__name__)
+
+CLIENTS = (1, 8, 32, 128)
+# The service's own switch (serving/settings.py); each mode is checked against GET /model's limits.batching.
+MODES = {"batching_on": {"MASK_BATCHING": "1"}, "batching_off": {"MASK_BATCHING": "0"}}
+DEFAULT_DATA = common.REPO_ROOT / "data" / "bench"
+
+
+@dataclass(frozen=True)
+class RestConfig:
+    model: str
+    images: tuple[str, ...]
+    clients: tuple[int, ...] = CLIENTS
+    duration_s: float = 10.0
+    warmup_s: float = 2.0
+    start_timeout_s: float = 180.0
+    modes: tuple[str, ...] = tuple(MODES)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``bentoml serve`` in its own process group; ``stop()`` always leaves nothing running."""
+
+    def __init__(self, model: str, env_extra: dict[str, str], log_path: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "MASK_MODEL": model, "BENTOML_DO_NOT_TRACK": "True", **env_extra}
+        # the documented command, `bentoml serve` from the root, reads bentofile.yaml
+        target = [] if (common.REPO_ROOT / "bentofile.yaml").is_file() else ["serving.service:MaskClassifier"]
+        self.command = [str(Path(sys.executable).with_name("bentoml")), "serve", *target,
+                        "--host", "127.0.0.1", "--port", str(self.port)]
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        log.info("starting MASK_MODEL=%s %s %s", model, " ".join(f"{k}={v}" for k, v in env_extra.items()),
+                 " ".join(self.command))
+        self.proc = subprocess.Popen(self.command, cwd=common.REPO_ROOT, env=env, stdout=self._log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, timeout_s: float) -> float:
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < timeout_s:
+            if self.proc.poll() is not None:
+                raise ValueError(f"bentoml serve exited with code {self.proc.returncode}; see {self.log_path}: "
+                                 f"{self.tail()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return time.perf_counter() - t0
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise ValueError(f"bentoml serve not ready after {timeout_s:.0f} s; see {self.log_path}: {self.tail()}")
+
+    def tail(self, lines: int = 3) -> str:
+        try:
+            return " | ".join(self.log_path.read_text(errors="replace").strip().splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+            except ProcessLookupError:
+                pass
+        # workers that outlived the arbiter (same process group) must not keep the port or the CPUs
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self._log.close()
+
+
+def default_model(workdir: Path) -> str:
+    trained = DEFAULT_DATA / "bench-runs" / "small_cnn" / "model.onnx"
+    if trained.is_file():
+        return str(trained)
+    from bench.model_only import _metadata
+    from export.graph import export_onnx
+    from maskdata.preprocess import Preprocess
+    from training.models import create_model
+
+    net = create_model("small_cnn", "multi", preprocess=Preprocess(128, 96)).eval()
+    log.info("no trained bench model; exporting a random-init small_cnn to %s", workdir)
+    return str(export_onnx(net, workdir / "small_cnn_random.onnx", metadata=_metadata(net)))
+
+
+def default_images(n: int = 64) -> list[str]:
+    folder = DEFAULT_DATA / "eval" / "images"
+    if not folder.is_dir():
+        from maskdata.synth import generate
+
+        log.info("no synthetic images yet; generating a small set in %s", DEFAULT_DATA.parent / "bench-rest")
+        root = DEFAULT_DATA.parent / "bench-rest"
+        if not (root / "eval").is_dir():
+            generate(root, people=1, eval_people=10, seed=0)
+        folder = root / "eval" / "images"
+    return [str(p) for p in sorted(folder.glob("*.jpg"))[:n]]
+
+
+def batch_size_metrics(url: str) -> dict | None:
+    """Batched model calls and their mean size, from the service's ``mask_predict_batch_size`` histogram
+    (or BentoML's own ``adaptive_batch_size`` one for the ``infer`` API) on /metrics; None if none."""
+    try:
+        text = httpx.get(url + "/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return None
+    sums: dict[str, float] = {}
+    for line in text.splitlines():
+        for metric in ("mask_predict_batch_size", "bentoml_service_adaptive_batch_size"):
+            if metric == "bentoml_service_adaptive_batch_size" and 'method_name="infer"' not in line:
+                continue
+            for part in ("_sum", "_count"):
+                if line.startswith(metric + part):
+                    sums[metric + part] = sums.get(metric + part, 0.0) + float(line.rsplit(" ", 1)[1])
+    for metric in ("mask_predict_batch_size", "bentoml_service_adaptive_batch_size"):
+        count = sums.get(metric + "_count", 0.0)
+        if count:
+            return {"metric": metric, "model_calls": int(count), "mean_batch_size": sums[metric + "_sum"] / count}
+    return None
+
+
+def bench_mode(cfg: RestConfig, mode: str, bodies, workdir: Path) -> dict:
+    server = Server(cfg.model, MODES[mode], workdir / f"server_{mode}.log")
+    out = {"mode": mode, "env": MODES[mode],
+           "server_command": " ".join(server.command).replace(str(Path(sys.executable).parent) + "/", ".venv/bin/")}
+    try:
+        out["ready_s"] = server.wait_ready(cfg.start_timeout_s)
+        info = httpx.get(server.url + "/model", timeout=10).json()
+        out.update(limits=info.get("limits"), provider=info.get("provider"), arch=info.get("arch"),
+                   input=info.get("input"))
+        batching = (info.get("limits") or {}).get("batching")
+        if batching is not (mode == "batching_on"):
+            out.update(status="not measured", reason=f"GET /model reports limits.batching={batching!r} under "
+                                                     f"{MODES[mode]}: the service does not confirm this mode")
+            log.warning("%s: %s", mode, out["reason"])
+            return out
+        check = httpx.post(server.url + "/predict", content=bodies[0][0],
+                           headers={"content-type": bodies[0][1]}, timeout=30)
+        if check.status_code != 200 or "class" not in check.json():
+            raise ValueError(f"/predict answered {check.status_code}: {check.text[:200]}")
+        levels = []
+        for n in cfg.clients:
+            r = asyncio.run(run_load(server.url + "/predict", bodies, n, cfg.duration_s, cfg.warmup_s))
+            s = r.summary()
+            log.info("%s %3d clients: %6.1f req/s p50 %.0f ms p99 %.0f ms errors %d", mode, n, s["req_per_s"],
+                     s["p50_ms"] or 0, s["p99_ms"] or 0, s["errors"])
+            levels.append(s)
+        out.update(status="measured", levels=levels, bentoml_batching=batch_size_metrics(server.url))
+        if any(lv["errors"] for lv in levels):
+            out["server_log_tail"] = server.tail(20)
+    finally:
+        server.stop()
+    return out
+
+
+def run(cfg: RestConfig) -> dict:
+    bodies = [multipart_body("image", Path(p).name, Path(p).read_bytes()) for p in cfg.images]
+    with tempfile.TemporaryDirectory(prefix="bench-rest-") as tmp:
+        modes = []
+        for m in cfg.modes:
+            try:
+                modes.append(bench_mode(cfg, m, bodies, Path(tmp)))
+            except ValueError as e:  # a server that will not start is a result for this mode, not the end
+                log.error("%s: %s", m, e)
+                modes.append({"mode": m, "status": "failed", "reason": str(e)})
+    return {"modes": modes}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.rest", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="ONNX model to serve (default: the batch benchmark's small_cnn, else random init)")
+    p.add_argument("--images", nargs="+", help="JPEGs to post in turn (default: 64 synthetic eval images)")
+    p.add_argument("--clients", nargs="+", type=int, default=list(CLIENTS), help="concurrency levels (default: 1 8 32 128)")
+    p.add_argument("--duration", type=float, default=10.0, help="measured seconds per level (default: 10)")
+    p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each level (default: 2)")
+    p.add_argument("--modes", nargs="+", choices=sorted(MODES), default=list(MODES), help="batching modes")
+    p.add_argument("--quick", action="store_true", help="1 and 8 clients, 3 s each")
+    p.add_argument("--out", type=Path, default=common.RESULTS_DIR / "rest.json", help="result JSON")
+    p.add_argument("--no-report", action="store_true", help="do not re-render docs/benchmarks.md")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    common.setup_logging()
+    try:
+        clients, duration, warmup = tuple(args.clients), args.duration, args.warmup
+        if args.quick:
+            clients, duration, warmup = (1, 8), 3.0, 1.0
+        if any(c < 1 for c in clients) or duration <= 0 or warmup < 0:
+            raise ValueError("--clients must be >= 1, --duration > 0, --warmup >= 0")
+        with tempfile.TemporaryDirectory(prefix="bench-rest-model-") as tmp:
+            model = args.model or default_model(Path(tmp))
+            if not Path(model).is_file():
+                raise FileNotFoundError(f"ONNX model not found: {model}")
+            images = tuple(args.images or default_images())
+            missing = [p for p in images if not Path(p).is_file()]
+            if missing or not images:
+                raise FileNotFoundError(f"image(s) not found: {missing[:3] or 'none given'}")
+            cfg = RestConfig(model=model, images=images, clients=clients, duration_s=duration, warmup_s=warmup,
+                             modes=tuple(args.modes))
+            started = common.utc_now()
+            with common.CpuMonitor() as monitor:
+                result = run(cfg)
+        payload = {"name": "rest", "command": common.command_line("bench.rest", argv), "started": started,
+                   "finished": common.utc_now(), "quick": args.quick, "machine": common.machine_info(),
+                   "cpu_monitor": monitor.summary,
+                   "config": {**asdict(cfg), "images": len(cfg.images),
+                              "model": cfg.model.replace(str(common.REPO_ROOT) + "/", "")},
+                   **result}
+        common.write_result(args.out, payload)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not args.no_report:
+        common.render_docs()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""The benchmark harness's logic (no timing assertions: figures belong in docs/benchmarks.md).
+
+Checks that the baseline loop feeds the same network the same pixels as the product, that the
+load generator counts answers and errors correctly against a local server, that the report turns
+results into the right verdicts and marks absent parts "not measured", and that the CLIs reject
+bad input with exit code 2.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bench import baseline, common, loadgen, report
+from maskdata.preprocess import Preprocess
+
+
+def test_float_input_net_matches_masknet_on_uint8():
+    from training.models import create_model
+
+    torch.manual_seed(0)
+    net = create_model("tiny_cnn", "multi", preprocess=Preprocess(32, 24)).eval()
+    x = torch.randint(0, 256, (3, 32, 24, 3), dtype=torch.uint8)
+    pre = net.preprocess
+    floats = (x.permute(0, 3, 1, 2).float() / 255 - torch.tensor(pre.mean).view(1, 3, 1, 1)) / torch.tensor(pre.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        want, got = net(x), baseline.float_input_net(net)(floats)
+    assert torch.allclose(want, got, atol=1e-4), f"max diff {float((want - got).abs().max())}"
+    assert net.normalize(x).shape == (3, 3, 32, 24), "the original network must keep its uint8 front end"
+
+
+def test_baseline_dataset_gives_the_normalized_pixels_of_a_pil_resize(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "a.png"  # lossless, so decode differences cannot hide a transform mistake
+    Image.fromarray(rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)).save(path)
+    pre = Preprocess(32, 24)
+    ds = baseline.TestDataset([str(path)], (32, 24), pre.mean, pre.std)
+    got = ds[0]
+    pixels = np.asarray(Image.open(path).resize((24, 32), Image.BILINEAR), dtype=np.float32) / 255
+    want = (pixels - np.array(pre.mean, dtype=np.float32)) / np.array(pre.std, dtype=np.float32)
+    assert got.shape == (3, 32, 24), f"expected CHW float tensor, got {tuple(got.shape)}"
+    assert np.allclose(got.numpy().transpose(1, 2, 0), want, atol=1e-5), "baseline transform differs from spec"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers["content-length"]))
+        ok = self.path == "/ok" and self.headers["content-type"].startswith("multipart/form-data; boundary=")
+        body = b'{"class": 1}' if ok else b'{"error": "no"}'
+        self.send_response(200 if ok else 400)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def local_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_loadgen_counts_answers_and_errors(local_server):
+    # a request budget, not the clock, ends these runs, so a slow shared machine cannot change the counts
+    bodies = [loadgen.multipart_body("image", "x.jpg", b"\xff\xd8 fake jpeg")]
+    ok = asyncio.run(loadgen.run_load(local_server + "/ok", bodies, clients=3, duration_s=60, warmup_s=0,
+                                      max_requests=20))
+    assert ok.requests == 20 and ok.errors == 0, f"expected 20 successes, got {ok.summary()}"
+    assert len(ok.latencies_ms) == ok.requests, "one latency per counted request"
+    s = ok.summary()
+    assert s["p50_ms"] <= s["p95_ms"] <= s["p99_ms"] <= s["max_ms"], f"percentiles out of order: {s}"
+    bad = asyncio.run(loadgen.run_load(local_server + "/bad", bodies, clients=2, duration_s=60, warmup_s=0,
+                                       max_requests=6))
+    assert bad.requests == 0 and bad.errors == 6, f"6 answers of 400 must be 6 errors: {bad.summary()}"
+    assert bad.error_kinds == {"HTTP 400": 6}, f"error kinds: {bad.error_kinds}"
+
+
+def test_multipart_body_is_parsed_by_python_multipart():
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    body, ctype = loadgen.multipart_body("image", "a.jpg", b"DATA\r\n--not-a-boundary")
+    _, params = parse_options_header(ctype.encode())
+    parts = []
+    MultipartParser(params[b"boundary"], {"on_part_data": lambda d, a, b: parts.append(d[a:b])}).write(body)
+    assert b"".join(parts) == b"DATA\r\n--not-a-boundary", f"payload mangled: {parts}"
+
+
+def test_time_calls_counts_repeats():
+    calls = []
+    t = common.time_calls(lambda: calls.append(1), warmup=2, min_repeats=3, max_repeats=5, budget_s=1e9)
+    assert len(calls) == 7 and t.to_dict()["repeats"] == 5, f"2 warm-up + 5 timed calls expected, got {len(calls)}"
+
+
+def _results(ratio_identical=(4.0, 0.999), on_off=(60.0, 30.0)):
+    machine = common.machine_info()
+    base = {"machine": machine, "cpu_monitor": {"wall_s": 10, "other_cores": 0.05, "loadavg_start": [0.1],
+                                                "loadavg_end": [0.2]},
+            "started": "t0", "finished": "t1", "quick": False}
+    stages = {"seconds": {"read": 1.0, "decode": 3.0, "infer": 1.0}, "fraction": {"read": 0.2, "decode": 0.6, "infer": 0.2}}
+    job = {**base, "command": "python -m bench.batch_job", "runs": [{
+        "arch": "small_cnn", "input_size": [128, 96], "images": 2100, "ratio": ratio_identical[0], "loop_ratio": 4.2,
+        "identical": ratio_identical[1], "distinct_classes_predicted": 12, "accuracy": {"baseline": 0.8, "submit": 0.8},
+        "baseline": {"command": "b", "img_per_s": 50.0, "loop_img_per_s": 55.0},
+        "submit": {"command": "s", "img_per_s": 200.0, "loop_img_per_s": 230.0},
+        "stages": {"images": 640, "baseline": stages, "submit": stages},
+        "ceilings": {"infer_img_per_s": 400.0, "decode_img_per_s_2_threads": 800.0, "decode_img_per_s_1_thread": 500.0}}]}
+
+    def level(c, rps):
+        return {"clients": c, "req_per_s": rps, "p50_ms": 10.0, "p95_ms": 20.0, "p99_ms": 30.0, "max_ms": 40.0,
+                "errors": 0, "error_kinds": {}, "duration_s": 5, "requests": int(rps * 5)}
+    rest = {**base, "command": "python -m bench.rest", "config": {"images": 64, "warmup_s": 1, "duration_s": 5, "model": "m.onnx"},
+            "modes": [{"mode": "batching_on", "status": "measured", "env": {}, "levels": [level(32, on_off[0])]},
+                      {"mode": "batching_off", "status": "measured", "env": {}, "levels": [level(32, on_off[1])]}]}
+    return {"batch_job": job, "rest": rest}
+
+
+def test_report_verdicts_follow_the_targets(tmp_path):
+    text = report.render(_results(), tmp_path)
+    targets = text.split("## Targets", 1)[1].split("## Machine", 1)[0]
+    assert targets.count("**met**") == 2 and "missed" not in targets, f"both targets should be met:\n{targets}"
+    assert "2.00×" in targets, f"REST ratio 60/30 should read 2.00×:\n{targets}"
+    assert "## 1. Model only\n\nNot measured yet" in text, "absent model-only results must say not measured"
+    assert (tmp_path / "bench_latency.png").stat().st_size > 1000, "latency plot missing"
+    assert (tmp_path / "bench_stages.png").stat().st_size > 1000, "stage plot missing"
+
+    missed = report.render(_results(ratio_identical=(2.5, 0.999), on_off=(40.0, 30.0)), tmp_path)
+    targets = missed.split("## Targets", 1)[1].split("## Machine", 1)[0]
+    assert targets.count("**missed**") == 2, f"2.5x and 1.33x must both be reported missed:\n{targets}"
+
+
+def test_report_marks_gpu_rows_not_measured(tmp_path):
+    mo = {"machine": common.machine_info(), "cpu_monitor": {}, "started": "t0", "finished": "t1", "quick": True,
+          "command": "python -m bench.model_only --quick", "torch_threads": 2,
+          "config": {"calib_images": 8, "min_repeats": 3, "budget_s": 1.0, "cap_s": 4.0, "gpu_sizes": [[224, 224]],
+                     "gpu_batches": [1, 64, 256]},
+          "gpu": {"measured": False, "reason": "no CUDA device on this machine"}, "gpu_rows": [],
+          "cpu_rows": [{"arch": "resnet18", "height": 128, "width": 96, "batch": b, "backend": k, "status": "measured",
+                        "img_per_s": v * b, "ratio_to_eager": v / 10, "repeats": 3}
+                       for b in (1, 32) for k, v in (("torch_eager", 10.0), ("ort_fp32", 20.0), ("ort_int8", 30.0))]}
+    text = report.render({"model_only": mo}, tmp_path)
+    assert "**Not measured** (no CUDA device on this machine)" in text, "GPU rows must be marked not measured"
+    assert "| resnet18 | 128×96 | 32 | 320.0 | 640.0 (2.00×) | 960.0 (3.00×) | 3 |" in text, text
+    assert (tmp_path / "bench_throughput.png").stat().st_size > 1000, "throughput plot missing"
+
+
+@pytest.mark.parametrize("module", ["model_only", "batch_job", "rest", "report", "loadgen", "baseline"])
+def test_every_script_has_help(module, capsys):
+    import importlib
+
+    mod = importlib.import_module(f"bench.{module}")
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--help"])
+    assert e.value.code == 0, f"bench.{module} --help exited {e.value.code}"
+    assert "usage:" in capsys.readouterr().out, f"bench.{module} --help printed no usage"
+
+
+def test_bad_input_exits_2(tmp_path, capsys):
+    from bench import model_only, rest
+
+    assert model_only.main(["--sizes", "big", "--no-report", "--out", str(tmp_path / "x.json")]) == 2
+    assert "HEIGHTxWIDTH" in capsys.readouterr().err, "size error should say the expected form"
+    assert model_only.main(["--archs", "nope", "--no-report", "--out", str(tmp_path / "x.json")]) == 2
+    assert rest.main(["--model", str(tmp_path / "missing.onnx"), "--no-report", "--out", str(tmp_path / "r.json")]) == 2
+    assert loadgen.main(["http://example.com/predict", str(tmp_path / "a.jpg")]) == 2
+    assert not (tmp_path / "x.json").exists() and not (tmp_path / "r.json").exists(), "no result file on bad input"
