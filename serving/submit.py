@@ -19,6 +19,7 @@ from pathlib import Path
 
 from maskdata.io import read_csv
 from serving.shards import Shard, merge_parts
+from serving.settings import PRECISIONS
 from serving.submission import default_workers
 
 log = logging.getLogger("mask-submit")
@@ -26,12 +27,22 @@ log = logging.getLogger("mask-submit")
 DEFAULT_MODEL = "mask-classifier:latest"
 
 
-def load_predictor(model: str):
-    """A Predictor for a store tag / .onnx file (ONNX Runtime) or a .pt checkpoint (PyTorch)."""
+def load_predictor(model: str, precision: str | None = None):
+    """A Predictor for a store tag / .onnx file (ONNX Runtime) or a .pt checkpoint (PyTorch).
+
+    ``precision`` picks the exporter's variant beside the model (``model.int8.onnx`` …); None keeps
+    ``MASK_PRECISION`` / the default.
+    """
+    from dataclasses import replace
+
     from serving.predictor import Predictor
+    from serving.settings import Settings
 
     backend = "torch" if model.endswith(".pt") else "onnx"
-    return Predictor(model, backend=backend)
+    settings = Settings.from_env()
+    if precision is not None:
+        settings = replace(settings, precision=precision)
+    return Predictor(model, backend=backend, settings=settings)
 
 
 def _positive(text: str) -> int:
@@ -52,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="submission CSV to write (atomically)")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="BentoML store tag, .onnx file, or .pt checkpoint (PyTorch backend); default %(default)s")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="ONNX variant to run: fp32, int8 (model.int8.onnx from mask-export --int8: the fastest on "
+                        "CPU for conv nets, see docs/benchmarks.md), fp16 (GPU), or auto (FP16 on a GPU when "
+                        "exported, else FP32); default: $MASK_PRECISION or auto")
     p.add_argument("--probs", metavar="FILE", help="also write the 18 class probabilities per row (for ensembling)")
     p.add_argument("--labels", metavar="ANSWERS_CSV",
                    help="answers CSV (ImageID,ans): print macro F1, accuracy, per-head F1 and write "
@@ -90,7 +105,7 @@ def _run(args: argparse.Namespace) -> int:
     shard = Shard.parse(args.shard) if args.shard else None
     if args.labels:   # a bad answers file should fail now, not after the whole run
         read_csv(args.labels, ("ImageID", "ans"))
-    predictor = load_predictor(args.model)
+    predictor = load_predictor(args.model, args.precision)
     log.info("model %s (%s, %s) on %s", args.model, predictor.metadata.arch,
              "x".join(map(str, predictor.input_shape[:2])), predictor.provider)
     result = run_submission(predictor, args.info, args.images, args.out, batch_size=args.batch_size,

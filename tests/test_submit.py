@@ -263,3 +263,32 @@ def test_default_path_is_torch_free(eval_dir, onnx_model, tmp_path):
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, f"rc {proc.returncode}: {proc.stdout[-300:]} {proc.stderr[-500:]}"
     assert "IMPORTED []" in proc.stdout, proc.stdout
+
+
+def test_precision_int8_runs_the_int8_sibling(onnx_model, eval_dir, predictor, tmp_path, capsys):
+    """--precision int8 runs model.int8.onnx beside the model, and says so when it is missing."""
+    import shutil
+
+    from export.variants import to_int8
+
+    model = tmp_path / "model.onnx"
+    shutil.copy(onnx_model, model)
+    info = eval_dir / "info.csv"
+    rc = main(["--info", str(info), "--images", str(eval_dir / "images"), "--out", str(tmp_path / "x.csv"),
+               "--model", str(model), "--precision", "int8", "--no-progress"])
+    assert rc == 2, "a missing INT8 variant must be a one-line error"
+    assert "no int8 variant" in capsys.readouterr().err
+
+    images = sorted((eval_dir / "images").iterdir())[:16]
+    to_int8(model, tmp_path / "model.int8.onnx", np.stack([predictor.load(p) for p in images]))
+    out = tmp_path / "int8.csv"
+    rc = main(["--info", str(info), "--images", str(eval_dir / "images"), "--out", str(out),
+               "--model", str(model), "--precision", "int8", "--no-progress"])
+    assert rc == 0, "the INT8 run failed"
+    from serving.submit import load_predictor
+
+    loaded = load_predictor(str(model), "int8")
+    assert loaded.metadata.precision == "int8", f"expected the INT8 file, got {loaded.metadata.precision}"
+    rows = read_rows(out)
+    expected = [p["class"] for p in loaded.predict([eval_dir / "images" / r["ImageID"] for r in rows])]
+    assert [int(r["ans"]) for r in rows] == expected, "--precision int8 answers differ from the INT8 Predictor"
