@@ -31,9 +31,15 @@ demo-model: $(STAMP)
 	$(BIN)/python -m serving.demo
 
 # Throughput/latency harness (minutes; results in bench/results/, rendered into docs/benchmarks.md).
-bench: $(STAMP)
+# The batch and REST parts run the default recipe's model, trained once into $(BENCH_RUN).
+BENCH_RUN ?= runs/default
+$(BENCH_RUN)/best.pt: | $(STAMP)
+	$(BIN)/mask-data synth --out data/synth300 --people 300 --eval-people 0 --seed 0 --overwrite
+	$(BIN)/mask-train --data-dir data/synth300/train --out $(BENCH_RUN) --no-progress
+
+bench: $(STAMP) $(BENCH_RUN)/best.pt
 	$(BIN)/python -m bench.model_only
-	$(BIN)/python -m bench.batch_job
+	$(BIN)/python -m bench.batch_job --checkpoint $(BENCH_RUN)/best.pt
 	$(BIN)/python -m bench.rest
 
 clean:

@@ -16,7 +16,8 @@ synthetic ground truth, and a stage breakdown (read, decode, resize, to-tensor, 
 an instrumented serial pass of each pipeline over a subset, next to two ceilings: ONNX Runtime
 inference alone on pre-decoded batches and a pure decode+resize loop with mask-submit's 2 threads.
 
-    python -m bench.batch_job                       # small_cnn (the product default) and resnet18
+    python -m bench.batch_job --checkpoint runs/default/best.pt   # the default recipe's model (make bench)
+    python -m bench.batch_job                       # small_cnn and resnet18, each trained briefly here
     python -m bench.batch_job --archs small_cnn --quick
     python -m bench.batch_job --checkpoint runs/x/best.pt
 

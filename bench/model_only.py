@@ -29,7 +29,7 @@ from bench import common
 
 log = logging.getLogger(__name__)
 
-# the four, plus the product's default (small_cnn) that the batch and REST benchmarks serve
+# the four, plus small_cnn, the depthwise CPU-sized model of the registry
 ARCHS = ("resnet18", "resnet50", "efficientnet_b0", "mobilenet_v3_large", "small_cnn")
 SIZES = ((128, 96), (224, 224), (384, 288))
 CPU_BATCHES = (1, 32)

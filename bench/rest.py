@@ -13,7 +13,7 @@ always stopped at the end (SIGTERM to its process group, SIGKILL after a grace p
     python -m bench.rest --quick                  # 1 and 8 clients, 3 s each
     python -m bench.rest --model model.onnx --clients 1 8 32 128 --duration 20
 
-The model defaults to the batch benchmark's exported small_cnn (``data/bench/bench-runs``) or,
+The model defaults to the batch benchmark's exported plain_cnn (else small_cnn) (``data/bench/bench-runs``) or,
 when that does not exist, a random-init ``small_cnn`` exported here (speed does not depend on
 the weights). Images default to the synthetic eval set of ``bench.batch_job``.
 Writes ``bench/results/rest.json`` and re-renders ``docs/benchmarks.md``.
@@ -120,9 +120,10 @@ class Server:
 
 
 def default_model(workdir: Path) -> str:
-    trained = DEFAULT_DATA / "bench-runs" / "small_cnn" / "model.onnx"
-    if trained.is_file():
-        return str(trained)
+    for arch in ("plain_cnn", "small_cnn"):  # the default recipe's model first (make bench exports it)
+        trained = DEFAULT_DATA / "bench-runs" / arch / "model.onnx"
+        if trained.is_file():
+            return str(trained)
     from bench.model_only import _metadata
     from export.graph import export_onnx
     from maskdata.preprocess import Preprocess
@@ -218,7 +219,7 @@ def run(cfg: RestConfig) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.rest", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="ONNX model to serve (default: the batch benchmark's small_cnn, else random init)")
+    p.add_argument("--model", help="ONNX model to serve (default: the batch benchmark's plain_cnn or small_cnn, else random init)")
     p.add_argument("--images", nargs="+", help="JPEGs to post in turn (default: 64 synthetic eval images)")
     p.add_argument("--clients", nargs="+", type=int, default=list(CLIENTS), help="concurrency levels (default: 1 8 32 128)")
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds per level (default: 10)")
