@@ -230,7 +230,7 @@ def batch_section(job: dict | None) -> str:
     if not job:
         return "## 2. Batch job\n\nNot measured yet: `python -m bench.batch_job`.\n"
     lines = ["## 2. Batch job: competition baseline loop vs `mask-submit`", "",
-             "Same checkpoint on both sides (trained briefly with `mask-train` on the synthetic train split, "
+             "Same checkpoint on both sides (the `--checkpoint` given — `make bench` passes the default recipe's `runs/default/best.pt` — or else trained briefly with `mask-train` on the synthetic train split; "
              "exported with `mask-export`), same synthetic 384×512 JPEGs, both run as commands on a warm page "
              "cache (files read and libraries imported once before timing), interleaved "
              f"{job.get('config', {}).get('repeats', 1)}× with the fastest run of each counting. *End to end* includes "
