@@ -375,12 +375,8 @@ def main(argv: list[str] | None = None) -> int:
         started = common.utc_now()
         with common.CpuMonitor() as monitor:
             runs = [bench_arch(cfg, arch, info, images, answers) for arch in archs]
-        payload = {"name": "batch_job", "command": common.command_line("bench.batch_job", argv),
-                   "started": started, "finished": common.utc_now(), "quick": args.quick,
-                   "machine": common.machine_info(), "cpu_monitor": monitor.summary,
-                   "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-                   "runs": runs}
-        common.write_result(args.out, payload)
+        config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+        common.save_run("batch_job", argv, started, monitor, args.quick, config, {"runs": runs}, args.out)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

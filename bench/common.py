@@ -189,6 +189,16 @@ def write_result(path: Path, payload: dict) -> Path:
     return path
 
 
+def save_run(name: str, argv: list[str] | None, started: str, monitor: "CpuMonitor", quick: bool,
+             config: dict, result: dict, out: Path) -> Path:
+    """Write one part's result JSON with what every part records: the command, times, the machine
+    and how busy the other cores were."""
+    payload = {"name": name, "command": command_line(f"bench.{name}", argv), "started": started,
+               "finished": utc_now(), "quick": quick, "machine": machine_info(),
+               "cpu_monitor": monitor.summary, "config": config, **result}
+    return write_result(out, payload)
+
+
 def load_results(results_dir: Path = RESULTS_DIR) -> dict[str, dict]:
     """``{"model_only": {...}, "batch_job": {...}, "rest": {...}}`` for whichever files exist."""
     out = {}

@@ -283,11 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         started = common.utc_now()
         with common.CpuMonitor() as monitor:
             result = run_grid(cfg)
-        payload = {"name": "model_only", "command": common.command_line("bench.model_only", argv),
-                   "started": started, "finished": common.utc_now(), "quick": args.quick,
-                   "machine": common.machine_info(), "cpu_monitor": monitor.summary,
-                   "config": asdict(cfg), **result}
-        common.write_result(args.out, payload)
+        common.save_run("model_only", argv, started, monitor, args.quick, asdict(cfg), result, args.out)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

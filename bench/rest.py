@@ -253,13 +253,9 @@ def main(argv: list[str] | None = None) -> int:
             started = common.utc_now()
             with common.CpuMonitor() as monitor:
                 result = run(cfg)
-        payload = {"name": "rest", "command": common.command_line("bench.rest", argv), "started": started,
-                   "finished": common.utc_now(), "quick": args.quick, "machine": common.machine_info(),
-                   "cpu_monitor": monitor.summary,
-                   "config": {**asdict(cfg), "images": len(cfg.images),
-                              "model": cfg.model.replace(str(common.REPO_ROOT) + "/", "")},
-                   **result}
-        common.write_result(args.out, payload)
+        config = {**asdict(cfg), "images": len(cfg.images),
+                  "model": cfg.model.replace(str(common.REPO_ROOT) + "/", "")}
+        common.save_run("rest", argv, started, monitor, args.quick, config, result, args.out)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
