@@ -18,7 +18,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 # `make serve`: environment, then the demo model if the BentoML store has no mask-classifier (a few
-# minutes on 2 CPUs: synthetic data -> short training -> export -> store), then `bentoml serve` on
+# minutes on 2 CPUs: synthetic data -> the default training recipe -> export -> store), then `bentoml serve` on
 # PORT with a ready-to-paste curl command once /readyz answers. Ctrl-C stops the server.
 PORT ?= 3000
 serve: demo-model
