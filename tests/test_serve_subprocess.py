@@ -15,7 +15,6 @@ import subprocess
 import sys
 import sysconfig
 import time
-import zipfile
 from importlib import metadata
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import pytest
 
 from serving.predictor import Predictor
 from serving.settings import Settings
-from test_service import LIMITS, bad_requests, image_bytes
+from test_service import LIMITS, bad_requests, image_bytes, run_task, submission_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -167,24 +166,9 @@ def test_concurrent_requests_are_batched_correctly(server, eval_paths, reference
 
 
 def test_submission_task(server, synth_root, reference):
-    with open(synth_root / "eval" / "info.csv", newline="") as f:
-        ids = [r["ImageID"] for r in csv.DictReader(f)][:5]
-    archive = io.BytesIO()
-    with zipfile.ZipFile(archive, "w") as z:
-        for i in ids:
-            z.write(synth_root / "eval" / "images" / i, f"images/{i}")
-    info = ("ImageID,ans\n" + "".join(f"{i},0\n" for i in ids)).encode()
+    ids, info, archive = submission_inputs(synth_root, n=5, folder="images/")  # images inside a folder
     with httpx.Client(base_url=server, timeout=60) as c:
-        task = c.post("/submission/submit", files={"info": ("info.csv", info, "text/csv"),
-                                                   "archive": ("eval.zip", archive.getvalue(), "application/zip")})
-        assert task.status_code == 200, task.text
-        task_id = task.json()["task_id"]
-        for _ in range(300):
-            status = c.get("/submission/status", params={"task_id": task_id}).json()["status"]
-            if status != "in_progress":
-                break
-            time.sleep(0.2)
-        result = c.get("/submission/get", params={"task_id": task_id})
+        status, result = run_task(c, info, archive, polls=300, interval=0.2)
     assert status == "completed" and result.status_code == 200, (status, result.text[:300])
     got = {r["ImageID"]: int(r["ans"]) for r in csv.DictReader(io.StringIO(result.text))}
     expected = reference.predict([synth_root / "eval" / "images" / i for i in ids])

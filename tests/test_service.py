@@ -155,7 +155,8 @@ def test_infer_isolates_malformed_images(client, reference, synth_root):
     assert rows[2] == pytest.approx(reference.infer(reference.load(path)[None])[0].tolist(), abs=1e-6), rows[2]
 
 
-def _submission_inputs(synth_root, n=6):
+def submission_inputs(synth_root, n=6, folder=""):
+    """(ImageIDs, info.csv bytes, zip bytes) of the first ``n`` eval images, stored under ``folder``."""
     info = synth_root / "eval" / "info.csv"
     with open(info, newline="") as f:
         rows = list(csv.DictReader(f))[:n]
@@ -163,24 +164,30 @@ def _submission_inputs(synth_root, n=6):
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as z:
         for r in rows:
-            z.write(synth_root / "eval" / "images" / r["ImageID"], r["ImageID"])
+            z.write(synth_root / "eval" / "images" / r["ImageID"], folder + r["ImageID"])
     return [r["ImageID"] for r in rows], text.encode(), archive.getvalue()
 
 
-def test_submission_task_returns_the_filled_csv(client, reference, synth_root):
+def run_task(client, info: bytes, archive: bytes, polls: int = 200, interval: float = 0.1):
+    """Submit a /submission task and poll it until it leaves in_progress: (final status, /get response).
+    ``client`` is a Starlette TestClient or an httpx.Client with a base_url."""
     import time
 
-    ids, info, archive = _submission_inputs(synth_root)
     r = client.post("/submission/submit", files={"info": ("info.csv", info, "text/csv"),
                                                  "archive": ("images.zip", archive, "application/zip")})
     assert r.status_code == 200, r.text
     task = r.json()["task_id"]
-    for _ in range(200):
+    for _ in range(polls):
         status = client.get("/submission/status", params={"task_id": task}).json()["status"]
         if status != "in_progress":
             break
-        time.sleep(0.1)
-    result = client.get("/submission/get", params={"task_id": task})
+        time.sleep(interval)
+    return status, client.get("/submission/get", params={"task_id": task})
+
+
+def test_submission_task_returns_the_filled_csv(client, reference, synth_root):
+    ids, info, archive = submission_inputs(synth_root)
+    status, result = run_task(client, info, archive)
     assert status == "completed" and result.status_code == 200, (status, result.text[:500])
     got = {row["ImageID"]: int(row["ans"]) for row in csv.DictReader(io.StringIO(result.text))}
     expected = [p["class"] for p in reference.predict([synth_root / "eval" / "images" / i for i in ids])]
@@ -188,18 +195,8 @@ def test_submission_task_returns_the_filled_csv(client, reference, synth_root):
 
 
 def test_submission_task_rejects_a_bad_csv(client, synth_root):
-    import time
-
-    _, _, archive = _submission_inputs(synth_root, n=1)
-    r = client.post("/submission/submit", files={"info": ("info.csv", b"foo,bar\n1,2\n", "text/csv"),
-                                                 "archive": ("images.zip", archive, "application/zip")})
-    task = r.json()["task_id"]
-    for _ in range(100):
-        status = client.get("/submission/status", params={"task_id": task}).json()["status"]
-        if status != "in_progress":
-            break
-        time.sleep(0.1)
-    result = client.get("/submission/get", params={"task_id": task})
+    _, _, archive = submission_inputs(synth_root, n=1)
+    status, result = run_task(client, b"foo,bar\n1,2\n", archive, polls=100)
     assert status == "failed" and result.status_code == 400, (status, result.text)
     assert "ImageID" in result.json()["error"], result.json()
 
