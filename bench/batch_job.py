@@ -185,7 +185,7 @@ def product_stages(onnx_path: Path, paths: list[Path], out_csv: Path, batch_size
             t0 = time.perf_counter()
             data = p.read_bytes()
             t1 = time.perf_counter()
-            img = open_image(data, draft_size=pre.size if pre.jpeg_draft else None)
+            img = open_image(data, draft_size=pre.draft_size)
             t2 = time.perf_counter()
             arrays.append(pre.resize(img))
             t3 = time.perf_counter()
@@ -231,12 +231,11 @@ def preprocess_variant(onnx_path: Path, name: str, **changes) -> Path:
 def variants(onnx_path: Path) -> list[tuple[str, Path, dict]]:
     """(result key, model file, preprocessing change) of the reference runs after the shipped one."""
     from maskdata.artifact import read_metadata
-    from maskdata.preprocess import Preprocess
 
     pre = read_metadata(onnx_path).preprocess
     out = [("submit_no_draft", preprocess_variant(onnx_path, "nodraft", jpeg_draft=False), {"jpeg_draft": False})]
     # artifacts record the draft scale they were exported with; the other scale is measured too
-    if "draft_scale" in Preprocess.__dataclass_fields__ and pre.jpeg_draft:
+    if pre.jpeg_draft:
         other = 2 if pre.draft_scale == 1 else 1
         out.append((f"submit_draft_scale_{other}", preprocess_variant(onnx_path, f"draft{other}", draft_scale=other),
                     {"draft_scale": other}))
