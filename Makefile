@@ -24,11 +24,11 @@ PORT ?= 3000
 serve: demo-model
 	@$(BIN)/bentoml serve --port $(PORT) & pid=$$!; \
 	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null' INT TERM; \
-	$(BIN)/python -m serving.demo --wait-ready http://localhost:$(PORT) --server-pid $$pid || { kill $$pid; exit 1; }; \
+	$(BIN)/python -m demo --wait-ready http://localhost:$(PORT) --server-pid $$pid || { kill $$pid; exit 1; }; \
 	wait $$pid
 
 demo-model: $(STAMP)
-	$(BIN)/python -m serving.demo
+	$(BIN)/python -m demo
 
 # Throughput/latency harness (minutes; results in bench/results/, rendered into docs/benchmarks.md).
 # The batch and REST parts run the default recipe's model, trained once into $(BENCH_RUN).

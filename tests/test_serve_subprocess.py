@@ -129,7 +129,7 @@ def test_raw_multipart_bad_inputs_then_good(server, eval_paths, reference):
 
 
 def test_make_serve_readiness_helper_prints_a_curl_line(server, capsys, tmp_path):
-    from serving.demo import wait_ready
+    from demo.ready import wait_ready
 
     assert wait_ready(server, tmp_path, timeout=30) == 0
     out = capsys.readouterr().out

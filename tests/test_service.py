@@ -126,7 +126,7 @@ def test_model_route_get_and_post(client, onnx_model):
 def test_openapi_documents_responses_with_examples(client):
     spec = client.get("/docs.json").json()
     for route in ("/predict", "/predict_batch", "/model", "/submission/submit"):
-        assert route in spec["paths"], f"{route} missing from /docs: {sorted(spec['paths'])}"
+        assert route in spec["paths"], f"{route} missing from /docs.json: {sorted(spec['paths'])}"
     ok = spec["paths"]["/predict"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert ok["example"]["mask"] == "wear" and "class" in ok["properties"], ok
 

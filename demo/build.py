@@ -1,13 +1,13 @@
 """Build the demo model `make serve` needs when the store has none: synthetic data → a short
 training recipe → ONNX export (parity-checked) → BentoML model store as ``mask-classifier``.
 
-    python -m serving.demo                 # skips everything if mask-classifier is already stored
-    python -m serving.demo --force --epochs 8 --people 200
+    python -m demo                 # skips everything if mask-classifier is already stored
+    python -m demo --force --epochs 8 --people 200
 
 Takes a few minutes on 2 CPU cores and shows progress for every stage. The work folder (default
 ``.demo/``) keeps the data set, the run and ``model.onnx``; the curl command printed at the end
-posts one of its eval images. This module imports torch (through training) and is not part of the
-served code.
+posts one of its eval images. This module imports torch (through training and export), which is
+why it lives outside ``serving/``: neither the bento nor the Docker image carries it.
 """
 from __future__ import annotations
 
@@ -20,9 +20,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from demo.ready import wait_ready
+from export.store import DEFAULT_NAME as STORE_NAME  # torch-free, like everything imported here at the top
+
 log = logging.getLogger(__name__)
 
-STORE_NAME = "mask-classifier"
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ class DemoConfig:
 
 
 def stored_model() -> str | None:
-    """Tag of the newest ``mask-classifier`` in the BentoML store, or None."""
+    """Tag of the newest ``STORE_NAME`` model in the BentoML store, or None."""
     import bentoml
 
     try:
@@ -83,7 +85,7 @@ def build(cfg: DemoConfig) -> str:
         raise RuntimeError(f"export failed with exit code {rc}")
     tag = stored_model()
     if tag is None:
-        raise RuntimeError("export finished but the model store has no mask-classifier")
+        raise RuntimeError(f"export finished but the model store has no {STORE_NAME}")
     print(f"    {time.perf_counter() - t:.0f}s")
 
     t = _stage("4/4 checking the stored model on the synthetic eval split")
@@ -106,45 +108,9 @@ def evaluate(tag: str, eval_dir: Path) -> dict:
     return {"images": len(answers), "macro_f1": round(report["f1"], 4), "accuracy": round(report["acc"], 4)}
 
 
-def sample_image(workdir: Path) -> Path | None:
-    images = sorted((workdir / "data" / "eval" / "images").glob("*"))
-    return images[0] if images else None
-
-
-def wait_ready(url: str, workdir: Path, server_pid: int | None = None, timeout: float = 600.0) -> int:
-    """Poll ``url/readyz`` (the model has loaded and warmed up), then print what to paste."""
-    import os
-    import urllib.error
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server_pid is not None:
-            try:
-                os.kill(server_pid, 0)
-            except ProcessLookupError:
-                print("error: the server exited before it was ready (see its log above)", file=sys.stderr)
-                return 1
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(1)
-    else:
-        print(f"error: {url}/readyz not ready after {timeout:.0f}s", file=sys.stderr)
-        return 1
-    sample = sample_image(workdir)
-    image = str(sample.resolve()) if sample else "photo.jpg"
-    print(f"\nmask-classifier is ready at {url}  (API docs: {url}/docs; Ctrl-C stops it)\n"
-          f"try:\n  curl -F image=@{image} {url}/predict\n", flush=True)
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m serving.demo",
+        prog="python -m demo",
         description="Build and store the demo mask-classifier model (synthetic data, short training, export).")
     d = DemoConfig()
     parser.add_argument("--workdir", type=Path, default=d.workdir, help=f"work folder (default {d.workdir})")

@@ -1,0 +1,5 @@
+import sys
+
+from demo.build import main
+
+sys.exit(main())
