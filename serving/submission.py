@@ -33,9 +33,10 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from tqdm import tqdm
 
-from maskdata import labels, metrics
+from maskdata import labels
 from maskdata.io import atomic_write_text, read_csv
 from maskdata.preprocess import DEFAULT_MAX_PIXELS
+from maskdata.scoring import SKIPPED
 from serving.archive import ArchiveLimits, extract_images
 from serving.journal import Journal
 from serving.pipeline import EXECUTORS, decoded_batches
@@ -45,7 +46,6 @@ log = logging.getLogger(__name__)
 
 ON_ERROR = ("fail", "skip")
 JOURNAL_VERSION = 1
-SKIPPED = -1
 
 
 def default_workers() -> int:
@@ -317,65 +317,6 @@ def run_submission(predictor, info_csv: str | Path | bytes, images_dir: str | Pa
     return SubmitResult(out_csv, image_ids, ans, probs, errors, seconds, processed, resumed,
                         report_path if errors else None,
                         dict(sorted(Counter(int(c) for c in predicted).items())))
-
-
-# ---------------------------------------------------------------- scoring
-
-def score(image_ids: list[str], ans: np.ndarray, labels_csv: str | Path,
-          confusion_png: str | Path | None = None) -> dict:
-    """Score predictions against an answers CSV (``ImageID,ans``): macro F1, accuracy, per-head F1.
-
-    Rows predicted -1 (skipped) are left out and counted in ``skipped``. Writes the confusion
-    matrix PNG when ``confusion_png`` is given.
-    """
-    _, rows = read_csv(labels_csv, ("ImageID", "ans"))
-    truth: dict[str, int] = {}
-    for line, row in enumerate(rows, start=2):
-        try:
-            truth[row["ImageID"]] = int(row["ans"])
-        except ValueError:
-            raise ValueError(f"{labels_csv}: row {line}: ans {row['ans']!r} is not a class index") from None
-    absent = [i for i in image_ids if i not in truth]
-    if absent:
-        raise ValueError(f"{labels_csv} has no answer for {len(absent)} ImageID(s) (e.g. {absent[:3]})")
-    ans = np.asarray(ans, dtype=np.int64)
-    keep = ans != SKIPPED
-    y_true = np.asarray([truth[i] for i in image_ids], dtype=np.int64)[keep]
-    y_pred = ans[keep]
-    if y_true.size and not ((0 <= y_true) & (y_true < labels.NUM_CLASSES)).all():
-        raise ValueError(f"{labels_csv}: answers must be class indices 0..{labels.NUM_CLASSES - 1}")
-    result = {**metrics.report(y_true, y_pred), "n": int(keep.sum()), "skipped": int((~keep).sum())}
-    if confusion_png is not None:
-        plot_confusion(metrics.confusion(y_true, y_pred), confusion_png,
-                       title=f"macro F1 {result['f1']:.3f}, accuracy {result['acc']:.3f}, n={result['n']}")
-    return result
-
-
-def plot_confusion(cm: np.ndarray, path: str | Path, title: str = "") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [f"{r.index} {r.name}" for r in labels.label_table()]
-    fig, ax = plt.subplots(figsize=(10, 9))
-    ax.imshow(cm, cmap="Blues")
-    for (t, p), v in np.ndenumerate(cm):
-        if v:
-            ax.text(p, t, str(v), ha="center", va="center", fontsize=7,
-                    color="white" if v > cm.max() / 2 else "black")
-    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
-    ax.set_yticks(range(len(names)), names, fontsize=7)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
 
 
 # ---------------------------------------------------------------- the /submission task

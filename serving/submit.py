@@ -100,7 +100,8 @@ def build_merge_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from serving.submission import run_submission, score
+    from maskdata.scoring import score
+    from serving.submission import run_submission
 
     shard = Shard.parse(args.shard) if args.shard else None
     if args.labels:   # a bad answers file should fail now, not after the whole run

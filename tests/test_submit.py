@@ -16,7 +16,8 @@ import pytest
 from maskdata import metrics
 from maskdata.io import read_csv
 from serving.shards import Shard
-from serving.submission import Journal, run_submission, score
+from maskdata.scoring import score
+from serving.submission import Journal, run_submission
 from serving.submit import main
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,6 +7,7 @@ import numpy as np
 
 from maskdata import labels
 from maskdata.io import atomic_path
+from maskdata.scoring import plot_confusion
 
 
 def _plt():
@@ -39,14 +40,5 @@ def save_curves(history: list[dict], path: Path) -> None:
 
 
 def save_confusion(cm: np.ndarray, path: Path, title: str = "confusion (rows: true)") -> None:
-    names = [r.name for r in labels.label_table()]
-    fig, ax = _plt().subplots(figsize=(9, 8))
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
-    ax.set_yticks(range(len(names)), names, fontsize=7)
-    for i, j in zip(*np.nonzero(cm)):
-        ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=6,
-                color="white" if cm[i, j] > cm.max() / 2 else "black")
-    ax.set(xlabel="predicted", ylabel="true", title=title)
-    fig.tight_layout()
-    _save(fig, path)
+    """The same figure as ``mask-submit --labels`` draws: :func:`maskdata.scoring.plot_confusion`."""
+    plot_confusion(cm, path, title)
