@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from demo.ready import wait_ready
-from export.store import DEFAULT_NAME as STORE_NAME  # torch-free, like everything imported here at the top
+from maskdata.artifact import STORE_NAME
 
 log = logging.getLogger(__name__)
 

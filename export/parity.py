@@ -103,7 +103,8 @@ def labels_from_csv(paths: list[Path], csv_path: str | os.PathLike,
             y = int(answers[key])
             labels.decode(y)
         except ValueError:
-            raise ValueError(f"{csv_path}: ans for {key!r} is {answers[key]!r}; expected a class 0..17") from None
+            raise ValueError(f"{csv_path}: ans for {key!r} is {answers[key]!r}; "
+                             f"expected a class 0..{labels.NUM_CLASSES - 1}") from None
         ys.append(y)
     return np.asarray(ys, dtype=np.int64)
 

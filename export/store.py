@@ -17,11 +17,11 @@ import os
 import shutil
 from pathlib import Path
 
-from maskdata.artifact import ModelMetadata, read_metadata
+from maskdata.artifact import STORE_NAME, ModelMetadata, read_metadata
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NAME = "mask-classifier"
+DEFAULT_NAME = STORE_NAME
 MODEL_FILE = "model.onnx"
 
 

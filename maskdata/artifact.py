@@ -17,6 +17,8 @@ FORMAT_VERSION = 1
 PREFIX = "mask."
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("logits", "probs")
+# The BentoML model-store name, defined once here (torch-free, so export, serving and demo share it)
+STORE_NAME = "mask-classifier"
 
 
 @dataclass(frozen=True)

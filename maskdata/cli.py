@@ -58,8 +58,9 @@ def _format_report(train_dir: Path, samples: list[Sample], report: Report) -> st
     for row in labels.label_table():
         lines.append(f"{row.index:>5}  {row.name:<22}  {counts.get(row.index, 0):>6}")
     strata = Counter((rows[0].gender, labels.age_group(rows[0].age)) for rows in people(samples).values())
-    lines.append("people: " + "  ".join(f"{labels.GENDER_NAMES[g]}/{labels.AGE_NAMES[a]}: {strata.get((g, a), 0)}"
-                                         for g in range(2) for a in range(3)))
+    lines.append("people: " + "  ".join(f"{gender}/{age}: {strata.get((g, a), 0)}"
+                                         for g, gender in enumerate(labels.GENDER_NAMES)
+                                         for a, age in enumerate(labels.AGE_NAMES)))
     if not report.problems:
         lines.append("problems: none")
     for kind, where in sorted(report.problems.items()):
@@ -97,7 +98,7 @@ def _pick_people(samples: list[Sample], n: int) -> list[list[Sample]]:
     """``n`` people, dealt round-robin over the gender×age strata so the sheet shows every group."""
     by_stratum: dict[int, list[list[Sample]]] = {}
     for person, rows in sorted(people(samples).items()):
-        st = rows[0].gender * 3 + labels.age_group(rows[0].age)
+        st = rows[0].gender * labels.HEAD_SIZES["age"] + labels.age_group(rows[0].age)
         by_stratum.setdefault(st, []).append(rows)
     picked: list[list[Sample]] = []
     while len(picked) < n and any(by_stratum.values()):

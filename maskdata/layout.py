@@ -91,7 +91,10 @@ def list_person_images(folder: Path) -> tuple[dict[str, Path], list[str], int]:
 def read_train_dir(train_dir: str | Path, strict: bool = False) -> tuple[list[Sample], Report]:
     """Read ``DIR/train`` (train.csv + images/) into samples, reporting every problem.
 
-    strict=True raises :class:`DataError` listing all problems if any were found.
+    Problems (bad rows, unreadable names, folders without a row, ...) are skipped and logged as one
+    warning; ``strict=True`` raises :class:`DataError` instead, with the problem count and, per kind
+    of problem, its count and one example (:meth:`Report.summary`). Either way a folder with no usable
+    image at all raises :class:`DataError`.
     """
     train_dir = Path(train_dir)
     if not train_dir.is_dir():

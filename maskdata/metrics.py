@@ -30,8 +30,10 @@ def macro_f1(y_true, y_pred, num_classes: int = labels.NUM_CLASSES) -> float:
 
 
 def head_of(classes, head: str) -> np.ndarray:
+    """Class indices → that head's indices (``class = mask * 6 + gender * 3 + age``)."""
     c = np.asarray(classes, dtype=np.int64)
-    return {"mask": c // 6, "gender": (c // 3) % 2, "age": c % 3}[head]
+    n_gender, n_age = labels.HEAD_SIZES["gender"], labels.HEAD_SIZES["age"]
+    return {"mask": c // (n_gender * n_age), "gender": (c // n_age) % n_gender, "age": c % n_age}[head]
 
 
 def report(y_true, y_pred) -> dict[str, float]:

@@ -28,13 +28,13 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from maskdata.artifact import ModelMetadata
+from maskdata import labels
+from maskdata.artifact import STORE_NAME, ModelMetadata
 from maskdata.preprocess import ImageError, Preprocess  # noqa: F401  (ImageError re-exported for callers)
 from serving.settings import Settings
 
 log = logging.getLogger(__name__)
 
-STORE_NAME = "mask-classifier"
 MODEL_FILE = "model.onnx"
 CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 
@@ -88,7 +88,7 @@ def resolve_model_path(model: Any) -> Path:
     except bentoml.exceptions.NotFound:
         raise FileNotFoundError(
             f"model {text!r} is not in the BentoML model store (see `bentoml models list`); import one "
-            f"with `mask-export ... --bento-tag mask-classifier` or build the demo model with "
+            f"with `mask-export ... --bento-tag {STORE_NAME}` or build the demo model with "
             f"`make demo-model`") from None
     except ValueError as e:  # malformed tag
         raise ValueError(f"not a model path or BentoML tag: {text!r} ({e})") from None
@@ -252,8 +252,8 @@ class Predictor:
         probs = np.asarray(probs, dtype=np.float64)
         cls = int(np.argmax(probs))
         row = self.metadata.labels[cls]
-        # class = mask*6 + gender*3 + age, so a (3, 2, 3) view has one axis per head
-        cube = probs.reshape(3, 2, 3)
+        # class = mask*6 + gender*3 + age, so a (mask, gender, age)-shaped view has one axis per head
+        cube = probs.reshape(tuple(labels.HEAD_SIZES.values()))
         marginals = {"mask": cube.sum(axis=(1, 2)), "gender": cube.sum(axis=(0, 2)), "age": cube.sum(axis=(0, 1))}
         return {
             "class": cls,
@@ -302,9 +302,11 @@ class Predictor:
 
 def _head_names(table: list[dict]) -> dict[str, list[str]]:
     """Per-head value names in index order, from the artifact's label table."""
-    return {"mask": [table[m * 6]["mask"] for m in range(3)],
-            "gender": [table[g * 3]["gender"] for g in range(2)],
-            "age": [table[a]["age"] for a in range(3)]}
+    names = {head: [""] * n for head, n in labels.HEAD_SIZES.items()}
+    for row in table:
+        for head, i in zip(names, labels.decode(row["index"])):
+            names[head][i] = row[head]
+    return names
 
 
 def main(argv: list[str] | None = None) -> int:

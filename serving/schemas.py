@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from maskdata import labels
+
 _EXAMPLE_PREDICTION = {
     "class": 4,
     "label": "wear/female/30-59",
@@ -35,7 +37,7 @@ class Prediction(BaseModel):
     model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True,
                               json_schema_extra={"example": _EXAMPLE_PREDICTION})
 
-    class_: int = Field(alias="class", ge=0, le=17, description="class = mask*6 + gender*3 + age")
+    class_: int = Field(alias="class", ge=0, le=labels.NUM_CLASSES - 1, description="class = mask*6 + gender*3 + age")
     label: str = Field(description="mask/gender/age names of the class")
     mask: str = Field(description="wear | incorrect | not_wear")
     gender: str = Field(description="male | female")

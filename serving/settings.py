@@ -28,7 +28,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_MODEL = "mask-classifier:latest"
+from maskdata.artifact import STORE_NAME
+
+DEFAULT_MODEL = f"{STORE_NAME}:latest"
 BACKENDS = ("onnx", "torch")
 PRECISIONS = ("auto", "fp32", "fp16", "int8")
 

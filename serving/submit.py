@@ -17,14 +17,13 @@ import logging
 import sys
 from pathlib import Path
 
+from maskdata import labels
 from maskdata.io import read_csv
 from serving.shards import Shard, merge_parts
-from serving.settings import PRECISIONS
+from serving.settings import DEFAULT_MODEL, PRECISIONS
 from serving.submission import default_workers
 
 log = logging.getLogger("mask-submit")
-
-DEFAULT_MODEL = "mask-classifier:latest"
 
 
 def load_predictor(model: str, precision: str | None = None):
@@ -56,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mask-submit",
         description="Predict every image of info.csv and write the submission CSV (info.csv's rows and columns, "
-                    "'ans' = class index 0..17). Use 'mask-submit merge --help' to join --shard outputs.",
+                    f"'ans' = class index 0..{labels.NUM_CLASSES - 1}). "
+                    "Use 'mask-submit merge --help' to join --shard outputs.",
         epilog="Resume, shards, archive safety and measured speed: docs/submit.md")
     p.add_argument("--info", required=True, help="info.csv with an ImageID column (other columns are kept)")
     p.add_argument("--images", required=True, help="folder holding the files named by ImageID")
@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ONNX variant to run: fp32, int8 (model.int8.onnx from mask-export --int8: the fastest on "
                         "CPU for conv nets, see docs/benchmarks.md), fp16 (GPU), or auto (FP16 on a GPU when "
                         "exported, else FP32); default: $MASK_PRECISION or auto")
-    p.add_argument("--probs", metavar="FILE", help="also write the 18 class probabilities per row (for ensembling)")
+    p.add_argument("--probs", metavar="FILE",
+                   help=f"also write the {labels.NUM_CLASSES} class probabilities per row (for ensembling)")
     p.add_argument("--labels", metavar="ANSWERS_CSV",
                    help="answers CSV (ImageID,ans): print macro F1, accuracy, per-head F1 and write "
                         "OUT.confusion.png")
