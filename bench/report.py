@@ -1,4 +1,5 @@
-"""Render ``bench/results/*.json`` into ``docs/benchmarks.md`` and the ``docs/bench_*.png`` plots.
+"""Render ``bench/results/*.json`` into ``docs/benchmarks.md`` and the ``docs/bench_*.png`` plots
+(the figures themselves are drawn by :mod:`bench.plots`).
 
 Every benchmark script calls this when it finishes, so the document always shows the latest
 results of each part side by side with the machine and the exact command that produced them.
@@ -15,13 +16,11 @@ import sys
 from pathlib import Path
 
 from bench import common
-from maskdata.io import atomic_path, atomic_write_text
+from bench.plots import BACKEND_NAMES, plot_latency, plot_stages, plot_throughput
+from maskdata.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-BACKEND_NAMES = {"torch_eager": "PyTorch eager", "ort_fp32": "ORT FP32", "ort_int8": "ORT INT8",
-                 "torch_fp16": "PyTorch FP16", "ort_cuda_fp16": "ORT CUDA FP16",
-                 "ort_tensorrt_fp16": "ORT TensorRT FP16"}
 BATCH_TARGET_RATIO, IDENTICAL_TARGET, REST_TARGET_RATIO, REST_CLIENTS = 3.0, 0.995, 1.5, 32
 SHARED_ABOVE = 0.2  # cores' worth of other processes' CPU time during a run that we call "shared"
 
@@ -226,6 +225,52 @@ def _dominant(fractions: dict[str, float]) -> str:
     return f"{k} ({fractions[k]:.0%})"
 
 
+def _batch_run_lines(r: dict) -> list[str]:
+    """One batch-job run's stage breakdown, ceilings and variant rows."""
+    st = r["stages"]
+    names = ["read", "decode", "resize", "to_tensor", "infer", "write"]
+    srows = []
+    for k in names:
+        b, s = st["baseline"]["seconds"].get(k), st["submit"]["seconds"].get(k)
+        if b is None and s is None:
+            continue
+        srows.append([k, f"{_f(b, 2, ' s')} ({_pct(st['baseline']['fraction'].get(k))})" if b is not None else "–",
+                      f"{_f(s, 2, ' s')} ({_pct(st['submit']['fraction'].get(k))})" if s is not None else "– (uint8 goes in as is)"])
+    c = r["ceilings"]
+    sub_loop = r["submit"].get("loop_img_per_s")
+    lines: list[str] = []
+    lines += [f"### Stages and ceilings: {r['arch']}", "",
+              f"Stage breakdown from an instrumented *serial* pass of each pipeline over {st['images']} of the "
+              "images (each stage timed alone; the share is of the pass's total; the baseline's pass runs in a "
+              "fresh process like its real run). mask-submit overlaps decoding (2 threads) with inference, so "
+              "its real wall time is below its serial sum. The ceilings are measured over all images right "
+              "after the two commands.", "",
+              _table(["stage", "baseline", "mask-submit (serial)"], srows), "",
+              f"- Dominant stage: baseline **{_dominant(st['baseline']['fraction'])}**, "
+              f"mask-submit **{_dominant(st['submit']['fraction'])}**.",
+              f"- Binding ceiling: **{'inference' if c['infer_img_per_s'] <= c['decode_img_per_s_2_threads'] else 'decoding'}** "
+              f"({_f(min(c['infer_img_per_s'], c['decode_img_per_s_2_threads']))} img/s); mask-submit's loop "
+              f"reaches {_pct(sub_loop / min(c['infer_img_per_s'], c['decode_img_per_s_2_threads']) if sub_loop else None, 0)} "
+              "of it (ceilings and job measured separately, so figures near 100 % mean \"at the ceiling\" "
+              "within run-to-run noise).",
+              f"- Inference ceiling (ORT alone, batch 64, in-memory uint8): {_f(c['infer_img_per_s'])} img/s "
+              f"(loop at {_pct(sub_loop / c['infer_img_per_s'] if sub_loop else None, 0)}). Preprocessing ceiling "
+              f"(pure read + draft decode + resize loop): {_f(c['decode_img_per_s_2_threads'])} img/s with 2 "
+              f"threads, {_f(c['decode_img_per_s_1_thread'])} with 1 (loop at "
+              f"{_pct(sub_loop / c['decode_img_per_s_2_threads'] if sub_loop else None, 0)} of the 2-thread figure).",
+              f"- Identical predictions: {_pct(r['identical'], 2)} as shipped (preprocessing recorded in the "
+              f"model: {_pre(r.get('preprocess'))}); what remains with JPEG draft off "
+              f"({_pct(r.get('identical_without_draft'), 2)}) is what ONNX Runtime vs PyTorch changes.", ""]
+    vrows = [[label, _f(r[key]["img_per_s"]), f"{r[key]['ratio']:.2f}×", _pct(r[key]["identical"], 2)]
+             for key, label in _variant_labels(r)]
+    if vrows:
+        lines += ["Reference runs of `mask-submit` on variants of the same model (same images, same baseline):",
+                  "", _table(["variant", "img/s end to end", "× baseline", "identical to baseline"],
+                             [["as shipped", _f(r["submit"]["img_per_s"]), f"{r['ratio']:.2f}×",
+                               _pct(r["identical"], 2)], *vrows]), ""]
+    return lines
+
+
 def batch_section(job: dict | None) -> str:
     if not job:
         return "## 2. Batch job\n\nNot measured yet: `python -m bench.batch_job`.\n"
@@ -257,46 +302,7 @@ def batch_section(job: dict | None) -> str:
                       "mask-submit img/s (end to end / loop)", "ratio (end to end / loop)", "identical",
                       "identical, draft off", "classes predicted", "accuracy vs truth (baseline / submit)"], rows), ""]
     for r in job["runs"]:
-        st = r["stages"]
-        names = ["read", "decode", "resize", "to_tensor", "infer", "write"]
-        srows = []
-        for k in names:
-            b, s = st["baseline"]["seconds"].get(k), st["submit"]["seconds"].get(k)
-            if b is None and s is None:
-                continue
-            srows.append([k, f"{_f(b, 2, ' s')} ({_pct(st['baseline']['fraction'].get(k))})" if b is not None else "–",
-                          f"{_f(s, 2, ' s')} ({_pct(st['submit']['fraction'].get(k))})" if s is not None else "– (uint8 goes in as is)"])
-        c = r["ceilings"]
-        sub_loop = r["submit"].get("loop_img_per_s")
-        lines += [f"### Stages and ceilings: {r['arch']}", "",
-                  f"Stage breakdown from an instrumented *serial* pass of each pipeline over {st['images']} of the "
-                  "images (each stage timed alone; the share is of the pass's total; the baseline's pass runs in a "
-                  "fresh process like its real run). mask-submit overlaps decoding (2 threads) with inference, so "
-                  "its real wall time is below its serial sum. The ceilings are measured over all images right "
-                  "after the two commands.", "",
-                  _table(["stage", "baseline", "mask-submit (serial)"], srows), "",
-                  f"- Dominant stage: baseline **{_dominant(st['baseline']['fraction'])}**, "
-                  f"mask-submit **{_dominant(st['submit']['fraction'])}**.",
-                  f"- Binding ceiling: **{'inference' if c['infer_img_per_s'] <= c['decode_img_per_s_2_threads'] else 'decoding'}** "
-                  f"({_f(min(c['infer_img_per_s'], c['decode_img_per_s_2_threads']))} img/s); mask-submit's loop "
-                  f"reaches {_pct(sub_loop / min(c['infer_img_per_s'], c['decode_img_per_s_2_threads']) if sub_loop else None, 0)} "
-                  "of it (ceilings and job measured separately, so figures near 100 % mean \"at the ceiling\" "
-                  "within run-to-run noise).",
-                  f"- Inference ceiling (ORT alone, batch 64, in-memory uint8): {_f(c['infer_img_per_s'])} img/s "
-                  f"(loop at {_pct(sub_loop / c['infer_img_per_s'] if sub_loop else None, 0)}). Preprocessing ceiling "
-                  f"(pure read + draft decode + resize loop): {_f(c['decode_img_per_s_2_threads'])} img/s with 2 "
-                  f"threads, {_f(c['decode_img_per_s_1_thread'])} with 1 (loop at "
-                  f"{_pct(sub_loop / c['decode_img_per_s_2_threads'] if sub_loop else None, 0)} of the 2-thread figure).",
-                  f"- Identical predictions: {_pct(r['identical'], 2)} as shipped (preprocessing recorded in the "
-                  f"model: {_pre(r.get('preprocess'))}); what remains with JPEG draft off "
-                  f"({_pct(r.get('identical_without_draft'), 2)}) is what ONNX Runtime vs PyTorch changes.", ""]
-        vrows = [[label, _f(r[key]["img_per_s"]), f"{r[key]['ratio']:.2f}×", _pct(r[key]["identical"], 2)]
-                 for key, label in _variant_labels(r)]
-        if vrows:
-            lines += ["Reference runs of `mask-submit` on variants of the same model (same images, same baseline):",
-                      "", _table(["variant", "img/s end to end", "× baseline", "identical to baseline"],
-                                 [["as shipped", _f(r["submit"]["img_per_s"]), f"{r['ratio']:.2f}×",
-                                   _pct(r["identical"], 2)], *vrows]), ""]
+        lines += _batch_run_lines(r)
     lines += ["![stage breakdown](bench_stages.png)", ""]
     return "\n".join(lines)
 
@@ -381,108 +387,6 @@ def rest_section(rest: dict | None, model_only: dict | None = None) -> str:
             lines.append(share)
     lines += ["", "![latency vs concurrency](bench_latency.png)", ""]
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- plots
-
-def _save(fig, path: Path) -> None:
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-
-
-def plot_throughput(mo: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in mo["cpu_rows"] if r.get("status") == "measured"]
-    archs = list(dict.fromkeys(r["arch"] for r in rows))
-    sizes = list(dict.fromkeys((r["height"], r["width"]) for r in rows))
-    if not rows:
-        return
-    fig, axes = plt.subplots(len(sizes), len(archs), figsize=(3.2 * len(archs), 2.6 * len(sizes)), squeeze=False)
-    for i, size in enumerate(sizes):
-        for j, arch in enumerate(archs):
-            ax = axes[i][j]
-            for backend in ("torch_eager", "ort_fp32", "ort_int8"):
-                pts = sorted((r["batch"], r["img_per_s"]) for r in rows
-                             if r["arch"] == arch and (r["height"], r["width"]) == size and r["backend"] == backend)
-                if pts:
-                    ax.plot(*zip(*pts), marker="o", label=BACKEND_NAMES[backend])
-            ax.set_xscale("log", base=2)
-            batches = sorted({r["batch"] for r in rows})
-            ax.set_xticks(batches, [str(b) for b in batches])
-            ax.set_ylim(bottom=0)
-            ax.set_title(f"{arch} {size[0]}×{size[1]}", fontsize=9)
-            ax.set_xlabel("batch size", fontsize=8)
-            ax.set_ylabel("img/s", fontsize=8)
-            ax.tick_params(labelsize=7)
-            ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle("Model-only CPU throughput vs batch size", fontsize=11)
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
-
-
-def plot_latency(rest: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    modes = [m for m in rest["modes"] if m.get("status") == "measured"]
-    if not modes:
-        return
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    clients = sorted({v["clients"] for m in modes for v in m["levels"]})
-    for k, m in enumerate(modes):
-        lv = [v for v in m["levels"] if v["p50_ms"] is not None]
-        x = [v["clients"] for v in lv]
-        color = f"C{k}"
-        for key, style in (("p50_ms", "-"), ("p99_ms", "--")):
-            ax1.plot(x, [v[key] for v in lv], style, color=color, marker="o", label=f"{m['mode']} {key[:3]}")
-        ax2.plot(x, [v["req_per_s"] for v in lv], color=color, marker="o", label=m["mode"])
-    for ax, ylabel in ((ax1, "latency (ms)"), (ax2, "requests/s")):
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(clients, [str(c) for c in clients])
-        ax.set_xlabel("concurrent clients")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    ax1.set_yscale("log")
-    fig.suptitle("POST /predict on loopback: latency and throughput vs concurrency")
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
-
-
-def plot_stages(job: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = ["read", "decode", "resize", "to_tensor", "infer", "write"]
-    bars = []
-    for r in job["runs"]:
-        for side in ("baseline", "submit"):
-            st = r["stages"][side]["seconds"]
-            n = r["stages"]["images"]
-            bars.append((f"{r['arch']}\n{side}", [1000 * st.get(k, 0.0) / n for k in names]))
-    if not bars:
-        return
-    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(bars)), 3.8))
-    bottoms = [0.0] * len(bars)
-    for k, name in enumerate(names):
-        vals = [b[1][k] for b in bars]
-        ax.bar([b[0] for b in bars], vals, bottom=bottoms, label=name)
-        bottoms = [x + y for x, y in zip(bottoms, vals)]
-    ax.set_ylabel("ms per image (serial pass)")
-    ax.set_title("Batch job: where the time goes")
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------- entry point
