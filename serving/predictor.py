@@ -173,7 +173,11 @@ class OnnxBackend:
 
 
 def _torch_backend(model: Any, settings: Settings):
-    from serving.torch_backend import TorchBackend  # imports torch: only when asked for
+    try:
+        from serving.torch_backend import TorchBackend  # imports torch and training: only when asked for
+    except ModuleNotFoundError as e:  # the bento and the Docker image leave torch_backend.py out
+        raise ValueError(f"the PyTorch backend needs torch and training/ installed ({e}); the bento and the "
+                         "Docker image are ONNX-only: export the checkpoint with mask-export") from None
 
     return TorchBackend(model)
 
