@@ -99,7 +99,8 @@ def section(result: dict | None) -> str:
         f"Ray/local loop img/s: **{result['ratio_loop']:.2f}×** (end to end {result['ratio_end_to_end']:.2f}×); "
         f"submission files byte-identical: **{'yes' if result['identical'] else 'NO'}**. Ray options: "
         f"`{' '.join(result['ray_args']) or 'defaults'}`. Other cores busy during the run: "
-        f"{result['cpu_monitor'].get('other_cores')} (a machine shared with other engineers).", ""])
+        f"{result['cpu_monitor'].get('other_cores')} (this counts Ray's own worker processes too, which are "
+        "not children of the bench; the machine was also shared with other engineers).", ""])
 
 
 def main(argv: list[str] | None = None) -> int:
