@@ -41,6 +41,7 @@ bench: $(STAMP) $(BENCH_RUN)/best.pt
 	$(BIN)/python -m bench.model_only
 	$(BIN)/python -m bench.batch_job --checkpoint $(BENCH_RUN)/best.pt
 	$(BIN)/python -m bench.rest
+	$(BIN)/python -m bench.ray_job
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

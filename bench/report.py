@@ -391,6 +391,12 @@ def rest_section(rest: dict | None, model_only: dict | None = None) -> str:
 
 # ----------------------------------------------------------------------------- entry point
 
+def _ray_section(result: dict | None) -> str:
+    from bench import ray_job   # the Ray part renders its own section
+
+    return ray_job.section(result)
+
+
 def render(results: dict[str, dict], docs_dir: Path) -> str:
     if "model_only" in results:
         plot_throughput(results["model_only"], docs_dir / "bench_throughput.png")
@@ -408,7 +414,7 @@ def render(results: dict[str, dict], docs_dir: Path) -> str:
              "`bench.batch_job` makes them when missing).", "",
              targets_section(results), machine_section(results), commands_section(results),
              model_only_section(results.get("model_only")), batch_section(results.get("batch_job")),
-             rest_section(results.get("rest"), results.get("model_only"))]
+             rest_section(results.get("rest"), results.get("model_only")), _ray_section(results.get("ray_job"))]
     return "\n".join(parts).rstrip() + "\n"
 
 

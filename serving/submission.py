@@ -200,7 +200,7 @@ def _format_probs(image_ids: list[str], probs: np.ndarray) -> str:
     return write_csv_text(header, rows)
 
 
-def _predict_batch(predictor, batch, ids: list[str], missing: dict[str, str],
+def predict_batch(predictor, batch, ids: list[str], missing: dict[str, str],
                    on_error: str) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
     """(ans, probs, {row: reason}) for one grid batch whose present images are ``batch``."""
     present = [i for i, image_id in enumerate(ids) if image_id not in missing]   # what the worker decoded
@@ -225,7 +225,7 @@ def _store(rows: range, b_ans, b_probs, b_errors: dict[int, str], ans, probs, er
     errors.update({image_ids[rows.start + i]: r for i, r in b_errors.items()})
 
 
-def _write_outputs(out_csv: Path, header: list[str], rows: list[dict], ans: np.ndarray, probs: np.ndarray,
+def write_outputs(out_csv: Path, header: list[str], rows: list[dict], ans: np.ndarray, probs: np.ndarray,
                    errors: dict[str, str], probs_csv, report_path: Path) -> None:
     image_ids = [r["ImageID"] for r in rows]
     atomic_write_text(out_csv, write_csv_text(header, [{**row, "ans": str(int(a))} for row, a in zip(rows, ans)]))
@@ -300,7 +300,7 @@ def run_submission(predictor, info_csv: str | Path | bytes, images_dir: str | Pa
         with contextlib.closing(batches):
             for batch in batches:
                 rows_b = grid[batch.index]
-                b_ans, b_probs, b_errors = _predict_batch(predictor, batch, [image_ids[i] for i in rows_b], missing,
+                b_ans, b_probs, b_errors = predict_batch(predictor, batch, [image_ids[i] for i in rows_b], missing,
                                                           opts.on_error)
                 journal.append(batch.index, b_ans, b_probs, b_errors)
                 _store(rows_b, b_ans, b_probs, b_errors, ans, probs, errors, image_ids)
@@ -311,7 +311,7 @@ def run_submission(predictor, info_csv: str | Path | bytes, images_dir: str | Pa
         journal.close()
     seconds = time.perf_counter() - started
 
-    _write_outputs(out_csv, header, rows, ans, probs, errors, opts.probs_csv, report_path)
+    write_outputs(out_csv, header, rows, ans, probs, errors, opts.probs_csv, report_path)
     journal.path.unlink()
     predicted = ans[ans != SKIPPED]
     return SubmitResult(out_csv, image_ids, ans, probs, errors, seconds, processed, resumed,

@@ -5,6 +5,7 @@
     mask-submit --info ... --images ... --out sub.csv --resume        # after Ctrl-C or a crash
     mask-submit --info ... --images ... --out part0.csv --shard 0/2   # half of the rows
     mask-submit merge part0.csv part1.csv --info eval/info.csv --out submission.csv
+    mask-submit --info ... --images s3://bucket/images --out sub.csv --engine ray [--ray-address HOST:6379]
 
 The model is a BentoML store tag (default ``mask-classifier:latest``), an ``.onnx`` file, or a
 ``.pt`` checkpoint (PyTorch backend, imported only then). See docs/submit.md.
@@ -85,6 +86,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "uninterrupted run")
     p.add_argument("--shard", metavar="I/N",
                    help="process only shard I of N (0-based contiguous block of rows); join with 'merge'")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: this process's decode pipeline (default); ray: Ray Data actors, in-process "
+                        "or on a cluster (needs pip install 'mask-classifier[ray]'; see docs/submit.md)")
+    ray = p.add_argument_group("--engine ray")
+    ray.add_argument("--ray-address", metavar="ADDR", default=None,
+                     help="join this Ray cluster (HOST:PORT, ray://HOST:PORT or auto); default $RAY_ADDRESS, "
+                          "else Ray starts in-process on this machine")
+    ray.add_argument("--num-actors", type=_positive, default=None,
+                     help="model actors (map_batches concurrency); default one per CPU of the cluster")
+    ray.add_argument("--cpus-per-actor", type=float, default=None,
+                     help="CPUs each actor reserves (default 0.5, so read/write tasks always have room)")
+    ray.add_argument("--gpus-per-actor", type=float, default=0.0,
+                     help="GPUs each actor reserves; > 0 runs ONNX Runtime's CUDA provider (default 0)")
+    ray.add_argument("--probs-dir", metavar="DIR",
+                     help="write ImageID/ans/p0..p17 as Parquet partitions from the workers (path or URI)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     return p
@@ -100,13 +116,33 @@ def build_merge_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _run_ray(args: argparse.Namespace):
+    from serving import ray_engine
+
+    if args.shard or args.resume:
+        raise ValueError("--shard and --resume are for --engine local; Ray spreads the job itself and a rerun "
+                         "replaces an interrupted one (docs/submit.md)")
+    ray_engine.require_ray()
+    opts = ray_engine.RayOptions(address=args.ray_address, num_actors=args.num_actors,
+                                 cpus_per_actor=args.cpus_per_actor or ray_engine.DEFAULT_CPUS_PER_ACTOR,
+                                 gpus_per_actor=args.gpus_per_actor)
+    return ray_engine.run_ray_submission(args.model, args.info, args.images, args.out, precision=args.precision,
+                                         batch_size=args.batch_size, on_error=args.on_error,
+                                         probs_csv=args.probs, probs_dir=args.probs_dir, ray_options=opts)
+
+
 def _run(args: argparse.Namespace) -> int:
-    from maskdata.scoring import score
     from serving.submission import run_submission
 
     shard = Shard.parse(args.shard) if args.shard else None
     if args.labels:   # a bad answers file should fail now, not after the whole run
         read_csv(args.labels, ("ImageID", "ans"))
+    if args.engine == "ray":
+        result = _run_ray(args)
+        print(f"wrote {result.out_csv}: {result.summary()}")
+        return _score(args, result)
+    if args.probs_dir:
+        raise ValueError("--probs-dir needs --engine ray; the local engine writes --probs FILE")
     predictor = load_predictor(args.model, args.precision)
     log.info("model %s (%s, %s) on %s", args.model, predictor.metadata.arch,
              "x".join(map(str, predictor.input_shape[:2])), predictor.provider)
@@ -115,6 +151,12 @@ def _run(args: argparse.Namespace) -> int:
                             resume=args.resume, probs_csv=args.probs, shard=shard,
                             progress=not args.no_progress)
     print(f"wrote {result.out_csv}: {result.summary()}")
+    return _score(args, result)
+
+
+def _score(args: argparse.Namespace, result) -> int:
+    from maskdata.scoring import score
+
     if args.labels:
         png = Path(args.out).with_suffix(".confusion.png")
         s = score(result.image_ids, result.ans, args.labels, png)

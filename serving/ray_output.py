@@ -1,0 +1,115 @@
+"""Outputs of the Ray engine: what the driver gathers, and ``--probs-dir`` Parquet written by the workers.
+
+``--probs-dir DIR`` holds one row per image — ``row`` (0-based info.csv position), ``ImageID``,
+``ans``, ``error`` (empty unless skipped) and ``p0..p17`` (NaN where skipped) — in Parquet files
+written by Ray Data's ``write_parquet`` from the workers, never gathered at the driver:
+
+* on a local disk (a path or ``file://``) the files go to a hidden sibling ``.DIR.tmp-PID`` that is
+  renamed to ``DIR`` when the job has finished: ``DIR`` exists only complete;
+* on an object store (``s3://``, ``gs://``, ``abfs://`` …; renames are not atomic there) the files
+  go straight to ``DIR`` and ``DIR/_SUCCESS`` (JSON: rows, files) is written last: readers wait for it.
+
+The driver then reads back only the small ``row/ans/error`` columns (plus the probabilities for
+``--probs``) to write the submission CSV.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+
+MARKER = "_SUCCESS"
+KEEP = ["row", "ans", "error"]
+
+
+def _prob_columns() -> list[str]:
+    from serving.ray_engine import PROB_COLUMNS
+
+    return PROB_COLUMNS
+
+
+@dataclass
+class ProbsSink:
+    dest: str            # what the user gave
+    write_to: str        # where the workers write
+    local: bool
+
+    @classmethod
+    def open(cls, dest: str | os.PathLike) -> "ProbsSink":
+        """Check ``dest`` up front (before Ray starts): refuse an existing, complete output."""
+        dest = str(dest)
+        scheme = urlparse(dest).scheme if "://" in dest else ""
+        if scheme in ("", "file"):
+            path = Path(urlparse(dest).path if scheme else dest).absolute()
+            if path.exists():
+                raise ValueError(f"--probs-dir {path} already exists; remove it or choose a new folder")
+            if not path.parent.is_dir():
+                raise FileNotFoundError(f"--probs-dir parent folder {path.parent} does not exist")
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            return cls(str(path), str(tmp), True)
+        from serving.ray_engine import image_filesystem
+
+        fs, root = image_filesystem(dest)   # same pyarrow resolution and one-line error as the images
+        if fs.get_file_info(f"{root.rstrip('/')}/{MARKER}").type.name != "NotFound":
+            raise ValueError(f"--probs-dir {dest} already holds a finished run ({MARKER}); choose a new prefix")
+        return cls(dest, dest, False)
+
+    def commit(self, rows: int) -> None:
+        """Make the partitions visible: rename (local) or write the marker last (object store)."""
+        if self.local:
+            os.replace(self.write_to, self.dest)
+            return
+        from serving.ray_engine import image_filesystem
+
+        fs, root = image_filesystem(self.dest)
+        files = [i.base_name for i in fs.get_file_info(_selector(root)) if i.base_name.endswith(".parquet")]
+        with fs.open_output_stream(f"{root.rstrip('/')}/{MARKER}") as f:
+            f.write(json.dumps({"rows": rows, "files": sorted(files)}).encode())
+
+    def abort(self) -> None:
+        if self.local:
+            shutil.rmtree(self.write_to, ignore_errors=True)
+
+
+def _selector(root: str):
+    import pyarrow.fs
+
+    return pyarrow.fs.FileSelector(root, recursive=False)
+
+
+def _gather(batches, names: list[str], want_probs: bool) -> dict[str, np.ndarray]:
+    parts: dict[str, list] = {k: [] for k in KEEP}
+    probs: list[np.ndarray] = []
+    for batch in batches:
+        for k in KEEP:
+            parts[k].append(np.asarray(batch[k]))
+        if want_probs:
+            probs.append(np.stack([np.asarray(batch[c], dtype=np.float32) for c in names], axis=1))
+    out = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
+    if want_probs:
+        out["probs"] = np.concatenate(probs) if probs else np.zeros((0, len(names)), dtype=np.float32)
+    return out
+
+
+def collect(ds, sink: ProbsSink | None, want_probs: bool) -> dict[str, np.ndarray]:
+    """Run the job; ``{row, ans, error[, probs]}`` at the driver, Parquet on the way when ``sink``."""
+    import ray
+
+    names = _prob_columns()
+    wanted = KEEP + (names if want_probs else [])
+    if sink is None:
+        return _gather(ds.select_columns(wanted).iter_batches(batch_size=None, batch_format="numpy"),
+                       names, want_probs)
+    try:
+        ds.write_parquet(sink.write_to)
+        back = ray.data.read_parquet(sink.write_to, columns=wanted)
+        return _gather(back.iter_batches(batch_size=None, batch_format="numpy"), names, want_probs)
+    except BaseException:
+        sink.abort()
+        raise
