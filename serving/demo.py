@@ -138,7 +138,7 @@ def wait_ready(url: str, workdir: Path, server_pid: int | None = None, timeout: 
     sample = sample_image(workdir)
     image = str(sample.resolve()) if sample else "photo.jpg"
     print(f"\nmask-classifier is ready at {url}  (API docs: {url}/docs; Ctrl-C stops it)\n"
-          f"try:\n  curl -F image=@{image} {url}/predict\n  open {url}/ui in a browser\n", flush=True)
+          f"try:\n  curl -F image=@{image} {url}/predict\n  open {url}/ui/ in a browser\n", flush=True)
     return 0
 
 

@@ -339,6 +339,11 @@ class MaskClassifier:
     async def explain(self, image: Path, ctx: bentoml.Context) -> t.Annotated[Path, bentoml.validators.ContentType("image/png")]:
         """Why that label: the photo with the class-activation heatmap of the predicted class (PNG), or
         ``{"prediction", "maps"}`` with ``Accept: application/json``. 501 when the model has no maps."""
+        response = await self._explain(image, ctx.request.headers.get("accept", ""))
+        ctx.response.status_code = response.status_code  # BentoML applies the context's status to a Response
+        return response
+
+    async def _explain(self, image: Path, accept: str) -> Response:
         try:
             explainer = self._explainer()
             await self._decode_all("image", [image])  # the same size/format checks and 4xx reasons as /predict
@@ -350,7 +355,7 @@ class MaskClassifier:
         except ImageError as e:
             return error_response(400, f"image: {e}")
         monitoring.record("/explain", [result.prediction])
-        if "application/json" in ctx.request.headers.get("accept", ""):
+        if "application/json" in accept:
             return JSONResponse(result.to_json())
         return Response(await anyio.to_thread.run_sync(result.png), media_type="image/png")
 

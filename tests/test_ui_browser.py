@@ -38,6 +38,15 @@ def _browser():
     return webdriver.Chrome(service=Service(driver), options=opts)
 
 
+def _sample(text: str, name: str, **labels) -> float:
+    """Sum of the Prometheus samples ``name{labels...}`` on a /metrics page (0 when absent)."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 @pytest.fixture(scope="module")
 def ui_server(store_home, tmp_path_factory):  # noqa: F811
     log = tmp_path_factory.mktemp("ui_serve") / "serve.log"
@@ -52,14 +61,15 @@ def test_page_labels_errors_and_heatmap(ui_server, synth_root, tmp_path):
 
     photo = sorted((synth_root / "eval" / "images").iterdir())[0]
     with httpx.Client(base_url=ui_server, timeout=60) as c:
-        assert c.get("/ui").status_code == 200, "GET /ui must answer 200"
+        assert c.get("/ui/").status_code == 200, "GET /ui/ (the URL make serve prints) must answer 200"
+        assert c.get("/ui").headers.get("location", "").endswith("/ui/"), "GET /ui must redirect to /ui/"
         want = c.post("/predict", files={"image": (photo.name, photo.read_bytes(), "image/jpeg")}).json()
     text = tmp_path / "notes.txt"
     text.write_text("not a photo\n")
     driver = _browser()
     try:
         driver.set_page_load_timeout(30)
-        driver.get(f"{ui_server}/ui")
+        driver.get(f"{ui_server}/ui/")
         wait = WebDriverWait(driver, 40)
         wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#model-panel dl")))
         assert "CPUExecutionProvider" in driver.find_element(By.ID, "model-panel").text
@@ -80,6 +90,12 @@ def test_page_labels_errors_and_heatmap(ui_server, synth_root, tmp_path):
     finally:
         driver.quit()
     assert shot.stat().st_size > 10_000, "screenshot is suspiciously small"
+    with httpx.Client(base_url=ui_server, timeout=30) as c:
+        metrics = c.get("/metrics").text
+    # this module's fresh server saw exactly two /predict answers (ours and the page's) and one /explain
+    assert _sample(metrics, "mask_predictions_total", route="/predict", head="mask", value=want["mask"]) == 2, metrics[-3000:]
+    assert _sample(metrics, "mask_prediction_confidence_count", route="/predict") == 2
+    assert _sample(metrics, "mask_predictions_total", route="/explain", head="age", value=want["age"]) == 1
     target = os.environ.get("MASK_UI_SCREENSHOT")
     if target:
         shutil.copyfile(shot, target)
