@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test serve demo-model bench clean
+.PHONY: venv test serve demo-model bench clean docs-ui
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,3 +45,7 @@ bench: $(STAMP) $(BENCH_RUN)/best.pt
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+# Regenerate docs/ui.png (the README's screenshot) with the browser test; needs chromium + chromium-driver.
+docs-ui: $(STAMP)
+	MASK_UI_SCREENSHOT=$(CURDIR)/docs/ui.png $(BIN)/python -m pytest -q tests/test_ui_browser.py

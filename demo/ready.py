@@ -24,6 +24,7 @@ def banner(url: str, image: str) -> str:
     return (f"\nmask-classifier is ready at {url}  (Ctrl-C stops it)\n"
             f"  API docs (Swagger UI): {url}/\n"
             f"  OpenAPI schema:        {url}/docs.json\n"
+            f"  try it in a browser:   {url}/ui/\n"
             f"try:\n  curl -F image=@{image} {url}/predict\n")
 
 

@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", metavar="CSV",
                    help="answers file (ImageID,ans) for the parity images, for the variants' macro-F1 delta "
                         "(images in the training layout are labelled from their folder names without it)")
+    p.add_argument("--no-explain", dest="explain", action="store_false",
+                   help="leave out the class-activation-map output 'cam' (POST /explain then answers 501)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's choice)")
     p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
                    help="torch.onnx exporter: dynamo (torch.export, recommended) or the legacy torchscript one")
@@ -106,6 +108,9 @@ def parity_image_paths(args, ckpts: list[dict]) -> list[Path]:
 
 
 def run_export(args) -> dict:
+    from dataclasses import replace
+
+    from export.cam import explained_net
     from export.graph import EnsembleNet, build_metadata, describe_members, export_onnx, load_members, parse_tta
     from export.parity import (check_parity, check_tolerances, labels_for, labels_from_csv, list_images,
                                 load_batch)
@@ -130,11 +135,16 @@ def run_export(args) -> dict:
     images = parity_image_paths(args, ckpts)
     models = [model_from_checkpoint(c) for c in ckpts]
     meta = build_metadata(ckpts, args.checkpoint, tta=tta)
+    net, explain = explained_net(models, tta) if args.explain else (EnsembleNet(models, tta), {
+        "available": False, "reason": "exported with --no-explain"})
+    if not explain["available"]:
+        log.info("no class-activation maps: %s", explain["reason"])
+    meta = replace(meta, explain=explain)
     result: dict = {"out": str(out), "members": [str(p) for p in args.checkpoint], "tta": list(tta)}
 
     with contextlib.ExitStack() as stack:  # every file renamed into place only if all of this succeeds
         tmp = stack.enter_context(atomic_path(out, suffix=".onnx.tmp"))
-        export_onnx(EnsembleNet(models, tta), tmp, metadata=meta, opset=args.opset,
+        export_onnx(net, tmp, metadata=meta, opset=args.opset,
                     dynamo=args.exporter == "dynamo")
         parity = check_parity(models, tmp, images, tta=tta, preprocess=meta.preprocess, atol=args.atol,
                               min_agreement=args.min_agreement)

@@ -178,7 +178,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, metadata: ModelMet
     # Batch 2: torch.export specializes a size-1 dimension to a constant, which would pin the batch axis.
     example = (torch.zeros(2, pre.height, pre.width, 3, dtype=torch.uint8),)
     try:
-        proto = _export_proto(model, example, opset, dynamo)
+        proto = _export_proto(model, example, opset, dynamo,
+                              list(OUTPUT_NAMES) + list(getattr(model, "extra_outputs", ())))
     except Exception as e:  # torch.export/onnxscript raise many types; the CLI needs one line
         log.debug("torch.onnx.export failed", exc_info=True)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -192,14 +193,15 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, metadata: ModelMet
     return out
 
 
-def _export_proto(model: nn.Module, example: tuple, opset: int | None, dynamo: bool):
+def _export_proto(model: nn.Module, example: tuple, opset: int | None, dynamo: bool,
+                  output_names: list[str]):
     import onnx
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporters' deprecation/tracer chatter is not actionable here
         if dynamo:
             batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-            program = torch.onnx.export(model, example, input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+            program = torch.onnx.export(model, example, input_names=[INPUT_NAME], output_names=output_names,
                                         opset_version=opset, dynamo=True, external_data=False,
                                         dynamic_shapes={"x": {0: batch}}, verbose=False)
             proto = program.model_proto
@@ -207,9 +209,9 @@ def _export_proto(model: nn.Module, example: tuple, opset: int | None, dynamo: b
             import io
 
             buf = io.BytesIO()
-            torch.onnx.export(model, example, buf, input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+            torch.onnx.export(model, example, buf, input_names=[INPUT_NAME], output_names=output_names,
                               opset_version=opset or 17, dynamo=False,
-                              dynamic_axes={n: {0: "batch"} for n in (INPUT_NAME, *OUTPUT_NAMES)})
+                              dynamic_axes={n: {0: "batch"} for n in (INPUT_NAME, *output_names)})
             proto = onnx.load_from_string(buf.getvalue())
     return proto
 

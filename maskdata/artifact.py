@@ -38,6 +38,9 @@ class ModelMetadata:
     format_version: int = FORMAT_VERSION
     input_name: str = INPUT_NAME
     output_names: tuple[str, ...] = OUTPUT_NAMES
+    # class-activation maps in the graph (export/cam.py): {"available": bool, "output", "maps", "bias", ...}
+    # or {"available": False, "reason": ...}; {} for models exported before it existed
+    explain: dict = field(default_factory=dict)
 
     def to_props(self) -> dict[str, str]:
         d = asdict(self)

@@ -97,3 +97,5 @@ class ModelInfo(BaseModel):
     producer_version: str
     format_version: int
     limits: dict = Field(description="request limits in force (set by MASK_* environment variables)")
+    explain: dict = Field(default_factory=dict, description="whether POST /explain can answer "
+                          "({\"available\": true, \"maps\": ...} or {\"available\": false, \"reason\": ...})")

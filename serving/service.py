@@ -36,6 +36,8 @@ from PIL import Image
 from starlette.responses import JSONResponse, Response
 
 from maskdata.preprocess import ImageError
+from serving import monitoring, ui
+from serving.explain import Explainer, ExplainUnavailable, availability
 from serving.predictor import MODEL_FILE, Predictor
 from serving.schemas import ModelInfo, Prediction
 from serving.settings import Settings
@@ -318,7 +320,9 @@ class MaskClassifier:
             (probs,) = await self._infer(await self._decode_all("image", [image]))
         except RequestError as e:
             return e.response()
-        return Prediction.model_validate(self.predictor.decode(probs))
+        answer = self.predictor.decode(probs)
+        monitoring.record("/predict", [answer])
+        return Prediction.model_validate(answer)
 
     @bentoml.api(route="/predict_batch")
     async def predict_batch(self, images: list[Path]) -> list[Prediction]:
@@ -327,7 +331,38 @@ class MaskClassifier:
             rows = await self._infer(await self._decode_all("images", images))
         except RequestError as e:
             return e.response()
-        return [Prediction.model_validate(self.predictor.decode(p)) for p in rows]
+        answers = [self.predictor.decode(p) for p in rows]
+        monitoring.record("/predict_batch", answers)
+        return [Prediction.model_validate(a) for a in answers]
+
+    @bentoml.api(route="/explain")
+    async def explain(self, image: Path, ctx: bentoml.Context) -> t.Annotated[Path, bentoml.validators.ContentType("image/png")]:
+        """Why that label: the photo with the class-activation heatmap of the predicted class (PNG), or
+        ``{"prediction", "maps"}`` with ``Accept: application/json``. 501 when the model has no maps."""
+        response = await self._explain(image, ctx.request.headers.get("accept", ""))
+        ctx.response.status_code = response.status_code  # BentoML applies the context's status to a Response
+        return response
+
+    async def _explain(self, image: Path, accept: str) -> Response:
+        try:
+            explainer = self._explainer()
+            await self._decode_all("image", [image])  # the same size/format checks and 4xx reasons as /predict
+            result = await anyio.to_thread.run_sync(explainer.explain, image.read_bytes())
+        except ExplainUnavailable as e:
+            return error_response(501, f"explanations are not available: {e}")
+        except RequestError as e:
+            return e.response()
+        except ImageError as e:
+            return error_response(400, f"image: {e}")
+        monitoring.record("/explain", [result.prediction])
+        if "application/json" in accept:
+            return JSONResponse(result.to_json())
+        return Response(await anyio.to_thread.run_sync(result.png), media_type="image/png")
+
+    def _explainer(self) -> Explainer:
+        if getattr(self, "_explainer_obj", None) is None:
+            self._explainer_obj = Explainer(self.predictor)  # ExplainUnavailable: nothing cached, re-raised
+        return self._explainer_obj
 
     @bentoml.api(route="/model")
     def model(self) -> ModelInfo:
@@ -340,7 +375,8 @@ class MaskClassifier:
         limits = {"max_upload_bytes": s.max_upload_bytes, "max_pixels": s.max_pixels, "max_files": s.max_files,
                   "batching": s.batching, "max_batch_size": s.max_batch_size, "max_latency_ms": s.max_latency_ms,
                   "max_archive_bytes": s.max_archive_bytes}
-        return ModelInfo.model_validate({**self.predictor.info(), "limits": limits})
+        return ModelInfo.model_validate({**self.predictor.info(), "limits": limits,
+                                         "explain": availability(self.predictor.metadata)})
 
     @bentoml.task(route="/submission")
     async def submission(self, info: Path, archive: Path) -> str:
@@ -367,9 +403,13 @@ class MaskClassifier:
 MaskClassifier.add_asgi_middleware(
     RequestGuard,
     limits={"/predict": SETTINGS.max_upload_bytes + _MULTIPART_SLACK,
+            "/explain": SETTINGS.max_upload_bytes + _MULTIPART_SLACK,
             "/predict_batch": SETTINGS.max_files * SETTINGS.max_upload_bytes + _MULTIPART_SLACK,
             "/submission/submit": SETTINGS.max_archive_bytes + SETTINGS.max_upload_bytes + _MULTIPART_SLACK,
             "/submission": SETTINGS.max_archive_bytes + SETTINGS.max_upload_bytes + _MULTIPART_SLACK},
-    fields={"/predict": ("image",), "/predict_batch": ("images",),
+    fields={"/predict": ("image",), "/predict_batch": ("images",), "/explain": ("image",),
             "/submission/submit": ("info", "archive"), "/submission": ("info", "archive")},
 )
+
+# the browser page (serving/ui/index.html) at GET /ui, beside the API on the same port
+MaskClassifier.mount_asgi_app(ui.app(), path="/ui")

@@ -1,0 +1,101 @@
+"""The /ui page in real headless Chromium (Debian's chromium + chromium-driver, via Selenium) against
+a real `bentoml serve`: a photo's label equals POST /predict's, a text file shows its reason and the
+page keeps working, the heatmap loads. Skips without a browser, except under CI=true where it fails.
+MASK_UI_SCREENSHOT=FILE (``make docs-ui``) also copies the screenshot there (docs/ui.png)."""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from test_serve_subprocess import _env, bentoml_serve, store_home  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.slow
+CHROME_ARGS = ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+               "--disable-background-networking", "--disable-component-update", "--no-first-run",
+               "--window-size=1280,900")
+
+
+def _browser():
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver = shutil.which("chromedriver")
+    if not (chromium and driver):
+        why = "no chromium/chromedriver on PATH (apt-get install -y chromium chromium-driver; .ci/run does)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true but {why}")
+        pytest.skip(why)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for a in CHROME_ARGS:
+        opts.add_argument(a)
+    return webdriver.Chrome(service=Service(driver), options=opts)
+
+
+def _sample(text: str, name: str, **labels) -> float:
+    """Sum of the Prometheus samples ``name{labels...}`` on a /metrics page (0 when absent)."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@pytest.fixture(scope="module")
+def ui_server(store_home, tmp_path_factory):  # noqa: F811
+    log = tmp_path_factory.mktemp("ui_serve") / "serve.log"
+    with bentoml_serve(sys.executable, _env(BENTOML_HOME=str(store_home)), log) as url:
+        yield url
+
+
+def test_page_labels_errors_and_heatmap(ui_server, synth_root, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    photo = sorted((synth_root / "eval" / "images").iterdir())[0]
+    with httpx.Client(base_url=ui_server, timeout=60) as c:
+        assert c.get("/ui/").status_code == 200, "GET /ui/ (the URL make serve prints) must answer 200"
+        assert c.get("/ui").headers.get("location", "").endswith("/ui/"), "GET /ui must redirect to /ui/"
+        want = c.post("/predict", files={"image": (photo.name, photo.read_bytes(), "image/jpeg")}).json()
+    text = tmp_path / "notes.txt"
+    text.write_text("not a photo\n")
+    driver = _browser()
+    try:
+        driver.set_page_load_timeout(30)
+        driver.get(f"{ui_server}/ui/")
+        wait = WebDriverWait(driver, 40)
+        wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#model-panel dl")))
+        assert "CPUExecutionProvider" in driver.find_element(By.ID, "model-panel").text
+
+        driver.find_element(By.ID, "files").send_keys(str(text))
+        error = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#messages .error"))).text
+        assert "not a recognised image" in error and "<" not in error and "Traceback" not in error, error
+
+        driver.find_element(By.ID, "files").send_keys(str(photo))
+        label = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, ".result .label"))).text
+        assert label == want["label"], f"page shows {label!r}, POST /predict says {want['label']!r}"
+        assert len(driver.find_elements(By.CSS_SELECTOR, ".result .head-bars")) == 3, "three per-head bar charts"
+        wait.until(lambda d: d.execute_script(
+            "const i = document.querySelector('.result img.heatmap'); return i && i.complete && i.naturalWidth > 0"))
+        assert not driver.find_elements(By.CSS_SELECTOR, ".result .error"), "heatmap must load without an error"
+        shot = tmp_path / "ui.png"
+        assert driver.save_screenshot(str(shot)), "screenshot failed"
+    finally:
+        driver.quit()
+    assert shot.stat().st_size > 10_000, "screenshot is suspiciously small"
+    with httpx.Client(base_url=ui_server, timeout=30) as c:
+        metrics = c.get("/metrics").text
+    # this module's fresh server saw exactly two /predict answers (ours and the page's) and one /explain
+    assert _sample(metrics, "mask_predictions_total", route="/predict", head="mask", value=want["mask"]) == 2, metrics[-3000:]
+    assert _sample(metrics, "mask_prediction_confidence_count", route="/predict") == 2
+    assert _sample(metrics, "mask_predictions_total", route="/explain", head="age", value=want["age"]) == 1
+    target = os.environ.get("MASK_UI_SCREENSHOT")
+    if target:
+        shutil.copyfile(shot, target)
