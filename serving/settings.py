@@ -19,7 +19,7 @@ changed without touching code, e.g. ``MASK_MAX_UPLOAD_BYTES=2000000 bentoml serv
 | ``MASK_MAX_FILES`` | ``64`` | most images in one ``/predict_batch`` request |
 | ``MASK_BATCHING`` | ``1`` | ``0``: every request is its own model call (no dynamic batching) |
 | ``MASK_MAX_BATCH_SIZE`` | ``32`` | dynamic batching: most images per model call (at least 2); a full batch goes at once |
-| ``MASK_BATCH_WAIT_MS`` | ``5`` | dynamic batching: a batch goes when its oldest request has waited this long |
+| ``MASK_BATCH_WAIT_MS`` | ``2`` | dynamic batching: a batch goes when its oldest request has waited this long |
 | ``MASK_MAX_QUEUE`` | ``256`` | dynamic batching: most images waiting per worker (more: HTTP 503 + Retry-After) |
 | ``MASK_WORKERS`` | ``1`` | BentoML worker processes |
 """
@@ -74,7 +74,7 @@ class Settings:
     max_files: int = 64
     batching: bool = True
     max_batch_size: int = 32
-    batch_wait_ms: int = 5
+    batch_wait_ms: int = 2
     max_queue: int = 256
     workers: int = 1
 
