@@ -57,6 +57,17 @@ def targets(rest: dict) -> list[list[str]]:
     return rows
 
 
+def _conditions(rest: dict) -> str:
+    cfg, mon = rest.get("config", {}), rest.get("cpu_monitor", {})
+    cores = rest.get("machine", {}).get("usable_cpus")
+    start, end = (mon.get("loadavg_start") or [None])[0], (mon.get("loadavg_end") or [None])[0]
+    text = (f"Model `{cfg.get('model')}`, {cfg.get('warmup_s')} s warm-up + {cfg.get('duration_s')} s measured per "
+            f"level. Load average {_num(start, 2)} at the start and {_num(end, 2)} at the end on {cores} usable cores")
+    busy = start is not None and cores and max(start, end or 0) > cores
+    return text + (": the machine was shared with other jobs during this run, so absolute figures are low and "
+                   "noisy; read ratios." if busy else ".")
+
+
 def compare_section(rest: dict | None, docs_dir: Path) -> str:
     if not rest or not any(m["mode"] in ("gallery", "noop") for m in rest.get("modes", [])):
         return ""
@@ -74,7 +85,7 @@ def compare_section(rest: dict | None, docs_dir: Path) -> str:
     lines = ["## 4. REST side by side (issue 16)", "",
              "One `python -m bench.rest` run, servers one after another on the same machine: "
              + "; ".join(f"*{NAMES[k]}*" for k in NAMES) + ". \"1 after 128\" is one client started the moment "
-             "the 128-client level ends (no warm-up).", "",
+             "the 128-client level ends (no warm-up). " + _conditions(rest), "",
              "| server | clients | req/s | p50 ms | p99 ms | errors |", "| --- | --- | --- | --- | --- | --- |"]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     lines += ["", "| target (ratios within this run) | measured | |", "| --- | --- | --- |"]
