@@ -4,6 +4,7 @@ clients and 1 client right after the burst, with the issue's targets judged on r
 same run. Called by :mod:`bench.report`; reads what :mod:`bench.rest` wrote."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 NAMES = {"batching_on": "as shipped (dynamic batching)", "batching_off": "`MASK_BATCHING=0`",
@@ -95,7 +96,12 @@ def compare_section(rest: dict | None, docs_dir: Path) -> str:
         if bb:
             lines.append(f"- {NAMES.get(m['mode'], m['mode'])}: {bb['model_calls']} model calls, mean batch "
                          f"{bb['mean_batch_size']:.2f} (`{bb['metric']}` on /metrics)")
-    lines += ["", "![side by side](bench_rest_compare.png)", ""]
+    command = re.sub(r"--images( \S+)+?(?= --|$)", lambda m: f"--images <{m.group(0).count(' ')} JPEGs>",
+                     rest.get("command", "python -m bench.rest"))
+    lines += [f"- Command: `{command}`. Where a request's time goes (guard, "
+              "BentoML's parse and temp file, decode, model, answer, the rest): `python -m bench.profile_predict`, "
+              "figures in [serving.md](serving.md) (\"Per-request cost\").",
+              "", "![side by side](bench_rest_compare.png)", ""]
     return "\n".join(lines)
 
 
