@@ -119,7 +119,7 @@ def plot(rest: dict, path: Path) -> None:
     for k, m in enumerate(modes):
         by = {lv.get("label", str(lv["clients"])): lv for lv in m["levels"]}
         xs = [i + k * width for i, lab in enumerate(labels) if lab in by]
-        ax1.bar(xs, [by[lab]["req_per_s"] for lab in labels if lab in by], width, label=NAMES.get(m["mode"], m["mode"]))
+        ax1.bar(xs, [by[lab]["req_per_s"] for lab in labels if lab in by], width, label=NAMES.get(m["mode"], m["mode"]).replace("`", ""))
         ax2.bar(xs, [by[lab]["p50_ms"] or 0 for lab in labels if lab in by], width)
     for ax, ylabel in ((ax1, "requests/s"), (ax2, "p50 latency (ms, log)")):
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(labels))], labels)
