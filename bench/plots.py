@@ -64,9 +64,9 @@ def plot_latency(rest: dict, path: Path) -> None:
     if not modes:
         return
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    clients = sorted({v["clients"] for m in modes for v in m["levels"]})
+    clients = sorted({v["clients"] for m in modes for v in m["levels"] if "after" not in v.get("label", "")})
     for k, m in enumerate(modes):
-        lv = [v for v in m["levels"] if v["p50_ms"] is not None]
+        lv = [v for v in m["levels"] if v["p50_ms"] is not None and "after" not in v.get("label", "")]
         x = [v["clients"] for v in lv]
         color = f"C{k}"
         for key, style in (("p50_ms", "-"), ("p99_ms", "--")):

@@ -15,8 +15,8 @@ import logging
 import sys
 from pathlib import Path
 
-from bench import common
-from bench.plots import BACKEND_NAMES, plot_latency, plot_stages, plot_throughput
+from bench import common, rest_report
+from bench.plots import plot_latency, plot_stages, plot_throughput
 from maskdata.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -342,8 +342,8 @@ def rest_section(rest: dict | None, model_only: dict | None = None) -> str:
              f"{cfg['images']} real synthetic JPEGs in turn to `POST /predict` on loopback; each level runs "
              f"{cfg['warmup_s']:g} s unmeasured then {cfg['duration_s']:g} s measured (requests *started* in the "
              f"window count). Model: `{cfg['model']}`. Errors are non-200 answers, timeouts and connection errors. "
-             "*batching_on* is the service as shipped (`bentoml serve` with `bentofile.yaml`; adaptive batching "
-             "with the `MASK_MAX_BATCH_SIZE` / `MASK_MAX_LATENCY_MS` defaults); *batching_off* is the same "
+             "*batching_on* is the service as shipped (`bentoml serve` with `bentofile.yaml`; dynamic batching "
+             "with the `MASK_MAX_BATCH_SIZE` / `MASK_BATCH_WAIT_MS` / `MASK_MAX_QUEUE` defaults); *batching_off* is the same "
              "server with `MASK_BATCHING=0` (one model call per request). Each mode is confirmed on "
              "`GET /model` (`limits.batching`) and, after the run, on `/metrics` (batched model calls). The load "
              "generator shares the 2 cores with the server, so high-concurrency figures include its own CPU use.",
@@ -354,14 +354,15 @@ def rest_section(rest: dict | None, model_only: dict | None = None) -> str:
             rows.append([m["mode"], "–", m.get("status", "not measured"), "–", "–", "–", "–", m.get("reason", "")])
             continue
         for lv in m["levels"]:
-            rows.append([m["mode"], lv["clients"], _f(lv["req_per_s"]), _f(lv["p50_ms"], 0), _f(lv["p95_ms"], 0),
+            rows.append([m["mode"], lv.get("label", lv["clients"]), _f(lv["req_per_s"]), _f(lv["p50_ms"], 0), _f(lv["p95_ms"], 0),
                          _f(lv["p99_ms"], 0), lv["errors"], ", ".join(f"{k}: {v}" for k, v in lv["error_kinds"].items())])
     lines += [_table(["mode", "clients", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors", "error kinds"], rows), ""]
     for m in rest["modes"]:
         lim = m.get("limits") or {}
         bb = m.get("bentoml_batching")
         lines.append(f"- {m['mode']}: GET /model limits: batching={lim.get('batching', 'not reported')}, "
-                     f"max_batch_size={lim.get('max_batch_size')}, max_latency_ms={lim.get('max_latency_ms')}; "
+                     f"max_batch_size={lim.get('max_batch_size')}, batch_wait_ms={lim.get('batch_wait_ms')}, "
+                     f"max_queue={lim.get('max_queue')}; "
                      f"provider {m.get('provider')}; /metrics after the run: "
                      + (f"{bb['model_calls']} batched model calls, mean batch {bb['mean_batch_size']:.2f} "
                         f"(`{bb['metric']}`)" if bb else "no batched model call"))
@@ -369,7 +370,7 @@ def rest_section(rest: dict | None, model_only: dict | None = None) -> str:
     on, off = modes.get("batching_on"), modes.get("batching_off")
     if on and off and on.get("status") == off.get("status") == "measured":
         ratios = []
-        for lv in on["levels"]:
+        for lv in (v for v in on["levels"] if "after" not in v.get("label", "")):
             o = _rest_level(off, lv["clients"])
             if o and o["req_per_s"]:
                 ratios.append(f"{lv['clients']} client{'s' if lv['clients'] > 1 else ''} "
@@ -414,7 +415,8 @@ def render(results: dict[str, dict], docs_dir: Path) -> str:
              "`bench.batch_job` makes them when missing).", "",
              targets_section(results), machine_section(results), commands_section(results),
              model_only_section(results.get("model_only")), batch_section(results.get("batch_job")),
-             rest_section(results.get("rest"), results.get("model_only")), _ray_section(results.get("ray_job"))]
+             rest_section(results.get("rest"), results.get("model_only")),
+             rest_report.compare_section(results.get("rest"), docs_dir), _ray_section(results.get("ray_job"))]
     return "\n".join(parts).rstrip() + "\n"
 
 

@@ -1,17 +1,22 @@
 """REST: ``bentoml serve`` on loopback under 1, 8, 32 and 128 concurrent clients posting real JPEGs
-to ``/predict``, with adaptive batching on (the service's defaults) and off (``MASK_BATCHING=0``: every request is
-its own model call).
+to ``/predict``, then 1 client right after the 128-client burst, side by side in one run (issue 16):
 
-For each mode the server is started as a subprocess on a free loopback port with
-``MASK_MODEL=<onnx>``, polled on ``/readyz``, checked on ``GET /model`` (the limits in force are
-recorded; a mode the service does not confirm in ``limits.batching`` is reported "not measured")
-and on ``/metrics`` afterwards (how many batched model calls there were and their mean size, which
-shows each mode did what it says), loaded by :mod:`bench.loadgen` for a fixed window per concurrency level, and
-always stopped at the end (SIGTERM to its process group, SIGKILL after a grace period).
+- ``batching_on``: the service as shipped (dynamic batching, ``serving/batching.py``);
+- ``batching_off``: the same with ``MASK_BATCHING=0`` (every request is its own model call);
+- ``gallery``: BentoML's gallery pattern (``bench/gallery_service.py``: a ``batchable=True`` API on
+  PIL images, torch eager, the same checkpoint via ``--checkpoint``);
+- ``noop``: a BentoML endpoint taking the same upload and doing nothing (``bench/noop_service.py``),
+  the framework's ceiling.
 
-    python -m bench.rest                          # 4 levels x 2 modes x 10 s (about 2.5 minutes)
-    python -m bench.rest --quick                  # 1 and 8 clients, 3 s each
-    python -m bench.rest --model model.onnx --clients 1 8 32 128 --duration 20
+For each mode the server is started as a subprocess on a free loopback port, polled on ``/readyz``;
+the service's modes are checked on ``GET /model`` (a mode the service does not confirm in
+``limits.batching`` is reported "not measured") and on ``/metrics`` afterwards (model calls and
+mean batch size), loaded by :mod:`bench.loadgen` for a fixed window per level, and always stopped
+at the end (SIGTERM to its process group, SIGKILL after a grace period).
+
+    python -m bench.rest --checkpoint run/best.pt           # 4 modes x 5 levels x 10 s
+    python -m bench.rest --quick                            # 1 and 8 clients, 3 s each
+    python -m bench.rest --model model.onnx --checkpoint best.pt --duration 6 --warmup 1
 
 The model defaults to the batch benchmark's exported plain_cnn (else small_cnn) (``data/bench/bench-runs``) or,
 when that does not exist, a random-init ``small_cnn`` exported here (speed does not depend on
@@ -41,8 +46,24 @@ from bench.loadgen import multipart_body, run_load
 log = logging.getLogger(__name__)
 
 CLIENTS = (1, 8, 32, 128)
-# The service's own switch (serving/settings.py); each mode is checked against GET /model's limits.batching.
-MODES = {"batching_on": {"MASK_BATCHING": "1"}, "batching_off": {"MASK_BATCHING": "0"}}
+AFTER_BURST = "1 after 128"
+
+
+@dataclass(frozen=True)
+class Mode:
+    env: dict
+    target: str | None = None  # None: the service, from bentofile.yaml
+    field: str = "image"       # the multipart field its /predict takes
+
+    @property
+    def ours(self) -> bool:
+        return self.target is None
+
+
+# The service's own switch (serving/settings.py); each of its modes is checked against GET /model.
+MODES = {"batching_on": Mode({"MASK_BATCHING": "1"}), "batching_off": Mode({"MASK_BATCHING": "0"}),
+         "gallery": Mode({}, "bench.gallery_service:Gallery", "images"),
+         "noop": Mode({}, "bench.noop_service:Noop")}
 DEFAULT_DATA = common.REPO_ROOT / "data" / "bench"
 
 
@@ -55,6 +76,8 @@ class RestConfig:
     warmup_s: float = 2.0
     start_timeout_s: float = 180.0
     modes: tuple[str, ...] = tuple(MODES)
+    checkpoint: str | None = None  # the gallery mode's torch checkpoint (the ONNX model's source)
+    after_burst: bool = True       # 1 client right after the largest level
 
 
 def free_port() -> int:
@@ -66,13 +89,18 @@ def free_port() -> int:
 class Server:
     """``bentoml serve`` in its own process group; ``stop()`` always leaves nothing running."""
 
-    def __init__(self, model: str, env_extra: dict[str, str], log_path: Path):
+    def __init__(self, model: str, env_extra: dict[str, str], log_path: Path, service: str | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "MASK_MODEL": model, "BENTOML_DO_NOT_TRACK": "True", **env_extra}
         # the documented command, `bentoml serve` from the root, reads bentofile.yaml
-        target = [] if (common.REPO_ROOT / "bentofile.yaml").is_file() else ["serving.service:MaskClassifier"]
-        self.command = [str(Path(sys.executable).with_name("bentoml")), "serve", *target,
+        if service:
+            target = [service]
+        else:
+            target = [] if (common.REPO_ROOT / "bentofile.yaml").is_file() else ["serving.service:MaskClassifier"]
+        script = Path(sys.executable).with_name("bentoml")  # a layered venv may only have `python -m bentoml`
+        launcher = [str(script)] if script.is_file() else [sys.executable, "-m", "bentoml"]
+        self.command = [*launcher, "serve", *target,
                         "--host", "127.0.0.1", "--port", str(self.port)]
         self.log_path = log_path
         self._log = open(log_path, "wb")
@@ -149,7 +177,8 @@ def default_images(n: int = 64) -> list[str]:
 
 def batch_size_metrics(url: str) -> dict | None:
     """Batched model calls and their mean size, from the service's ``mask_predict_batch_size`` histogram
-    (or BentoML's own ``adaptive_batch_size`` one for the ``infer`` API) on /metrics; None if none."""
+    (or BentoML's own ``adaptive_batch_size`` one, which the gallery pattern's batchable API feeds) on
+    /metrics; None if none."""
     try:
         text = httpx.get(url + "/metrics", timeout=10).text
     except httpx.HTTPError:
@@ -157,8 +186,6 @@ def batch_size_metrics(url: str) -> dict | None:
     sums: dict[str, float] = {}
     for line in text.splitlines():
         for metric in ("mask_predict_batch_size", "bentoml_service_adaptive_batch_size"):
-            if metric == "bentoml_service_adaptive_batch_size" and 'method_name="infer"' not in line:
-                continue
             for part in ("_sum", "_count"):
                 if line.startswith(metric + part):
                     sums[metric + part] = sums.get(metric + part, 0.0) + float(line.rsplit(" ", 1)[1])
@@ -169,30 +196,47 @@ def batch_size_metrics(url: str) -> dict | None:
     return None
 
 
-def bench_mode(cfg: RestConfig, mode: str, bodies, workdir: Path) -> dict:
-    server = Server(cfg.model, MODES[mode], workdir / f"server_{mode}.log")
-    out = {"mode": mode, "env": MODES[mode],
+def _confirm(server: Server, mode: str, out: dict) -> bool:
+    """The service's modes: GET /model must report the batching switch the mode sets."""
+    info = httpx.get(server.url + "/model", timeout=10).json()
+    out.update(limits=info.get("limits"), provider=info.get("provider"), arch=info.get("arch"),
+               input=info.get("input"))
+    batching = (info.get("limits") or {}).get("batching")
+    if batching is not (mode == "batching_on"):
+        out.update(status="not measured", reason=f"GET /model reports limits.batching={batching!r} under "
+                                                 f"{MODES[mode].env}: the service does not confirm this mode")
+        log.warning("%s: %s", mode, out["reason"])
+        return False
+    return True
+
+
+def bench_mode(cfg: RestConfig, mode: str, images: list[Path], workdir: Path) -> dict:
+    spec = MODES[mode]
+    env = dict(spec.env)
+    if mode == "gallery":
+        if not cfg.checkpoint:
+            return {"mode": mode, "status": "not measured", "reason": "no --checkpoint for the torch eager model"}
+        env["GALLERY_CHECKPOINT"] = cfg.checkpoint
+    bodies = [multipart_body(spec.field, p.name, p.read_bytes()) for p in images]
+    server = Server(cfg.model, env, workdir / f"server_{mode}.log", spec.target)
+    out = {"mode": mode, "env": spec.env, "service": spec.target or "serving.service:MaskClassifier",
            "server_command": " ".join(server.command).replace(str(Path(sys.executable).parent) + "/", ".venv/bin/")}
     try:
         out["ready_s"] = server.wait_ready(cfg.start_timeout_s)
-        info = httpx.get(server.url + "/model", timeout=10).json()
-        out.update(limits=info.get("limits"), provider=info.get("provider"), arch=info.get("arch"),
-                   input=info.get("input"))
-        batching = (info.get("limits") or {}).get("batching")
-        if batching is not (mode == "batching_on"):
-            out.update(status="not measured", reason=f"GET /model reports limits.batching={batching!r} under "
-                                                     f"{MODES[mode]}: the service does not confirm this mode")
-            log.warning("%s: %s", mode, out["reason"])
+        if spec.ours and not _confirm(server, mode, out):
             return out
         check = httpx.post(server.url + "/predict", content=bodies[0][0],
                            headers={"content-type": bodies[0][1]}, timeout=30)
-        if check.status_code != 200 or "class" not in check.json():
+        if check.status_code != 200 or (mode != "noop" and "class" not in check.text):
             raise ValueError(f"/predict answered {check.status_code}: {check.text[:200]}")
         levels = []
-        for n in cfg.clients:
-            r = asyncio.run(run_load(server.url + "/predict", bodies, n, cfg.duration_s, cfg.warmup_s))
-            s = r.summary()
-            log.info("%s %3d clients: %6.1f req/s p50 %.0f ms p99 %.0f ms errors %d", mode, n, s["req_per_s"],
+        plan = [(n, str(n), cfg.warmup_s) for n in cfg.clients]
+        if cfg.after_burst and max(cfg.clients) > 1:
+            plan.append((1, f"1 after {max(cfg.clients)}", 0.0))  # no warm-up: right after the burst
+        for n, label, warmup in plan:
+            r = asyncio.run(run_load(server.url + "/predict", bodies, n, cfg.duration_s, warmup))
+            s = {**r.summary(), "label": label}
+            log.info("%s %11s clients: %6.1f req/s p50 %.0f ms p99 %.0f ms errors %d", mode, label, s["req_per_s"],
                      s["p50_ms"] or 0, s["p99_ms"] or 0, s["errors"])
             levels.append(s)
         out.update(status="measured", levels=levels, bentoml_batching=batch_size_metrics(server.url))
@@ -204,12 +248,12 @@ def bench_mode(cfg: RestConfig, mode: str, bodies, workdir: Path) -> dict:
 
 
 def run(cfg: RestConfig) -> dict:
-    bodies = [multipart_body("image", Path(p).name, Path(p).read_bytes()) for p in cfg.images]
+    images = [Path(p) for p in cfg.images]
     with tempfile.TemporaryDirectory(prefix="bench-rest-") as tmp:
         modes = []
         for m in cfg.modes:
             try:
-                modes.append(bench_mode(cfg, m, bodies, Path(tmp)))
+                modes.append(bench_mode(cfg, m, images, Path(tmp)))
             except ValueError as e:  # a server that will not start is a result for this mode, not the end
                 log.error("%s: %s", m, e)
                 modes.append({"mode": m, "status": "failed", "reason": str(e)})
@@ -224,7 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clients", nargs="+", type=int, default=list(CLIENTS), help="concurrency levels (default: 1 8 32 128)")
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds per level (default: 10)")
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each level (default: 2)")
-    p.add_argument("--modes", nargs="+", choices=sorted(MODES), default=list(MODES), help="batching modes")
+    p.add_argument("--modes", nargs="+", choices=sorted(MODES), default=list(MODES), help="servers to measure")
+    p.add_argument("--checkpoint", help="the gallery mode's torch checkpoint (default: best.pt beside --model, "
+                                        "or run/best.pt in its folder; else that mode is not measured)")
+    p.add_argument("--no-after-burst", action="store_true", help="skip the 1-client level after the largest")
     p.add_argument("--quick", action="store_true", help="1 and 8 clients, 3 s each")
     p.add_argument("--out", type=Path, default=common.RESULTS_DIR / "rest.json", help="result JSON")
     p.add_argument("--no-report", action="store_true", help="do not re-render docs/benchmarks.md")
@@ -248,8 +295,13 @@ def main(argv: list[str] | None = None) -> int:
             missing = [p for p in images if not Path(p).is_file()]
             if missing or not images:
                 raise FileNotFoundError(f"image(s) not found: {missing[:3] or 'none given'}")
+            checkpoint = args.checkpoint or next((str(c) for c in (Path(model).with_name("best.pt"),
+                                                                   Path(model).parent / "run" / "best.pt")
+                                                  if c.is_file()), None)
+            if checkpoint and not Path(checkpoint).is_file():
+                raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
             cfg = RestConfig(model=model, images=images, clients=clients, duration_s=duration, warmup_s=warmup,
-                             modes=tuple(args.modes))
+                             modes=tuple(args.modes), checkpoint=checkpoint, after_burst=not args.no_after_burst)
             started = common.utc_now()
             with common.CpuMonitor() as monitor:
                 result = run(cfg)

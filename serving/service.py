@@ -7,15 +7,15 @@ Run it from the repository root (``bentofile.yaml`` points here)::
     curl -F image=@photo.jpg http://localhost:3000/predict
 
 Routes: ``POST /predict`` (multipart ``image``), ``POST /predict_batch`` (``images``, repeated),
-``GET /model``, the ``/submission`` task (``info`` CSV + ``archive`` zip/tar → submission CSV), the
-batchable ``POST /infer`` (base64 uint8 pixels) and BentoML's ``/readyz``, ``/livez``, ``/metrics``, ``/docs``.
+``GET /model``, the ``/submission`` task (``info`` CSV + ``archive`` zip/tar → submission CSV),
+``POST /infer`` (base64 uint8 pixels) and BentoML's ``/readyz``, ``/livez``, ``/metrics``, ``/docs``.
 Limits and batching come from ``MASK_*`` environment variables (:mod:`serving.settings`).
 
 Uploads arrive as files and are decoded here, not by BentoML: a non-image given to a PIL-typed
 parameter becomes an HTTP 500 in BentoML 1.4, and every bad input must get a 4xx JSON reason.
-``/predict`` and ``/predict_batch`` decode in worker threads, then queue the images on BentoML's
-adaptive-batching dispatcher (``MASK_MAX_BATCH_SIZE``, ``MASK_MAX_LATENCY_MS``); its batch sizes are
-the ``mask_predict_batch_size`` histogram on ``/metrics``.
+``/predict`` and ``/predict_batch`` decode in worker threads, then, like ``/infer``, queue the images
+on :class:`serving.batching.Batcher` (``MASK_MAX_BATCH_SIZE``, ``MASK_BATCH_WAIT_MS``,
+``MASK_MAX_QUEUE``); batch sizes, queue times, model calls and rejections are on ``/metrics``.
 """
 from __future__ import annotations
 
@@ -31,12 +31,12 @@ from pathlib import Path
 import anyio
 import bentoml
 import numpy as np
-from bentoml._internal.marshal.dispatcher import CorkDispatcher
 from PIL import Image
 from starlette.responses import JSONResponse, Response
 
 from maskdata.preprocess import ImageError
 from serving import monitoring, ui
+from serving.batching import Batcher, QueueFull
 from serving.explain import Explainer, ExplainUnavailable, availability
 from serving.predictor import MODEL_FILE, Predictor
 from serving.schemas import ModelInfo, Prediction
@@ -47,10 +47,6 @@ log = logging.getLogger(__name__)
 SETTINGS = Settings.from_env()
 # Headroom for multipart boundaries and headers when capping whole request bodies.
 _MULTIPART_SLACK = 64 * 1024
-
-BATCH_SIZE = bentoml.metrics.Histogram(
-    name="mask_predict_batch_size", documentation="images per model call from /predict and /predict_batch",
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128))
 
 
 class RequestError(Exception):
@@ -76,6 +72,13 @@ def _store_model(settings: Settings) -> bentoml.models.BentoModel | None:
     if settings.backend != "onnx" or source.endswith(".onnx") or os.sep in source or Path(source).exists():
         return None
     return bentoml.models.BentoModel(source)
+
+
+async def _client_gone(request) -> None:
+    """Returns when the ASGI server reports the client disconnected. Only awaited after BentoML has
+    read the whole body, so nothing else is reading ``receive`` then."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _pack(array: np.ndarray) -> str:
@@ -205,9 +208,10 @@ class RequestGuard:
 @bentoml.service(
     name="mask-classifier",
     workers=SETTINGS.workers,
-    # a task endpoint makes BentoML default `concurrency` to 1 (a BentoCloud scaling hint); one
-    # request at a time per replica would leave adaptive batching nothing to batch
-    traffic={"timeout": 600, "concurrency": 4 * SETTINGS.max_batch_size},
+    # a task endpoint makes BentoML default `concurrency` to 1 (a BentoCloud scaling hint). No
+    # `max_concurrency`: BentoML would answer 429 before our queue; MASK_MAX_QUEUE's 503 is the one
+    # overload answer, and the hint says how many requests a worker can hold.
+    traffic={"timeout": 600, "concurrency": SETTINGS.max_queue * SETTINGS.workers},
     http={"cors": {"enabled": False}},
 )
 class MaskClassifier:
@@ -234,57 +238,52 @@ class MaskClassifier:
         log.info("serving %s on %s", self.predictor.source, self.predictor.provider)
 
     # --- model calls ------------------------------------------------------------------------
-    @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
-    def infer(self, images: list[str]) -> list[list[float] | None]:
-        """Adaptive-batched model call. Each image is base64 of its raw uint8 pixels, (H, W, 3) in
-        C order at the model's input size (``GET /model``: ``input.shape``); the answer is its 18
-        class probabilities, or ``null`` for an image of the wrong size (so it cannot fail its
-        batch-mates). Base64, not nested JSON arrays: pydantic needs ~300 ms to validate one
-        128x96x3 array given as lists, base64 takes well under a millisecond."""
+    @bentoml.api(route="/infer")
+    async def infer(self, images: list[str]) -> list[list[float] | None]:
+        """Model call on raw pixels, batched with concurrent requests like ``/predict``. Each image is
+        base64 of its raw uint8 pixels, (H, W, 3) in C order at the model's input size (``GET /model``:
+        ``input.shape``); the answer is its 18 class probabilities, or ``null`` for an image of the
+        wrong size (so it cannot fail its batch-mates). Base64, not nested JSON arrays: pydantic needs
+        ~300 ms to validate one 128x96x3 array given as lists, base64 takes well under a millisecond.
+        Not ``batchable=True``: that would queue it on BentoML's adaptive dispatcher (issue 16)."""
         shape = self.predictor.input_shape
         arrays: list[np.ndarray | None] = [_unpack(x, shape) for x in images]
         ok = [i for i, a in enumerate(arrays) if a is not None]
         out: list[list[float] | None] = [None] * len(images)
-        if ok:
-            for i, row in zip(ok, self.predictor.infer(np.stack([arrays[i] for i in ok]))):
-                out[i] = row.tolist()
+        try:
+            rows = await self._infer([arrays[i] for i in ok]) if ok else []
+        except RequestError as e:
+            return e.response()
+        for i, row in zip(ok, rows):
+            out[i] = row.tolist()
         return out
 
     async def _infer(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        """One request's decoded images → their probabilities, batched with concurrent requests."""
+        """One request's decoded images → their probabilities, batched with concurrent requests
+        (:mod:`serving.batching`); a client that disconnects while queued costs no inference."""
         if not self.settings.batching:  # MASK_BATCHING=0: one model call per request
             return list(await anyio.to_thread.run_sync(self.predictor.infer, np.stack(arrays)))
-        return await self._batcher()(arrays)
-
-    def _batcher(self):
-        """BentoML's adaptive-batching dispatcher (the one it builds for batchable APIs), held here.
-
-        Not ``await self.to_async.infer(...)``: inside a real server that self-call goes through an
-        in-process aiohttp connector, which dropped requests ("Server disconnected", "Cannot write
-        to closing transport") at 16 concurrent clients with BentoML 1.4.40.
-        """
         loop = asyncio.get_running_loop()
-        if self._batched is None or self._batched_loop is not loop:  # the dispatcher binds one loop
-            dispatcher = CorkDispatcher(max_latency_in_ms=self.settings.max_latency_ms,
-                                        max_batch_size=self.settings.max_batch_size,
-                                        fallback=self._overloaded, get_batch_size=len)
-            self._batched, self._batched_loop = dispatcher(self._run_jobs), loop
-        return self._batched
-
-    async def _run_jobs(self, jobs: t.Sequence[list[np.ndarray]]) -> list[list[np.ndarray]]:
-        flat = [a for job in jobs for a in job]
-        BATCH_SIZE.observe(len(flat))
-        probs = await anyio.to_thread.run_sync(self.predictor.infer, np.stack(flat))
-        out, start = [], 0
-        for job in jobs:
-            out.append(list(probs[start:start + len(job)]))
-            start += len(job)
-        return out
-
-    def _overloaded(self):
-        # the dispatcher sheds what it cannot serve within MASK_MAX_LATENCY_MS
-        raise RequestError(503, f"server busy: the request could not be served within "
-                                f"{self.settings.max_latency_ms} ms (MASK_MAX_LATENCY_MS); retry")
+        if self._batched is None or self._batched_loop is not loop:  # asyncio futures bind one loop
+            self._batched, self._batched_loop = Batcher(self.predictor.infer, self.settings), loop
+        job = asyncio.ensure_future(self._batched.submit(arrays))
+        try:
+            request = MaskClassifier.context.request
+        except LookupError:  # called outside an HTTP request (tests, the task route)
+            request = None
+        gone = asyncio.ensure_future(_client_gone(request)) if request is not None else None
+        try:
+            await asyncio.wait([job] if gone is None else [job, gone], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if gone is not None:
+                gone.cancel()
+        if not job.done():  # the client went away: take its images out of the queue
+            job.cancel()
+            raise RequestError(499, "client closed the request")
+        try:
+            return job.result()
+        except QueueFull as e:
+            raise RequestError(503, str(e)) from None
 
     # --- input handling ---------------------------------------------------------------------
     def _decode(self, field: str, path: Path) -> np.ndarray:
@@ -373,7 +372,8 @@ class MaskClassifier:
     def model_info(self) -> ModelInfo:
         s = self.settings
         limits = {"max_upload_bytes": s.max_upload_bytes, "max_pixels": s.max_pixels, "max_files": s.max_files,
-                  "batching": s.batching, "max_batch_size": s.max_batch_size, "max_latency_ms": s.max_latency_ms,
+                  "batching": s.batching, "max_batch_size": s.max_batch_size, "batch_wait_ms": s.batch_wait_ms,
+                  "max_queue": s.max_queue,
                   "max_archive_bytes": s.max_archive_bytes}
         return ModelInfo.model_validate({**self.predictor.info(), "limits": limits,
                                          "explain": availability(self.predictor.metadata)})

@@ -17,9 +17,10 @@ changed without touching code, e.g. ``MASK_MAX_UPLOAD_BYTES=2000000 bentoml serv
 | ``MASK_MAX_PIXELS`` | ``40000000`` | largest accepted width × height (decompression bombs) |
 | ``MASK_MAX_ARCHIVE_BYTES`` | ``2147483648`` | largest ``/submission`` archive |
 | ``MASK_MAX_FILES`` | ``64`` | most images in one ``/predict_batch`` request |
-| ``MASK_BATCHING`` | ``1`` | ``0``: every request is its own model call (no adaptive batching) |
-| ``MASK_MAX_BATCH_SIZE`` | ``32`` | adaptive batching: most images per model call (at least 2) |
-| ``MASK_MAX_LATENCY_MS`` | ``1000`` | adaptive batching: latency budget; requests that cannot meet it get 503 |
+| ``MASK_BATCHING`` | ``1`` | ``0``: every request is its own model call (no dynamic batching) |
+| ``MASK_MAX_BATCH_SIZE`` | ``32`` | dynamic batching: most images per model call (at least 2); a full batch goes at once |
+| ``MASK_BATCH_WAIT_MS`` | ``2`` | dynamic batching: a batch goes when its oldest request has waited this long |
+| ``MASK_MAX_QUEUE`` | ``256`` | dynamic batching: most images waiting per worker (more: HTTP 503 + Retry-After) |
 | ``MASK_WORKERS`` | ``1`` | BentoML worker processes |
 """
 from __future__ import annotations
@@ -75,7 +76,8 @@ class Settings:
     max_files: int = 64
     batching: bool = True
     max_batch_size: int = 32
-    max_latency_ms: int = 1000
+    batch_wait_ms: int = 2
+    max_queue: int = 256
     workers: int = 1
 
     def __post_init__(self):
@@ -83,6 +85,9 @@ class Settings:
             raise ValueError(f"unknown backend {self.backend!r}; expected one of {sorted(BACKENDS)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; expected one of {sorted(PRECISIONS)}")
+        if self.max_queue < self.max_batch_size:
+            raise ValueError(f"MASK_MAX_QUEUE={self.max_queue} must be at least MASK_MAX_BATCH_SIZE="
+                             f"{self.max_batch_size}")
 
     @property
     def model_source(self) -> str:
@@ -96,6 +101,9 @@ class Settings:
     @classmethod
     def from_env(cls, env: dict | None = None) -> "Settings":
         env = dict(os.environ if env is None else env)
+        if env.get("MASK_MAX_LATENCY_MS", "").strip():
+            raise ValueError("MASK_MAX_LATENCY_MS is retired (it tuned BentoML's adaptive dispatcher, no longer "
+                             "used); set MASK_BATCH_WAIT_MS (batching window) and MASK_MAX_QUEUE (queue bound)")
         d = cls()
         providers = tuple(p.strip() for p in env.get("MASK_PROVIDERS", "").split(",") if p.strip())
         return cls(
@@ -113,6 +121,7 @@ class Settings:
             max_files=_int(env, "MASK_MAX_FILES", d.max_files, 1),
             batching=_bool(env, "MASK_BATCHING", d.batching),
             max_batch_size=_int(env, "MASK_MAX_BATCH_SIZE", d.max_batch_size, 2),
-            max_latency_ms=_int(env, "MASK_MAX_LATENCY_MS", d.max_latency_ms, 1),
+            batch_wait_ms=_int(env, "MASK_BATCH_WAIT_MS", d.batch_wait_ms, 0),
+            max_queue=_int(env, "MASK_MAX_QUEUE", d.max_queue, 1),
             workers=_int(env, "MASK_WORKERS", d.workers, 1),
         )

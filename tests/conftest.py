@@ -2,7 +2,9 @@
 made once per test session and reused by every stage's tests."""
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 
 import pytest
 
@@ -45,3 +47,39 @@ def onnx_model(trained_run, tmp_path_factory):
     rc = main(["--checkpoint", str(trained_run / "best.pt"), "--out", str(path)])
     assert rc == 0, f"export of the tiny run failed with exit code {rc}"
     return path
+
+
+# Limits of the in-process service (tests/test_service.py, tests/test_explain.py).
+SERVICE_LIMITS = {"MASK_MAX_UPLOAD_BYTES": "300000", "MASK_MAX_PIXELS": "4000000", "MASK_MAX_FILES": "4",
+                  "MASK_MAX_BATCH_SIZE": "8"}
+
+
+@pytest.fixture(scope="session")
+def service_module(onnx_model):
+    """serving.service imported once per session with the test model and small limits (it reads MASK_* at
+    import). Once: a second import or a second ASGI app registers BentoML's metrics twice
+    (prometheus DuplicateTimeseries)."""
+    saved = {k: sys.modules.pop(k) for k in list(sys.modules) if k == "serving.service"}
+    env = {"MASK_MODEL": str(onnx_model), **SERVICE_LIMITS}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        module = importlib.import_module("serving.service")
+        yield module
+    sys.modules.pop("serving.service", None)
+    sys.modules.update(saved)
+
+
+@pytest.fixture(scope="session")
+def client(service_module, tmp_path_factory):
+    from starlette.testclient import TestClient
+
+    # `bentoml serve` creates the task result database before starting workers; do the same here
+    from _bentoml_impl.tasks.result import Sqlite3Store
+
+    db = tmp_path_factory.mktemp("tasks") / "task_result.db"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BENTOML_RESULT_STORE", str(db))
+        Sqlite3Store.init_db(str(db))
+        with TestClient(service_module.MaskClassifier.to_asgi()) as c:
+            yield c

@@ -174,3 +174,29 @@ def test_bad_input_exits_2(tmp_path, capsys):
     assert rest.main(["--model", str(tmp_path / "missing.onnx"), "--no-report", "--out", str(tmp_path / "r.json")]) == 2
     assert loadgen.main(["http://example.com/predict", str(tmp_path / "a.jpg")]) == 2
     assert not (tmp_path / "x.json").exists() and not (tmp_path / "r.json").exists(), "no result file on bad input"
+
+
+def test_rest_side_by_side_targets_follow_the_ratios(tmp_path):
+    from bench import rest_report
+
+    def lv(label, rps, p50, errors=0):
+        return {"clients": int(label.split()[0]), "label": label, "req_per_s": rps, "p50_ms": p50, "p99_ms": p50 * 3,
+                "errors": errors, "error_kinds": {"HTTP 503": errors} if errors else {}, "requests": int(rps * 5)}
+
+    def mode(name, at32, fresh=10.0, after=12.0, errors=0):
+        return {"mode": name, "status": "measured", "levels": [lv("1", 50, fresh), lv("32", at32, 50),
+                                                              lv("128", at32, 300, errors), lv("1 after 128", 50, after)]}
+    rest = {"config": {"model": "m.onnx", "warmup_s": 1, "duration_s": 5}, "machine": {"usable_cpus": 2},
+            "cpu_monitor": {"loadavg_start": [5.0], "loadavg_end": [6.0]},
+            "modes": [mode("batching_on", 130.0), mode("batching_off", 120.0), mode("gallery", 100.0), mode("noop", 300.0)]}
+    rows = {r[0]: r for r in rest_report.targets(rest)}
+    verdicts = [r[2] for r in rows.values()]
+    assert verdicts.count("**met**") == 4 and verdicts.count("**missed**") == 1, rows
+    assert rows["32 clients: ≥ 50% of the no-op ceiling"][1].startswith("0.43×"), rows
+    rest["modes"][0] = mode("batching_on", 130.0, after=20.0, errors=3)
+    rows = {r[0]: r for r in rest_report.targets(rest)}
+    assert rows["after a burst: 1-client p50 within 1.5× of fresh"][2] == "**missed**", rows
+    assert rows["128 clients: 0 errors within the default queue bound"][1].startswith("3 errors"), rows
+    text = rest_report.compare_section(rest, tmp_path)
+    assert "| as shipped (dynamic batching) | 1 after 128 |" in text and "shared with other jobs" in text, text
+    assert (tmp_path / "bench_rest_compare.png").stat().st_size > 1000, "side-by-side plot missing"

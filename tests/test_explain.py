@@ -3,9 +3,7 @@ ensemble and un-flipped for TTA in the graph; ``POST /explain``, ``/model``'s fl
 (the prediction counters are read back from a real server's ``/metrics`` in test_ui_browser.py)."""
 from __future__ import annotations
 
-import importlib
 import io
-import sys
 
 import numpy as np
 import onnxruntime as ort
@@ -18,7 +16,7 @@ from export.graph import EnsembleNet, export_onnx
 from maskdata.artifact import ModelMetadata
 from maskdata.preprocess import Preprocess
 from training.models import create_model
-from test_service import LIMITS, image_bytes
+from test_service import image_bytes
 
 PRE = Preprocess(32, 24)
 
@@ -90,23 +88,9 @@ def test_non_gap_head_is_refused_with_a_reason():
 
 
 @pytest.fixture(scope="module")
-def service(onnx_model):
-    """(serving.service imported with the test model and limits, a Starlette TestClient on it).
-    Imported once: a second import would register its BentoML metrics twice."""
-    from starlette.testclient import TestClient
-
-    model_path = onnx_model
-    saved = {k: sys.modules.pop(k) for k in list(sys.modules) if k == "serving.service"}
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            for k, v in {"MASK_MODEL": str(model_path), **LIMITS}.items():
-                mp.setenv(k, v)
-            module = importlib.import_module("serving.service")
-            with TestClient(module.MaskClassifier.to_asgi()) as c:
-                yield module, c
-    finally:
-        sys.modules.pop("serving.service", None)
-        sys.modules.update(saved)
+def service(service_module, client):
+    """(serving.service as the shared session fixture imported it, its TestClient)."""
+    return service_module, client
 
 
 def test_explain_route_and_model_flag(service, synth_root):

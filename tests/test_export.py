@@ -141,8 +141,10 @@ def test_exported_graph_contract_and_batches(onnx_model, trained_run):
     meta = read_metadata(onnx_model)
     assert inp.name == "image" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8, inp
     assert isinstance(dims[0], str) and dims[1:] == [meta.preprocess.height, meta.preprocess.width, 3], dims
-    assert [(o.name, o.type.tensor_type.elem_type) for o in proto.graph.output] == \
-        [("logits", onnx.TensorProto.FLOAT), ("probs", onnx.TensorProto.FLOAT)]
+    expected = [("logits", onnx.TensorProto.FLOAT), ("probs", onnx.TensorProto.FLOAT)]
+    if meta.explain.get("available"):   # mask-export adds the class-activation maps unless --no-explain
+        expected.append(("cam", onnx.TensorProto.FLOAT))
+    assert [(o.name, o.type.tensor_type.elem_type) for o in proto.graph.output] == expected
 
     model = model_from_checkpoint(load_checkpoint(trained_run / "best.pt"))
     session = _cpu_session(onnx_model)

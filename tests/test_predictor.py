@@ -223,3 +223,12 @@ def test_settings_from_environment():
         Settings.from_env({"MASK_MAX_BATCH_SIZE": "1"})
     with pytest.raises(ValueError, match="MASK_BACKEND=torch needs MASK_CHECKPOINT"):
         Settings.from_env({"MASK_BACKEND": "torch"}).model_source
+
+
+def test_retired_and_new_batching_settings():
+    s = Settings.from_env({"MASK_BATCH_WAIT_MS": "0", "MASK_MAX_QUEUE": "40", "MASK_MAX_BATCH_SIZE": "8"})
+    assert (s.batch_wait_ms, s.max_queue, s.max_batch_size) == (0, 40, 8), s
+    with pytest.raises(ValueError, match="MASK_MAX_LATENCY_MS is retired.*MASK_BATCH_WAIT_MS"):
+        Settings.from_env({"MASK_MAX_LATENCY_MS": "1000"})
+    with pytest.raises(ValueError, match="MASK_MAX_QUEUE=4 must be at least MASK_MAX_BATCH_SIZE=8"):
+        Settings.from_env({"MASK_MAX_QUEUE": "4", "MASK_MAX_BATCH_SIZE": "8"})

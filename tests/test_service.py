@@ -3,9 +3,7 @@ dispatcher, self-client) driven by Starlette's TestClient, plus the plain servic
 from __future__ import annotations
 
 import csv
-import importlib
 import io
-import sys
 import zipfile
 
 import pytest
@@ -14,8 +12,6 @@ from PIL import Image
 from serving.predictor import Predictor
 from serving.settings import Settings
 
-LIMITS = {"MASK_MAX_UPLOAD_BYTES": "300000", "MASK_MAX_PIXELS": "4000000", "MASK_MAX_FILES": "4",
-          "MASK_MAX_BATCH_SIZE": "8"}
 
 
 def image_bytes(fmt="JPEG", size=(384, 512), color=(30, 140, 60), mode="RGB") -> bytes:
@@ -51,35 +47,6 @@ def bad_requests() -> list[tuple[str, str, dict, int, str]]:
          {"files": [("images", ("a.jpg", good, "image/jpeg")), ("images", ("b.jpg", b"junk", "image/jpeg"))]},
          400, "images[1]"),
     ]
-
-
-@pytest.fixture(scope="module")
-def service_module(onnx_model):
-    """serving.service imported with the test model and small limits (it reads MASK_* at import)."""
-    saved = {k: sys.modules.pop(k) for k in list(sys.modules) if k == "serving.service"}
-    env = {"MASK_MODEL": str(onnx_model), **LIMITS}
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        module = importlib.import_module("serving.service")
-        yield module
-    sys.modules.pop("serving.service", None)
-    sys.modules.update(saved)
-
-
-@pytest.fixture(scope="module")
-def client(service_module, tmp_path_factory):
-    from starlette.testclient import TestClient
-
-    # `bentoml serve` creates the task result database before starting workers; do the same here
-    from _bentoml_impl.tasks.result import Sqlite3Store
-
-    db = tmp_path_factory.mktemp("tasks") / "task_result.db"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("BENTOML_RESULT_STORE", str(db))
-        Sqlite3Store.init_db(str(db))
-        with TestClient(service_module.MaskClassifier.to_asgi()) as c:
-            yield c
 
 
 @pytest.fixture(scope="module")
