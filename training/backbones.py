@@ -178,7 +178,8 @@ def timm_backbone(arch: str, pretrained: bool) -> tuple[nn.Module, str, int]:
         _, _, folder = timm_hub_file(arch)
         raise _missing("model.safetensors", folder, f"download failed: {str(e).splitlines()[0]}") from None
     classifier = net.pretrained_cfg.get("classifier") or "fc"
-    return net, classifier, int(net.num_features)
+    # models with a pre-logits stage (MobileNetV3's conv_head) emit head_hidden_size, not num_features
+    return net, classifier, int(getattr(net, "head_hidden_size", None) or net.num_features)
 
 
 def load_backbone_weights(backbone: nn.Module, classifier: str, path: Path) -> None:
@@ -196,10 +197,13 @@ def load_backbone_weights(backbone: nn.Module, classifier: str, path: Path) -> N
     if not isinstance(sd, dict):
         raise ValueError(f"{path}: expected a state dict, got {type(sd).__name__}")
     sd = {k: v for k, v in sd.items() if not k.startswith(classifier + ".")}
-    missing, unexpected = backbone.load_state_dict(sd, strict=False)
+    own = backbone.state_dict()
+    wrong = [k for k, v in sd.items() if k in own and getattr(v, "shape", None) != own[k].shape]
+    missing, unexpected = backbone.load_state_dict({k: v for k, v in sd.items() if k not in wrong}, strict=False)
     if missing or unexpected:
         raise ValueError(f"{path}: weights do not fit this backbone: {len(missing)} missing keys (e.g. "
-                         f"{missing[:2]}), {len(unexpected)} unexpected keys (e.g. {unexpected[:2]})")
+                         f"{missing[:2]}), {len(unexpected)} unexpected keys (e.g. {unexpected[:2]}), "
+                         f"{len(wrong)} of another shape")
     log.info("loaded backbone weights from %s", path)
 
 
