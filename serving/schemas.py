@@ -41,6 +41,8 @@ class Prediction(BaseModel):
     gender: str = Field(description="male | female")
     age: str = Field(description="<30 | 30-59 | >=60 (the bins the model was trained on)")
     confidence: float = Field(ge=0.0, le=1.0, description="probability of the predicted class")
+    uncertain: bool = Field(default=False, description="calibrated confidence below the artifact's threshold "
+                                                       "(MASK_UNCERTAIN_BELOW overrides)")
     probabilities: HeadProbabilities
 
 

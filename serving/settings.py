@@ -21,6 +21,7 @@ changed without touching code, e.g. ``MASK_MAX_UPLOAD_BYTES=2000000 bentoml serv
 | ``MASK_MAX_BATCH_SIZE`` | ``32`` | adaptive batching: most images per model call (at least 2) |
 | ``MASK_MAX_LATENCY_MS`` | ``1000`` | adaptive batching: latency budget; requests that cannot meet it get 503 |
 | ``MASK_WORKERS`` | ``1`` | BentoML worker processes |
+| ``MASK_UNCERTAIN_BELOW`` | the artifact's | answer ``uncertain: true`` below this calibrated top probability (0..1) |
 """
 from __future__ import annotations
 
@@ -43,6 +44,19 @@ def _int(env: dict, name: str, default: int, minimum: int = 0) -> int:
         raise ValueError(f"{name}={raw!r} is not an integer") from None
     if value < minimum:
         raise ValueError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def _fraction(env: dict, name: str) -> float | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name}={value} must be between 0 and 1")
     return value
 
 
@@ -75,6 +89,7 @@ class Settings:
     max_batch_size: int = 32
     max_latency_ms: int = 1000
     workers: int = 1
+    uncertain_below: float | None = None       # None: the threshold recorded in the artifact
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -113,4 +128,5 @@ class Settings:
             max_batch_size=_int(env, "MASK_MAX_BATCH_SIZE", d.max_batch_size, 2),
             max_latency_ms=_int(env, "MASK_MAX_LATENCY_MS", d.max_latency_ms, 1),
             workers=_int(env, "MASK_WORKERS", d.workers, 1),
+            uncertain_below=_fraction(env, "MASK_UNCERTAIN_BELOW"),
         )

@@ -139,3 +139,16 @@ def calibrate_best(model, loader, y_val, out_dir: Path, env) -> dict:
     # log of the softmax differs from the logits by a per-row constant, which softmax(z / T) ignores
     logits = np.log(np.clip(probs.astype(np.float64), 1e-300, None))
     return calibrate_run(out_dir, logits, y_val)
+
+
+def calibration_metadata(ckpts: list[dict]) -> dict:
+    """What an exported artifact records: each member's temperature (applied inside the graph), the
+    members' validation ECE before/after, and the ``uncertain`` threshold serving applies."""
+    temps = [float(c.get("temperature", 1.0)) for c in ckpts]
+    out = {"temperatures": temps, "calibrated": all("temperature" in c for c in ckpts),
+           "uncertain_below": float(max(c.get("uncertain_below", DEFAULT_UNCERTAIN_BELOW) for c in ckpts))}
+    for k in ("ece_before", "ece_after"):
+        values = [c["metrics"][k] for c in ckpts if k in (c.get("metrics") or {})]
+        if len(values) == len(ckpts):
+            out[f"member_{k}"] = [float(v) for v in values]
+    return out
