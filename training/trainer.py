@@ -202,8 +202,9 @@ def fit(cfg: RunConfig, samples: list[Sample], train_idx: list[int], val_idx: li
                 save_checkpoint(out_dir / "best.pt", build_checkpoint(model, metrics=metrics_now, epoch=epoch + 1,
                                                                       **common))
                 atomic_write_text(out_dir / "val_predictions.csv", _predictions_text(ld.val_samples, ld.y_val, probs))
-                atomic_write_text(out_dir / "val_report.csv", report_csv_text(ld.y_val, probs))
-                tb.report(report_csv_text(ld.y_val, probs), epoch + 1)
+                report = report_csv_text(ld.y_val, probs)
+                atomic_write_text(out_dir / "val_report.csv", report)
+                tb.report(report, epoch + 1)
                 plots.save_confusion(val["confusion"], out_dir / "confusion.png",
                                      f"best epoch {epoch + 1}: val macro F1 {val['f1']:.4f}")
             last = build_checkpoint(model, metrics=metrics_now, epoch=epoch + 1, optimizer=optimizer.state_dict(),
@@ -216,16 +217,23 @@ def fit(cfg: RunConfig, samples: list[Sample], train_idx: list[int], val_idx: li
         if tc.early_stop and bad >= tc.early_stop:
             log.info("early stop: val F1 has not improved for %d epoch(s)", bad)
             break
-    if epochs_run and start + epochs_run >= tc.epochs or tc.early_stop and bad >= tc.early_stop:
-        cal = calibration.calibrate_best(model, ld.val, ld.y_val, out_dir, env)
-        if cal:
-            best.update(ece_before=cal["ece_before"], ece_after=cal["ece_after"], temperature=cal["temperature"])
-            next(r for r in history if r["epoch"] == best["epoch"]).update(ece_before=cal["ece_before"], ece_after=cal["ece_after"])
-            atomic_write_text(out_dir / "metrics.csv", _csv_text(history))
-            tb.scalars({"calibration/ece_before": cal["ece_before"], "calibration/ece_after": cal["ece_after"],
-                        "calibration/temperature": cal["temperature"]}, best["epoch"])
+    finished = (epochs_run and start + epochs_run >= tc.epochs) or (tc.early_stop and bad >= tc.early_stop)
+    if finished:  # fit the temperature once, on the best epoch (not after a --stop-after slice)
+        _calibrate(model, ld, out_dir, env, best, history, tb)
     tb.close(cfg.to_dict(), best)
     return FitResult(best=best, history=history, epochs_run=epochs_run)
+
+
+def _calibrate(model, ld: Loaders, out_dir: Path, env: Env, best: dict, history: list[dict], tb: RunLogger) -> None:
+    """Temperature on the best epoch's validation logits; ECE before/after into best, metrics.csv, TensorBoard."""
+    cal = calibration.calibrate_best(model, ld.val, ld.y_val, out_dir, env)
+    if not cal:
+        return
+    ece = {"ece_before": cal["ece_before"], "ece_after": cal["ece_after"]}
+    best.update(ece, temperature=cal["temperature"])
+    next(r for r in history if r["epoch"] == best["epoch"]).update(ece)
+    atomic_write_text(out_dir / "metrics.csv", _csv_text(history))
+    tb.scalars({f"calibration/{k}": v for k, v in (ece | {"temperature": cal["temperature"]}).items()}, best["epoch"])
 
 
 __all__ = ["Env", "FitResult", "fit", "unwrap"]
