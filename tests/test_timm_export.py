@@ -87,8 +87,11 @@ def test_timm_export_parity_and_temperature_in_graph(arch, head, images, tmp_pat
 
 def test_timm_ensemble_with_tta_and_uncertain_flag(images, tmp_path, monkeypatch):
     cks = [_ckpt(tmp_path / f"m{i}.pt", "timm/resnet10t", "multi", i, t, images) for i, t in ((0, 1.3), (1, 0.8))]
-    out, report = _export(tmp_path, cks, images, "--tta", "hflip")
+    out, report = _export(tmp_path, cks, images, "--tta", "hflip", "--fp16")
     assert report["parity"]["max_abs_diff"] <= 1e-4 and report["parity"]["argmax_agreement"] == 1.0, report
+    fp16 = report["variants"]["fp16"]
+    print(f"FP16 ensemble: argmax agreement {fp16['argmax_agreement']:.0%}, max|dprob| {fp16['max_abs_diff']:.3g}")
+    assert read_metadata(tmp_path / "model.fp16.onnx").precision == "fp16" and fp16["max_abs_diff"] < 0.05, fp16
     from serving.predictor import Predictor
     from serving.settings import Settings
 
