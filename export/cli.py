@@ -107,6 +107,22 @@ def parity_image_paths(args, ckpts: list[dict]) -> list[Path]:
     return images
 
 
+def calibration_report(args, images, meta, onnx_path) -> dict:
+    """ECE of the exported (calibrated, averaged) output on the labelled parity images: each member was
+    calibrated on its own validation split, so this checks the ensemble on the images given here."""
+    from export.parity import labels_for, labels_from_csv, load_batch, onnx_probs, onnx_session
+    from training.calibration import ece
+
+    out = dict(meta.calibration)
+    y = labels_from_csv(images, args.labels, args.parity_images) if args.labels else labels_for(images)
+    if y is not None:
+        probs = onnx_probs(onnx_session(onnx_path), load_batch(images, meta.preprocess))
+        out.update(ece=ece(probs, y), ece_images=len(y))
+        print(f"calibration: temperatures {[round(t, 4) for t in out['temperatures']]}, ECE of the exported "
+              f"output on {len(y)} labelled parity images {out['ece']:.4f}")
+    return out
+
+
 def run_export(args) -> dict:
     from dataclasses import replace
 
@@ -150,6 +166,7 @@ def run_export(args) -> dict:
                               min_agreement=args.min_agreement)
         result["parity"] = parity.to_dict()
         print(parity.summary())
+        result["calibration"] = calibration_report(args, images, meta, tmp)
         if precisions:
             batch = load_batch(images, meta.preprocess)
             # the competition's age groups (as training's validation uses), not the training-target bins

@@ -126,6 +126,8 @@ def build_metadata(ckpts: list[dict], paths: list[str | os.PathLike], tta: tuple
         producer = f"mask-classifier {version('mask-classifier')}, torch {torch.__version__}"
     except PackageNotFoundError:
         producer = f"mask-classifier (not installed), torch {torch.__version__}"
+    from training.calibration import calibration_metadata
+
     first = ckpts[0]
     sources = [{"path": str(Path(p).resolve()), "metrics": dict(c.get("metrics") or {}),
                 "fingerprint": str(c.get("data_fingerprint", "")), "epoch": int(c.get("epoch", 0))}
@@ -133,7 +135,7 @@ def build_metadata(ckpts: list[dict], paths: list[str | os.PathLike], tta: tuple
     return ModelMetadata(
         preprocess=Preprocess.from_dict(first["preprocess"]), arch=first["arch"], head=first["head"],
         labels=list(first["labels"]), age_bins=tuple(int(b) for b in first["age_bins"]), sources=sources,
-        metrics=mean_metrics(ckpts), tta=tuple(tta), precision=precision,
+        metrics=mean_metrics(ckpts), tta=tuple(tta), precision=precision, calibration=calibration_metadata(ckpts),
         exported_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         producer_version=producer)
 

@@ -32,6 +32,8 @@ class ModelMetadata:
     sources: list[dict] = field(default_factory=list)     # [{"path", "metrics", "fingerprint"}] per checkpoint
     metrics: dict = field(default_factory=dict)           # mean of the sources' best validation metrics
     tta: tuple[str, ...] = ()
+    # {"temperatures": [per member, applied in the graph], "uncertain_below": serving's threshold, ...}
+    calibration: dict = field(default_factory=dict)
     precision: str = "fp32"                               # fp32 | fp16 | int8
     exported_at: str = ""
     producer_version: str = ""

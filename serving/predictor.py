@@ -209,6 +209,9 @@ class Predictor:
         self.metadata: ModelMetadata = self.backend.metadata
         self.preprocess: Preprocess = self.metadata.preprocess
         self._heads = _head_names(self.metadata.labels)
+        # calibrated top probability below this -> "uncertain": MASK_UNCERTAIN_BELOW, else the artifact's
+        self.uncertain_below = (self.settings.uncertain_below if self.settings.uncertain_below is not None
+                                else self.metadata.calibration.get("uncertain_below"))
         self.ready = False
         if warmup:
             self.warmup()
@@ -266,6 +269,7 @@ class Predictor:
             "gender": row["gender"],
             "age": row["age"],
             "confidence": round(float(probs[cls]), 6),
+            "uncertain": bool(self.uncertain_below is not None and probs[cls] < self.uncertain_below),
             "probabilities": {head: {name: round(float(p), 6) for name, p in zip(self._heads[head], values)}
                               for head, values in marginals.items()},
         }
@@ -298,6 +302,8 @@ class Predictor:
             "metrics": m.metrics,
             "sources": m.sources,
             "tta": list(m.tta),
+            "calibration": m.calibration,
+            "uncertain_below": self.uncertain_below,
             "exported_at": m.exported_at,
             "producer_version": m.producer_version,
             "format_version": m.format_version,

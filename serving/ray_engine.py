@@ -182,7 +182,8 @@ def _probe_model(model: str, precision: str | None) -> dict:
     """Runs as a Ray task: load the model where the actors will, report what loaded."""
     p = load_actor_predictor(model, precision, threads=1, gpu=False)
     return {"arch": p.metadata.arch, "input": list(p.input_shape[:2]), "file": str(p.backend.path)
-            if hasattr(p.backend, "path") else model, "node": socket.gethostname()}
+            if hasattr(p.backend, "path") else model, "node": socket.gethostname(),
+            "uncertain_below": p.uncertain_below}
 
 
 # ---------------------------------------------------------------- Ray session
@@ -313,7 +314,8 @@ def run_ray_submission(model: str, info_csv, images: str, out_csv, *, precision:
     finally:
         if owns:
             ray.shutdown()
-    return _finish(columns, header, rows, out_csv, probs_csv, sink, report_path, seconds)
+    return _finish(columns, header, rows, out_csv, probs_csv, sink, report_path, seconds,
+                   info.get("uncertain_below"))
 
 
 def _dataset(ray, model, precision, images_uri, on_error, items, opts: RayOptions):
@@ -332,7 +334,8 @@ def _dataset(ray, model, precision, images_uri, on_error, items, opts: RayOption
         max_restarts=RESTARTS, max_task_retries=RESTARTS, **kwargs)
 
 
-def _finish(columns: dict, header, rows, out_csv: Path, probs_csv, sink, report_path, seconds) -> SubmitResult:
+def _finish(columns: dict, header, rows, out_csv: Path, probs_csv, sink, report_path, seconds,
+            uncertain_below: float | None = None) -> SubmitResult:
     n = len(rows)
     order = np.argsort(columns["row"], kind="stable")
     row_index = columns["row"][order]
@@ -344,7 +347,7 @@ def _finish(columns: dict, header, rows, out_csv: Path, probs_csv, sink, report_
         probs = columns["probs"][order]
     image_ids = [r["ImageID"] for r in rows]
     errors = {image_ids[i]: str(e) for i, e in zip(row_index, columns["error"][order]) if e}
-    write_outputs(out_csv, header, rows, ans, probs, errors, probs_csv, report_path)
+    write_outputs(out_csv, header, rows, ans, probs, errors, probs_csv, report_path, uncertain_below)
     if sink is not None:
         sink.commit(n)
     predicted = ans[ans != SKIPPED]

@@ -44,6 +44,8 @@ class Prediction(BaseModel):
     age: str = Field(description="<30 | 30-59 | >=60: the age group's name (SPEC §1); a model trained "
                      "with other age_bins keeps these names, GET /model reports its bins")
     confidence: float = Field(ge=0.0, le=1.0, description="probability of the predicted class")
+    uncertain: bool = Field(default=False, description="calibrated confidence below the artifact's threshold "
+                                                       "(MASK_UNCERTAIN_BELOW overrides)")
     probabilities: HeadProbabilities
 
 

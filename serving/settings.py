@@ -22,6 +22,7 @@ changed without touching code, e.g. ``MASK_MAX_UPLOAD_BYTES=2000000 bentoml serv
 | ``MASK_BATCH_WAIT_MS`` | ``2`` | dynamic batching: a batch goes when its oldest request has waited this long |
 | ``MASK_MAX_QUEUE`` | ``256`` | dynamic batching: most images waiting per worker (more: HTTP 503 + Retry-After) |
 | ``MASK_WORKERS`` | ``1`` | BentoML worker processes |
+| ``MASK_UNCERTAIN_BELOW`` | the artifact's | answer ``uncertain: true`` below this calibrated top probability (0..1) |
 """
 from __future__ import annotations
 
@@ -46,6 +47,19 @@ def _int(env: dict, name: str, default: int, minimum: int = 0) -> int:
         raise ValueError(f"{name}={raw!r} is not an integer") from None
     if value < minimum:
         raise ValueError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def _fraction(env: dict, name: str) -> float | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name}={value} must be between 0 and 1")
     return value
 
 
@@ -79,6 +93,7 @@ class Settings:
     batch_wait_ms: int = 2
     max_queue: int = 256
     workers: int = 1
+    uncertain_below: float | None = None       # None: the threshold recorded in the artifact
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -124,4 +139,5 @@ class Settings:
             batch_wait_ms=_int(env, "MASK_BATCH_WAIT_MS", d.batch_wait_ms, 0),
             max_queue=_int(env, "MASK_MAX_QUEUE", d.max_queue, 1),
             workers=_int(env, "MASK_WORKERS", d.workers, 1),
+            uncertain_below=_fraction(env, "MASK_UNCERTAIN_BELOW"),
         )

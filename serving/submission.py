@@ -191,12 +191,14 @@ def _record_rows(record: dict) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
     return ans, probs, {int(k): v for k, v in record["errors"].items()}
 
 
-def _format_probs(image_ids: list[str], probs: np.ndarray) -> str:
-    header = ["ImageID"] + [f"p{c}" for c in range(labels.NUM_CLASSES)]
+def _format_probs(image_ids: list[str], probs: np.ndarray, uncertain_below: float | None = None) -> str:
+    header = ["ImageID"] + [f"p{c}" for c in range(labels.NUM_CLASSES)] + ["uncertain"]
     rows = []
     for image_id, row in zip(image_ids, probs):
-        values = [""] * labels.NUM_CLASSES if np.isnan(row).any() else [f"{v:.9g}" for v in row]
-        rows.append(dict(zip(header, [image_id, *values])))
+        skipped = np.isnan(row).any()
+        values = [""] * labels.NUM_CLASSES if skipped else [f"{v:.9g}" for v in row]
+        flag = "" if skipped else str(int(uncertain_below is not None and float(row.max()) < uncertain_below))
+        rows.append(dict(zip(header, [image_id, *values, flag])))
     return write_csv_text(header, rows)
 
 
@@ -226,11 +228,11 @@ def _store(rows: range, b_ans, b_probs, b_errors: dict[int, str], ans, probs, er
 
 
 def write_outputs(out_csv: Path, header: list[str], rows: list[dict], ans: np.ndarray, probs: np.ndarray,
-                   errors: dict[str, str], probs_csv, report_path: Path) -> None:
+                  errors: dict[str, str], probs_csv, report_path: Path, uncertain_below: float | None = None) -> None:
     image_ids = [r["ImageID"] for r in rows]
     atomic_write_text(out_csv, write_csv_text(header, [{**row, "ans": str(int(a))} for row, a in zip(rows, ans)]))
     if probs_csv is not None:
-        atomic_write_text(probs_csv, _format_probs(image_ids, probs))
+        atomic_write_text(probs_csv, _format_probs(image_ids, probs, uncertain_below))
     if errors:
         atomic_write_text(report_path, write_csv_text(["ImageID", "reason"], [
             {"ImageID": k, "reason": errors[k]} for k in image_ids if k in errors]))
@@ -311,7 +313,8 @@ def run_submission(predictor, info_csv: str | Path | bytes, images_dir: str | Pa
         journal.close()
     seconds = time.perf_counter() - started
 
-    write_outputs(out_csv, header, rows, ans, probs, errors, opts.probs_csv, report_path)
+    write_outputs(out_csv, header, rows, ans, probs, errors, opts.probs_csv, report_path,
+                   getattr(predictor, "uncertain_below", None))
     journal.path.unlink()
     predicted = ans[ans != SKIPPED]
     return SubmitResult(out_csv, image_ids, ans, probs, errors, seconds, processed, resumed,

@@ -131,6 +131,19 @@ def _run_ray(args: argparse.Namespace):
                                          probs_csv=args.probs, probs_dir=args.probs_dir, ray_options=opts)
 
 
+def write_class_report(result, labels_csv, out) -> Path:
+    """Per-class precision/recall/F1/support + macro ROC-AUC of the scored rows, beside the submission."""
+    import numpy as np
+
+    from maskdata.report import write_report_csv
+
+    _, rows = read_csv(labels_csv, ("ImageID", "ans"))
+    truth = {r["ImageID"]: int(r["ans"]) for r in rows}
+    keep = ~np.isnan(result.probs).any(axis=1)
+    y = np.array([truth[i] for i, k in zip(result.image_ids, keep) if k], dtype=np.int64)
+    return write_report_csv(Path(out).with_suffix(".class_report.csv"), y, result.probs[keep])
+
+
 def _run(args: argparse.Namespace) -> int:
     from serving.submission import run_submission
 
@@ -164,6 +177,7 @@ def _score(args: argparse.Namespace, result) -> int:
               f"gender {s['f1_gender']:.4f}, age {s['f1_age']:.4f} (n={s['n']}, skipped={s['skipped']}); "
               f"confusion matrix {png}")
         log.debug("score %s", json.dumps(s))
+        print(f"per-class report: {write_class_report(result, args.labels, args.out)}")
     return 0
 
 

@@ -18,6 +18,7 @@ import torch
 
 from maskdata.artifact import ModelMetadata
 from maskdata.preprocess import Preprocess
+from training.calibration import calibration_metadata
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ def metadata_from_checkpoint(ckpt: dict, path: str) -> ModelMetadata:
         preprocess=Preprocess.from_dict(ckpt["preprocess"]), arch=ckpt["arch"], head=ckpt["head"],
         labels=list(ckpt["labels"]), age_bins=tuple(ckpt["age_bins"]),
         sources=[{"path": path, "metrics": ckpt["metrics"], "fingerprint": ckpt["data_fingerprint"]}],
-        metrics=dict(ckpt["metrics"]), precision="fp32",
+        metrics=dict(ckpt["metrics"]), precision="fp32", calibration=calibration_metadata([ckpt]),
     )
 
 

@@ -98,6 +98,7 @@ def test_load_checkpoint_one_line_errors(tmp_path):
 
 def test_pretrained_loads_from_local_hub_cache_and_weights_file(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a miss must fail without trying the network
     path = hub_weights_path("mobilenet_v3_small")
     assert path == tmp_path / "hub" / "checkpoints" / "mobilenet_v3_small-047dcff4.pth", path
     with pytest.raises(FileNotFoundError) as e:
@@ -123,7 +124,7 @@ def test_bad_weights_file_and_no_hub_weights_for_custom_models(tmp_path):
         create_model("tiny_cnn", weights=tmp_path / "w.pt", preprocess=PP)
     with pytest.raises(FileNotFoundError, match="weights file not found"):
         create_model("tiny_cnn", weights=tmp_path / "nope.pt", preprocess=PP)
-    with pytest.raises(ValueError, match="no ImageNet weights for 'tiny_cnn'"):
+    with pytest.raises(ValueError, match="no pretrained weights for 'tiny_cnn'"):
         create_model("tiny_cnn", pretrained=True, preprocess=PP)
 
 

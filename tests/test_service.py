@@ -59,7 +59,7 @@ def test_predict_gives_the_predictors_answer(client, reference, synth_root):
     r = client.post("/predict", files={"image": (path.name, path.read_bytes(), "image/jpeg")})
     assert r.status_code == 200, r.text
     assert r.json() == reference.predict([path])[0], "service and predictor must agree on one image"
-    assert set(r.json()) == {"class", "label", "mask", "gender", "age", "confidence", "probabilities"}, r.json()
+    assert set(r.json()) == {"class", "label", "mask", "gender", "age", "confidence", "uncertain", "probabilities"}, r.json()
 
 
 def test_predict_batch_keeps_order(client, reference, synth_root):

@@ -59,7 +59,9 @@ def test_end_to_end_matches_predictor_and_metrics(onnx_model, eval_dir, predicto
     assert agree == 1.0, f"batch job agrees with Predictor.predict on only {agree:.1%} of images"
 
     # probabilities equal the predictor's on the same decoded pixels (batching may move the last bits)
-    p = np.array([[float(v) for v in r[1:]] for r in list(csv.reader(probs.open()))[1:]])
+    p = np.array([[float(v) for v in r[1:19]] for r in list(csv.reader(probs.open()))[1:]])
+    flags = np.array([int(r[19]) for r in list(csv.reader(probs.open()))[1:]])
+    assert (flags == (p.max(1) < predictor.uncertain_below)).all(), "uncertain column != top prob < threshold"
     direct = predictor.infer(np.stack([predictor.load(x) for x in paths]))
     assert np.abs(p - direct).max() < 1e-5, f"probs differ from Predictor.infer by {np.abs(p - direct).max()}"
     assert (p.argmax(1) == ans).all(), "probs file disagrees with ans"
@@ -69,6 +71,12 @@ def test_end_to_end_matches_predictor_and_metrics(onnx_model, eval_dir, predicto
     y_true = np.array([truth[r["ImageID"]] for r in rows])
     ref = metrics.report(y_true, ans)
     assert f"macro F1 {ref['f1']:.4f}" in printed and f"accuracy {ref['acc']:.4f}" in printed, printed
+    from maskdata.report import class_report
+    report = list(csv.DictReader(out.with_suffix(".class_report.csv").open()))
+    rows_ref, summary = class_report(y_true, p)
+    macro = next(r for r in report if r["class"] == "macro")
+    assert float(macro["f1"]) == pytest.approx(ref["f1"], abs=1e-6), "class report macro F1 != score"
+    assert float(macro["roc_auc"]) == pytest.approx(summary["roc_auc_macro"], abs=1e-6)
     assert f"age {ref['f1_age']:.4f}" in printed, printed
     png = out.with_suffix(".confusion.png")
     assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG", "confusion matrix PNG missing"

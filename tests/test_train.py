@@ -124,10 +124,11 @@ def test_trained_run_outputs(trained_run, synth_root):
     rows = _rows(trained_run / "metrics.csv")
     assert len(rows) == 1 and list(rows[0]) == ["epoch", "lr", "train_loss", "val_loss", "val_acc", "val_f1",
                                                  "val_f1_mask", "val_f1_gender", "val_f1_age", "train_img_s",
-                                                 "seconds"], rows
+                                                 "seconds", "val_roc_auc", "ece_before", "ece_after"], rows
     best = torch.load(trained_run / "best.pt", map_location="cpu", weights_only=True)
     assert best["metrics"]["f1"] == pytest.approx(float(rows[0]["val_f1"]), abs=1e-5), "best.pt metrics != csv"
-    assert set(best["metrics"]) == {"f1", "acc", "f1_mask", "f1_gender", "f1_age", "loss"}, best["metrics"]
+    assert set(best["metrics"]) == {"f1", "acc", "f1_mask", "f1_gender", "f1_age", "loss", "temperature",
+                                    "ece_before", "ece_after"}, best["metrics"]
     assert best["data_fingerprint"] and 0 < len(best["val_images"]) <= 64, "fingerprint/val_images missing"
     assert all(p.startswith("/") for p in best["val_images"]), "val_images must be absolute paths"
     assert "optimizer" in load_checkpoint(trained_run / "last.pt"), "last.pt must carry resume state"

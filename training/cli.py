@@ -26,7 +26,8 @@ from training import dist
 from training.config import DataConfig, LossConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from training.data import AUGMENTS
 from training.losses import parse_criterion
-from training.models import HEADS, MODELS, hub_weights_path
+from training import backbones
+from training.models import HEADS, MODELS
 from training.optim import OPTIMIZERS, SCHEDULERS
 
 log = logging.getLogger("training")
@@ -47,8 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--data-dir", help="DIR/train with train.csv and images/ (required unless --resume)")
     g.add_argument("--out", help="run folder to write (default with --resume: the checkpoint's folder)")
-    g.add_argument("--resize", nargs=2, type=int, default=(128, 96), metavar=("H", "W"), help="input size")
-    g.add_argument("--resize-filter", default="bilinear", help=f"one of {sorted(FILTERS)}")
+    g.add_argument("--resize", nargs=2, type=int, default=None, metavar=("H", "W"),
+                   help="input size (default 128 96, or the pretrained weights' own)")
+    g.add_argument("--resize-filter", default=None,
+                   help=f"one of {sorted(FILTERS)} (default bilinear, or the pretrained weights' own)")
+    g.add_argument("--mean", default=None, help="normalization mean R,G,B (default ImageNet or the weights' own)")
+    g.add_argument("--std", default=None, help="normalization std R,G,B (default ImageNet or the weights' own)")
     g.add_argument("--augment", default="light", help=f"augmentation preset: {sorted(AUGMENTS)}")
     g.add_argument("--val-fraction", type=float, default=0.2, help="share of people held out (no --folds)")
     g.add_argument("--folds", type=int, default=0, help="K >= 2: person-level k-fold into RUN_DIR/fold{k}/")
@@ -61,9 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-cache", action="store_true", help="decode images every epoch instead of once")
     g.add_argument("--strict", action="store_true", help="fail on any data-layout problem instead of skipping")
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="plain_cnn", help=f"one of {sorted(MODELS)}")
+    g.add_argument("--model", default="plain_cnn", help=f"one of {sorted(MODELS)}, or timm/<name> (any timm model)")
+    g.add_argument("--list-models", action="store_true", help="print the model names and exit")
     g.add_argument("--head", default="multi", help=f"one of {list(HEADS)}")
-    g.add_argument("--pretrained", action="store_true", help="ImageNet weights from the local torch hub cache")
+    g.add_argument("--pretrained", action="store_true",
+                   help="the family's standard weights (torch hub / Hugging Face cache; downloads when online)")
     g.add_argument("--weights", help="backbone weights file (a state dict); implies pretrained")
     g = p.add_argument_group("optimization")
     g.add_argument("--epochs", type=int, default=None, help="epochs (default 12; with --resume: as recorded)")
@@ -96,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stop-after", type=int, default=0, help="stop after N epochs in this invocation (resumable)")
     g.add_argument("--no-channels-last", action="store_true", help="keep NCHW weights on CUDA")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files in RUN_DIR")
     return p
 
 
@@ -110,13 +118,15 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
         raise ValueError("--data-dir is required (DIR/train with train.csv and images/)")
     if not a.out:
         raise ValueError("--out RUN_DIR is required")
-    _check_name("model", a.model, MODELS)
+    if backbones.is_timm(a.model):
+        backbones.check_timm_name(a.model)
+    else:
+        _check_name("model", a.model, MODELS)
     _check_name("head", a.head, HEADS)
     _check_name("optimizer", a.optimizer, OPTIMIZERS)
     _check_name("scheduler", a.scheduler, SCHEDULERS)
     _check_name("augmentation", a.augment, AUGMENTS)
     _check_name("sampler", a.sampler, SAMPLERS)
-    _check_name("resize filter", a.resize_filter, FILTERS)
     _check_name("class weights", a.class_weights, ("none", "balanced"))
     _check_name("amp mode", a.amp, AMP_CHOICES)
     parse_criterion(a.criterion)
@@ -136,15 +146,12 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
     if a.weights and not Path(a.weights).is_file():
         raise FileNotFoundError(f"weights file not found: {a.weights}")
     if a.pretrained and not a.weights:
-        path = hub_weights_path(a.model)
-        if not path.is_file():
-            raise FileNotFoundError(f"ImageNet weights for {a.model} not found: put {path.name} in {path.parent} "
-                                    "or pass --weights FILE")
-    h, w = a.resize
+        backbones.check_pretrained_available(a.model)
+    h, w, resize_filter, mean, std = resolve_preprocess(a)
     return RunConfig(
-        data=DataConfig(str(Path(a.data_dir).resolve()), h, w, a.resize_filter, a.augment, a.val_fraction, a.sampler,
+        data=DataConfig(str(Path(a.data_dir).resolve()), h, w, resize_filter, a.augment, a.val_fraction, a.sampler,
                         a.oversample, labels.parse_age_bins(a.age_bins), a.batch_size, a.workers, not a.no_cache,
-                        a.strict),
+                        a.strict, mean, std),
         model=ModelConfig(a.model, a.head, a.pretrained or bool(a.weights), a.weights),
         optim=OptimConfig(a.optimizer, a.lr, a.weight_decay, a.momentum, a.nesterov, a.scheduler, a.warmup_epochs,
                           a.step_size, a.gamma, milestones, a.min_lr_ratio, a.patience),
@@ -152,13 +159,45 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
         train=TrainConfig(out=str(Path(a.out)), epochs=epochs, accum_steps=a.accum_steps, clip_grad=a.clip_grad,
                           amp=a.amp, device=a.device, seed=a.seed, early_stop=a.early_stop, folds=a.folds,
                           resume=None, stop_after=a.stop_after, channels_last=not a.no_channels_last,
-                          progress=not a.no_progress),
+                          progress=not a.no_progress, tensorboard=not a.no_tensorboard),
     )
+
+
+def _triple(flag: str, text: str | None) -> tuple[float, float, float] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in str(text).split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise ValueError(f"{flag} must be three numbers R,G,B like 0.485,0.456,0.406, got {text!r}")
+    return values
+
+
+def resolve_preprocess(a: argparse.Namespace) -> tuple:
+    """(H, W, filter, mean, std): the user's values where given, else the pretrained weights' own
+    (timm pretrained_cfg / torchvision weights transforms), else the built-in defaults."""
+    own = backbones.pretrained_preprocess(a.model) if (a.pretrained and not a.weights) else None
+    if own is None:
+        dflt = {f.name: f.default for f in dataclasses.fields(DataConfig)}
+        own = {k: dflt[k] for k in ("height", "width", "resize_filter", "mean", "std")}
+    h, w = a.resize if a.resize is not None else (own["height"], own["width"])
+    resize_filter = a.resize_filter or own["resize_filter"]
+    _check_name("resize filter", resize_filter, FILTERS)
+    mean = _triple("--mean", a.mean) or own["mean"]
+    std = _triple("--std", a.std) or own["std"]
+    if std is not None and min(std) <= 0:
+        raise ValueError(f"--std must be positive, got {a.std!r}")
+    return h, w, resize_filter, mean, std
 
 
 def config_from_dict(d: dict) -> RunConfig:
     data = dict(d["data"], age_bins=tuple(d["data"]["age_bins"]))
     optim = dict(d["optim"], milestones=tuple(d["optim"]["milestones"]))
+    for k in ("mean", "std"):
+        if data.get(k) is not None:
+            data[k] = tuple(data[k])
     return RunConfig(DataConfig(**data), ModelConfig(**d["model"]), OptimConfig(**optim), LossConfig(**d["loss"]),
                      TrainConfig(**d["train"]))
 
@@ -242,6 +281,9 @@ def run(cfg: RunConfig, resume: Path | None = None) -> dict:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     a = build_parser().parse_args(argv)
+    if a.list_models:
+        print(backbones.list_models_text(sorted(MODELS)), end="")
+        return 0
     try:
         if a.resume:
             cfg, resume = resumed_config(a)

@@ -23,6 +23,8 @@ class DataConfig:
     workers: int = 1
     cache: bool = True                 # keep decoded eval-size images in memory across epochs
     strict: bool = False
+    mean: tuple[float, float, float] | None = None   # None: ImageNet, or the pretrained weights' own
+    std: tuple[float, float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class TrainConfig:
     stop_after: int = 0                # stop after this many epochs in this invocation (0 = run to the end)
     channels_last: bool = True         # applied on CUDA only
     progress: bool = True
+    tensorboard: bool = True           # event files in the run folder (training.tensorboard)
 
 
 @dataclass(frozen=True)

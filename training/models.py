@@ -10,9 +10,12 @@ Heads:
   probability ``p(mask) p(gender) p(age)``, so ``softmax(logits)`` is the derived 18-class
   distribution and everything downstream sees 18 classes either way.
 
-Pretrained ImageNet weights never come from the network: ``--pretrained`` reads torchvision's file
-from the local torch hub cache (``torch.hub.get_dir()/checkpoints/<file>``), ``--weights FILE``
-reads any local state dict for the backbone.
+``timm/<name>`` builds any timm model (``training.backbones``). ``--pretrained`` goes through
+torchvision's weights API / timm's ``pretrained=True`` (the usual torch hub / Hugging Face caches,
+no network on a cache hit), ``--weights FILE`` reads any local state dict for the backbone.
+
+``temperature`` (a non-persistent buffer, 1 while training) divides the 18 logits; it is set from
+the checkpoint's fitted temperature (``training.calibration``), so export bakes it into the graph.
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ from torch import nn
 
 from maskdata import labels
 from maskdata.preprocess import Preprocess
+from training import backbones
+from training.backbones import hub_weights_path  # noqa: F401  (re-exported for the CLI)
 
 log = logging.getLogger(__name__)
 
@@ -98,45 +103,6 @@ MODELS: dict[str, Callable[[], nn.Module]] = {"tiny_cnn": TinyCNN, "small_cnn": 
 MODELS.update({name: _torchvision(name) for name in TORCHVISION_ARCHS})
 
 
-def _split_classifier(net: nn.Module) -> tuple[str, int]:
-    """Replace the network's final Linear with Identity; return its dotted name and input width."""
-    name, last = None, None
-    for n, m in net.named_modules():
-        if isinstance(m, nn.Linear):
-            name, last = n, m
-    assert name is not None, "backbone has no Linear classifier"
-    parent = net.get_submodule(name.rsplit(".", 1)[0]) if "." in name else net
-    setattr(parent, name.rsplit(".", 1)[-1], nn.Identity())
-    return name, last.in_features
-
-
-def hub_weights_path(arch: str) -> Path:
-    """Where torchvision's ImageNet weights for ``arch`` live in the local torch hub cache."""
-    if arch not in TORCHVISION_ARCHS:
-        raise ValueError(f"no ImageNet weights for {arch!r}; --pretrained works with {sorted(TORCHVISION_ARCHS)} "
-                         "(use --weights FILE for others)")
-    from torchvision.models import get_model_weights
-    file_name = get_model_weights(arch).DEFAULT.url.rsplit("/", 1)[-1]
-    return Path(torch.hub.get_dir()) / "checkpoints" / file_name
-
-
-def _load_backbone_weights(backbone: nn.Module, classifier: str, path: Path) -> None:
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle/zip errors come in many types
-        raise ValueError(f"{path}: not a readable weights file: {str(e).splitlines()[0]}") from None
-    if isinstance(sd, dict) and not any(isinstance(v, torch.Tensor) for v in sd.values()):
-        sd = sd.get("state_dict") or sd.get("model") or sd
-    if not isinstance(sd, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(sd).__name__}")
-    sd = {k: v for k, v in sd.items() if not k.startswith(classifier + ".")}
-    missing, unexpected = backbone.load_state_dict(sd, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{path}: weights do not fit this backbone ({len(missing)} missing keys e.g. "
-                         f"{missing[:2]}, {len(unexpected)} unexpected e.g. {unexpected[:2]})")
-    log.info("loaded backbone weights from %s", path)
-
-
 class MaskNet(nn.Module):
     """Backbone + head. ``forward(uint8 NHWC) -> (N, 18)`` logits; normalization is inside."""
 
@@ -145,6 +111,8 @@ class MaskNet(nn.Module):
         self.arch, self.head_type, self.preprocess = arch, head, preprocess
         self.register_buffer("mean", torch.tensor(preprocess.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(preprocess.std, dtype=torch.float32).view(1, 3, 1, 1) * 255)
+        # not in the state dict: checkpoints record it as a field, older ones without it load as 1
+        self.register_buffer("temperature", torch.ones(()), persistent=False)
         self.backbone = backbone
         if head == "single":
             self.head = nn.Linear(features, labels.NUM_CLASSES)
@@ -169,14 +137,15 @@ class MaskNet(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_heads(x)["logits"]
+        return self.forward_heads(x)["logits"] / self.temperature
 
 
 def create_model(arch: str, head: str = "single", preprocess: Preprocess | None = None,
                  pretrained: bool = False, weights: str | Path | None = None) -> MaskNet:
-    """Build a :class:`MaskNet`. ``pretrained`` reads the torch hub cache; ``weights`` a local file."""
-    if arch not in MODELS:
-        raise ValueError(f"unknown model {arch!r}; expected one of {sorted(MODELS)}")
+    """Build a :class:`MaskNet`. ``pretrained``: the family's standard weights; ``weights``: a local file."""
+    if arch not in MODELS and not backbones.is_timm(arch):
+        raise ValueError(f"unknown model {arch!r}; expected one of {sorted(MODELS)} or timm/<name> "
+                         "(mask-train --list-models)")
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; expected one of {sorted(HEADS)}")
     preprocess = preprocess or Preprocess(128, 96)
@@ -185,14 +154,17 @@ def create_model(arch: str, head: str = "single", preprocess: Preprocess | None 
         path = Path(weights)
         if not path.is_file():
             raise FileNotFoundError(f"weights file not found: {path}")
-    elif pretrained:
-        path = hub_weights_path(arch)
-        if not path.is_file():
-            raise FileNotFoundError(f"ImageNet weights for {arch} not found: put {path.name} in {path.parent} "
-                                    f"(torchvision's file, e.g. from another machine's torch hub cache) "
-                                    f"or pass --weights FILE")
-    backbone = MODELS[arch]()
-    classifier, features = _split_classifier(backbone)
+    from_hub = pretrained and path is None
+    if backbones.is_timm(arch):
+        backbone, classifier, features = backbones.timm_backbone(arch, from_hub)
+    elif arch in TORCHVISION_ARCHS:
+        backbone, classifier, features = backbones.torchvision_backbone(arch, from_hub)
+    else:
+        if from_hub:
+            raise ValueError(f"no pretrained weights for {arch!r}; --pretrained works with torchvision "
+                             f"{sorted(TORCHVISION_ARCHS)} and timm/<name> models (or pass --weights FILE)")
+        backbone = MODELS[arch]()
+        classifier, features = backbones.split_classifier(backbone)
     if path is not None:
-        _load_backbone_weights(backbone, classifier, path)
+        backbones.load_backbone_weights(backbone, classifier, path)
     return MaskNet(arch, backbone, features, head, preprocess)

@@ -23,7 +23,9 @@ from maskdata import labels
 from maskdata.io import atomic_write_text
 from maskdata.layout import Sample, fingerprint
 from maskdata.preprocess import Preprocess
-from training import data, dist, engine, plots
+from maskdata.report import class_report, report_csv_text
+from training import calibration, data, dist, engine, plots
+from training.tensorboard import RunLogger
 from training.checkpoint import build_checkpoint, load_checkpoint, save_checkpoint, unwrap
 from training.config import RunConfig
 from training.losses import balanced_class_weights, create_criterion
@@ -33,7 +35,7 @@ from training.optim import create_optimizer, create_scheduler, updates_per_epoch
 log = logging.getLogger(__name__)
 
 CSV_COLUMNS = ("epoch", "lr", "train_loss", "val_loss", "val_acc", "val_f1", "val_f1_mask", "val_f1_gender",
-               "val_f1_age", "train_img_s", "seconds")
+               "val_f1_age", "train_img_s", "seconds", "val_roc_auc", "ece_before", "ece_after")
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,8 @@ class Loaders:
 
     def __init__(self, cfg: RunConfig, samples: list[Sample], train_idx: list[int], val_idx: list[int], env: Env):
         dc, d = cfg.data, env.d
-        self.preprocess = Preprocess(dc.height, dc.width, dc.resize_filter)
+        self.preprocess = Preprocess(dc.height, dc.width, dc.resize_filter,
+                                     **{k: tuple(v) for k, v in (("mean", dc.mean), ("std", dc.std)) if v})
         targets = [s.label(dc.age_bins) for s in samples]
         train_idx = data.oversample(train_idx, targets, dc.oversample)
         self.train_samples = [samples[i] for i in train_idx]
@@ -156,6 +159,7 @@ def fit(cfg: RunConfig, samples: list[Sample], train_idx: list[int], val_idx: li
         atomic_write_text(out_dir / "split.json", json.dumps(split, indent=1) + "\n")
     common = dict(age_bins=cfg.data.age_bins, config=cfg.to_dict(), data_fingerprint=fp, data_dir=cfg.data.data_dir,
                   val_images=[s.path for s in ld.val_samples[:64]])
+    tb = RunLogger(out_dir, enabled=tc.tensorboard and d.main)
 
     epochs_run = 0
     for epoch in range(start, tc.epochs):
@@ -174,9 +178,11 @@ def fit(cfg: RunConfig, samples: list[Sample], train_idx: list[int], val_idx: li
         val, probs = engine.evaluate(model, ld.val, ld.y_val, device=env.device, amp_dtype=env.amp_dtype, d=d,
                                      progress=tc.progress)
         schedule.step_epoch(val["f1"])
+        val["roc_auc"] = class_report(ld.y_val, probs)[1]["roc_auc_macro"]
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": tr["loss"], "val_loss": val["loss"], "val_acc": val["acc"],
                "val_f1": val["f1"], "val_f1_mask": val["f1_mask"], "val_f1_gender": val["f1_gender"],
-               "val_f1_age": val["f1_age"], "train_img_s": tr["img_s"], "seconds": tr["seconds"]}
+               "val_f1_age": val["f1_age"], "train_img_s": tr["img_s"], "seconds": tr["seconds"],
+               "val_roc_auc": val["roc_auc"]}
         history.append(row)
         epochs_run += 1
         improved = val["f1"] > best["f1"]
@@ -189,12 +195,16 @@ def fit(cfg: RunConfig, samples: list[Sample], train_idx: list[int], val_idx: li
         log.info("epoch %d/%d train/loss %.4f val/loss %.4f val/acc %.4f val/f1 %.4f (mask %.3f gender %.3f "
                  "age %.3f) %.0f img/s%s", epoch + 1, tc.epochs, tr["loss"], val["loss"], val["acc"], val["f1"],
                  val["f1_mask"], val["f1_gender"], val["f1_age"], tr["img_s"], " *" if improved else "")
+        tb.epoch(row, val, improved)
         if d.main:
             metrics_now = {k: best[k] for k in ("f1", "acc", "f1_mask", "f1_gender", "f1_age", "loss")}
             if improved:
                 save_checkpoint(out_dir / "best.pt", build_checkpoint(model, metrics=metrics_now, epoch=epoch + 1,
                                                                       **common))
                 atomic_write_text(out_dir / "val_predictions.csv", _predictions_text(ld.val_samples, ld.y_val, probs))
+                report = report_csv_text(ld.y_val, probs)
+                atomic_write_text(out_dir / "val_report.csv", report)
+                tb.report(report, epoch + 1)
                 plots.save_confusion(val["confusion"], out_dir / "confusion.png",
                                      f"best epoch {epoch + 1}: val macro F1 {val['f1']:.4f}")
             last = build_checkpoint(model, metrics=metrics_now, epoch=epoch + 1, optimizer=optimizer.state_dict(),
@@ -207,7 +217,23 @@ def fit(cfg: RunConfig, samples: list[Sample], train_idx: list[int], val_idx: li
         if tc.early_stop and bad >= tc.early_stop:
             log.info("early stop: val F1 has not improved for %d epoch(s)", bad)
             break
+    finished = (epochs_run and start + epochs_run >= tc.epochs) or (tc.early_stop and bad >= tc.early_stop)
+    if finished:  # fit the temperature once, on the best epoch (not after a --stop-after slice)
+        _calibrate(model, ld, out_dir, env, best, history, tb)
+    tb.close(cfg.to_dict(), best)
     return FitResult(best=best, history=history, epochs_run=epochs_run)
+
+
+def _calibrate(model, ld: Loaders, out_dir: Path, env: Env, best: dict, history: list[dict], tb: RunLogger) -> None:
+    """Temperature on the best epoch's validation logits; ECE before/after into best, metrics.csv, TensorBoard."""
+    cal = calibration.calibrate_best(model, ld.val, ld.y_val, out_dir, env)
+    if not cal:
+        return
+    ece = {"ece_before": cal["ece_before"], "ece_after": cal["ece_after"]}
+    best.update(ece, temperature=cal["temperature"])
+    next(r for r in history if r["epoch"] == best["epoch"]).update(ece)
+    atomic_write_text(out_dir / "metrics.csv", _csv_text(history))
+    tb.scalars({f"calibration/{k}": v for k, v in (ece | {"temperature": cal["temperature"]}).items()}, best["epoch"])
 
 
 __all__ = ["Env", "FitResult", "fit", "unwrap"]
