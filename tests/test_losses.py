@@ -68,7 +68,7 @@ def test_focal_gradient_is_finite_at_p_equal_one(gamma):
     loss = create_loss("focal", gamma=gamma)(logits, TARGET)
     loss.backward()
     want = -((1 - 1 / 18) ** gamma) * math.log(1 / 18) / 2   # sample 0 contributes 0
-    assert float(loss) == pytest.approx(want, rel=1e-6), f"gamma {gamma}: loss {float(loss)} != {want}"
+    assert loss.item() == pytest.approx(want, rel=1e-6), f"gamma {gamma}: loss {loss.item()} != {want}"
     assert torch.isfinite(logits.grad).all(), f"gamma {gamma}: non-finite gradient {logits.grad[0]}"
     assert float(logits.grad[0].abs().max()) < 1e-6, f"gamma {gamma}: certain sample moved: {logits.grad[0]}"
 
