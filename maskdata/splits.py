@@ -20,7 +20,7 @@ def person_strata(samples: list[Sample], age_bins=labels.DEFAULT_AGE_BINS) -> di
     out = {}
     for person, rows in people(samples).items():
         s = rows[0]
-        out[person] = s.gender * 3 + labels.age_group(s.age, age_bins)
+        out[person] = s.gender * len(labels.AGE_NAMES) + labels.age_group(s.age, age_bins)
     return out
 
 

@@ -196,15 +196,15 @@ def resumed_config(a: argparse.Namespace, given: set[str]) -> tuple[RunConfig, P
     return dataclasses.replace(cfg, train=train, data=data), src
 
 
-def resolve_device(name: str, d: dist.Dist) -> torch.device:
+def resolve_device(name: str, ranks: dist.Dist) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(name)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"--device {name}: no CUDA device is available here; use --device cpu")
-        if d.enabled:
-            dev = torch.device("cuda", d.local_rank)
+        if ranks.enabled:
+            dev = torch.device("cuda", ranks.local_rank)
     elif dev.type != "cpu":
         raise ValueError(f"unsupported --device {name!r}; expected auto, cpu, cuda or cuda:N")
     return dev
@@ -228,19 +228,19 @@ def run(cfg: RunConfig, resume: Path | None = None) -> dict:
     from maskdata.splits import train_val_split
 
     dev_name = cfg.train.device if cfg.train.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    d = dist.init(torch.device(dev_name).type)
+    ranks = dist.init(torch.device(dev_name).type)
     try:
-        if not d.main:
+        if not ranks.main:
             logging.getLogger().setLevel(logging.WARNING)
-        device = resolve_device(cfg.train.device, d)
-        env = Env(device, resolve_amp(cfg.train.amp, device), d)
+        device = resolve_device(cfg.train.device, ranks)
+        env = Env(device, resolve_amp(cfg.train.amp, device), ranks)
         samples, _ = read_train_dir(cfg.data.data_dir, strict=cfg.data.strict)
         out = Path(cfg.train.out)
         out.mkdir(parents=True, exist_ok=True)
         log.info("%d images of %d people from %s; device %s, world size %d", len(samples),
-                 len({s.person for s in samples}), cfg.data.data_dir, device, d.world)
+                 len({s.person for s in samples}), cfg.data.data_dir, device, ranks.world)
         if cfg.train.folds >= 2:
-            if d.main:
+            if ranks.main:
                 atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
                 atomic_write_text(out / "config.yaml", config_yaml(cfg))
             resume_dir = (resume if resume.is_dir() else resume.parent) if resume else None

@@ -47,7 +47,7 @@ class Env:
     """Where the run executes (not part of the recorded config)."""
     device: torch.device
     amp_dtype: torch.dtype | None = None
-    d: dist.Dist = field(default_factory=dist.Dist)
+    ranks: dist.Dist = field(default_factory=dist.Dist)   # this process's rank in the world (DDP)
 
 
 @dataclass
@@ -79,27 +79,27 @@ class Loaders:
     """Datasets, samplers and loaders for one split."""
 
     def __init__(self, cfg: RunConfig, samples: list[Sample], train_idx: list[int], val_idx: list[int], env: Env):
-        dc, d = cfg.data, env.d
-        self.preprocess = Preprocess(dc.height, dc.width, dc.resize_filter)
-        targets = [s.label(dc.age_bins) for s in samples]
-        train_idx = data.oversample(train_idx, targets, dc.oversample)
+        data_cfg, ranks = cfg.data, env.ranks
+        self.preprocess = Preprocess(data_cfg.height, data_cfg.width, data_cfg.resize_filter)
+        targets = [s.label(data_cfg.age_bins) for s in samples]
+        train_idx = data.oversample(train_idx, targets, data_cfg.oversample)
         self.train_samples = [samples[i] for i in train_idx]
         self.train_targets = [targets[i] for i in train_idx]
         self.val_samples = [samples[i] for i in val_idx]
         self.y_val = np.array([s.label(labels.DEFAULT_AGE_BINS) for s in self.val_samples], dtype=np.int64)
-        show = cfg.train.progress and d.main
+        show = cfg.train.progress and ranks.main
         self.train_ds = data.MaskDataset(self.train_samples, self.train_targets, self.preprocess,
-                                         data.create_augment(dc.augment), dc.cache, progress=show)
-        self.val_ds = data.MaskDataset(self.val_samples, list(self.y_val), self.preprocess, None, dc.cache,
+                                         data.create_augment(data_cfg.augment), data_cfg.cache, progress=show)
+        self.val_ds = data.MaskDataset(self.val_samples, list(self.y_val), self.preprocess, None, data_cfg.cache,
                                        progress=show)
-        weights = data.inverse_frequency_weights(self.train_targets) if dc.sampler == "weighted" else None
+        weights = data.inverse_frequency_weights(self.train_targets) if data_cfg.sampler == "weighted" else None
         self.train_sampler = data.EpochSampler(len(self.train_ds), seed=cfg.train.seed, weights=weights,
-                                               rank=d.rank, world=d.world)
-        val_sampler = data.EpochSampler(len(self.val_ds), shuffle=False, rank=d.rank, world=d.world, pad=False,
+                                               rank=ranks.rank, world=ranks.world)
+        val_sampler = data.EpochSampler(len(self.val_ds), shuffle=False, rank=ranks.rank, world=ranks.world, pad=False,
                                         augment=False)
         pin = env.device.type == "cuda"
-        self.train = data.make_loader(self.train_ds, self.train_sampler, dc.batch_size, dc.workers, pin)
-        self.val = data.make_loader(self.val_ds, val_sampler, dc.batch_size, dc.workers, pin)
+        self.train = data.make_loader(self.train_ds, self.train_sampler, data_cfg.batch_size, data_cfg.workers, pin)
+        self.val = data.make_loader(self.val_ds, val_sampler, data_cfg.batch_size, data_cfg.workers, pin)
 
 
 METRIC_KEYS = ("f1", "acc", "f1_mask", "f1_gender", "f1_age", "loss")
@@ -147,17 +147,17 @@ def _recorded_split(ck: dict, resume: str | Path, samples: list[Sample]) -> tupl
     return splits.indices_for_people(samples, split["val_people"])
 
 
-def _build(cfg: RunConfig, ld: Loaders, env: Env, upe: int, restarts: list) -> Parts:
-    model = create_model(cfg.model.arch, cfg.model.head, ld.preprocess, cfg.model.pretrained, cfg.model.weights)
+def _build(cfg: RunConfig, loaders: Loaders, env: Env, upe: int, restarts: list) -> Parts:
+    model = create_model(cfg.model.arch, cfg.model.head, loaders.preprocess, cfg.model.pretrained, cfg.model.weights)
     model = model.to(env.device)
     if env.device.type == "cuda" and cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     train_model = model
-    if env.d.enabled:
+    if env.ranks.enabled:
         ids = [env.device.index] if env.device.type == "cuda" else None
         train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     loss_cfg = cfg.loss
-    weights = balanced_class_weights(ld.train_targets) if loss_cfg.class_weights == "balanced" else None
+    weights = balanced_class_weights(loaders.train_targets) if loss_cfg.class_weights == "balanced" else None
     criterion = create_criterion(loss_cfg.criterion, gamma=loss_cfg.focal_gamma, smoothing=loss_cfg.smoothing,
                                  class_weights=weights).to(env.device)
     optimizer = create_optimizer(model, cfg.optim)
@@ -193,18 +193,18 @@ def _nothing_left(progress: Progress, train_cfg) -> str:
     return ""
 
 
-def _train_epoch(epoch: int, parts: Parts, ld: Loaders, cfg: RunConfig, env: Env) -> tuple[dict, dict, np.ndarray]:
+def _train_epoch(epoch: int, parts: Parts, loaders: Loaders, cfg: RunConfig, env: Env) -> tuple[dict, dict, np.ndarray]:
     train_cfg = cfg.train
     # model-side randomness (dropout) is a function of (seed, epoch), so resume replays it exactly
     torch.manual_seed(train_cfg.seed * 1009 + epoch)
-    ld.train_sampler.set_epoch(epoch)
+    loaders.train_sampler.set_epoch(epoch)
     lr = parts.optimizer.param_groups[0]["lr"]
-    tr = engine.train_one_epoch(parts.train_model, ld.train, parts.criterion, parts.optimizer, parts.schedule,
+    tr = engine.train_one_epoch(parts.train_model, loaders.train, parts.criterion, parts.optimizer, parts.schedule,
                                 parts.scaler, device=env.device, accum_steps=train_cfg.accum_steps,
-                                clip_grad=train_cfg.clip_grad, amp_dtype=env.amp_dtype, d=env.d,
+                                clip_grad=train_cfg.clip_grad, amp_dtype=env.amp_dtype, d=env.ranks,
                                 desc=f"epoch {epoch + 1}/{train_cfg.epochs}", progress=train_cfg.progress)
-    val, probs = engine.evaluate(parts.model, ld.val, ld.y_val, device=env.device, amp_dtype=env.amp_dtype, d=env.d,
-                                 progress=train_cfg.progress)
+    val, probs = engine.evaluate(parts.model, loaders.val, loaders.y_val, device=env.device, amp_dtype=env.amp_dtype,
+                                 d=env.ranks, progress=train_cfg.progress)
     parts.schedule.step_epoch(val["f1"])
     row = {"epoch": epoch + 1, "lr": lr, "train_loss": tr["loss"], "val_loss": val["loss"], "val_acc": val["acc"],
            "val_f1": val["f1"], "val_f1_mask": val["f1_mask"], "val_f1_gender": val["f1_gender"],
@@ -212,7 +212,7 @@ def _train_epoch(epoch: int, parts: Parts, ld: Loaders, cfg: RunConfig, env: Env
     return row, val, probs
 
 
-def _write_epoch(out_dir: Path, parts: Parts, ld: Loaders, progress: Progress, val: dict, probs: np.ndarray,
+def _write_epoch(out_dir: Path, parts: Parts, loaders: Loaders, progress: Progress, val: dict, probs: np.ndarray,
                  improved: bool, common: dict) -> None:
     """best.pt (if improved) with the best metrics; last.pt with this epoch's metrics and the best ones."""
     epoch = progress.start
@@ -220,7 +220,7 @@ def _write_epoch(out_dir: Path, parts: Parts, ld: Loaders, progress: Progress, v
         best_metrics = {k: progress.best[k] for k in METRIC_KEYS}
         save_checkpoint(out_dir / "best.pt", build_checkpoint(parts.model, metrics=best_metrics, epoch=epoch,
                                                               **common))
-        atomic_write_text(out_dir / "val_predictions.csv", _predictions_text(ld.val_samples, ld.y_val, probs))
+        atomic_write_text(out_dir / "val_predictions.csv", _predictions_text(loaders.val_samples, loaders.y_val, probs))
         plots.save_confusion(val["confusion"], out_dir / "confusion.png",
                              f"best epoch {epoch}: val macro F1 {val['f1']:.4f}")
     last = build_checkpoint(parts.model, metrics={k: float(val[k]) for k in METRIC_KEYS}, epoch=epoch,
@@ -240,7 +240,7 @@ def _write_run_record(out_dir: Path, cfg: RunConfig, split: dict) -> None:
 
 def fit(cfg: RunConfig, samples: list[Sample], train_idx: list[int], val_idx: list[int], out_dir: Path,
         env: Env, resume: str | Path | None = None) -> FitResult:
-    train_cfg, d = cfg.train, env.d
+    train_cfg, ranks = cfg.train, env.ranks
     fp = fingerprint(samples)
     ck = _read_resume(resume, fp) if resume is not None else None
     if ck is not None:
@@ -250,10 +250,10 @@ def fit(cfg: RunConfig, samples: list[Sample], train_idx: list[int], val_idx: li
         raise ValueError(f"split has {len(train_idx)} train and {len(val_idx)} val images; need both")
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(train_cfg.seed)
-    ld = Loaders(cfg, samples, train_idx, val_idx, env)
-    upe = updates_per_epoch(len(ld.train), train_cfg.accum_steps)
+    loaders = Loaders(cfg, samples, train_idx, val_idx, env)
+    upe = updates_per_epoch(len(loaders.train), train_cfg.accum_steps)
     progress = _restore(ck, cfg, upe) if ck is not None else Progress()
-    parts = _build(cfg, ld, env, upe, progress.restarts)
+    parts = _build(cfg, loaders, env, upe, progress.restarts)
     if ck is not None:
         _load_state(parts, ck)
         log.info("resumed from %s at epoch %d (best val F1 %.4f)", resume, progress.start, progress.best["f1"])
@@ -261,19 +261,19 @@ def fit(cfg: RunConfig, samples: list[Sample], train_idx: list[int], val_idx: li
         if reason:
             log.info("nothing to train in %s: %s", out_dir, reason)
             return FitResult(best=progress.best, history=progress.history, epochs_run=0)
-    split = {"train_people": sorted({s.person for s in ld.train_samples}),
-             "val_people": sorted({s.person for s in ld.val_samples})}
-    if d.main:
+    split = {"train_people": sorted({s.person for s in loaders.train_samples}),
+             "val_people": sorted({s.person for s in loaders.val_samples})}
+    if ranks.main:
         _write_run_record(out_dir, cfg, split)
     common = dict(age_bins=cfg.data.age_bins, config=cfg.to_dict(), data_fingerprint=fp, data_dir=cfg.data.data_dir,
-                  val_images=[s.path for s in ld.val_samples[:64]], split=split)
+                  val_images=[s.path for s in loaders.val_samples[:64]], split=split)
     epochs_run = 0
     for epoch in range(progress.start, train_cfg.epochs):
         if train_cfg.stop_after and epochs_run >= train_cfg.stop_after:
             log.info("stopping after %d epoch(s) as asked (--stop-after); resume with --resume %s",
                      epochs_run, out_dir / "last.pt")
             break
-        row, val, probs = _train_epoch(epoch, parts, ld, cfg, env)
+        row, val, probs = _train_epoch(epoch, parts, loaders, cfg, env)
         progress.history.append(row)
         progress.start, epochs_run = epoch + 1, epochs_run + 1
         improved = val["f1"] > progress.best["f1"]
@@ -284,9 +284,9 @@ def fit(cfg: RunConfig, samples: list[Sample], train_idx: list[int], val_idx: li
                  "age %.3f) %.0f img/s%s", epoch + 1, train_cfg.epochs, row["train_loss"], val["loss"], val["acc"],
                  val["f1"], val["f1_mask"], val["f1_gender"], val["f1_age"], row["train_img_s"],
                  " *" if improved else "")
-        if d.main:
-            _write_epoch(out_dir, parts, ld, progress, val, probs, improved, common)
-        dist.barrier(d)
+        if ranks.main:
+            _write_epoch(out_dir, parts, loaders, progress, val, probs, improved, common)
+        dist.barrier(ranks)
         if train_cfg.early_stop and progress.bad >= train_cfg.early_stop:
             log.info("early stop: val F1 has not improved for %d epoch(s)", progress.bad)
             break
