@@ -57,13 +57,15 @@ def _yaml(path: Path, values: dict) -> Path:
 
 def test_config_file_sets_defaults_flags_win_and_is_written_back(synth_root, tmp_path):
     cfg = _yaml(tmp_path / "recipe.yaml",
-                {"model": "tiny_cnn", "epochs": 3, "age_bins": [30, 58], "lr": 0.01, "sampler": "weighted"})
+                {"model": "tiny_cnn", "epochs": 3, "age_bins": [30, 58], "lr": 0.01, "weighted_sampler": True,
+                 "loss": "focal:0.6,f1:0.4"})
     run = tmp_path / "run"
     assert main(["--config", str(cfg), "--data-dir", str(synth_root / "train"), "--out", str(run), *TINY,
                  "--epochs", "1"]) == 0
     rec = json.loads((run / "config.json").read_text())
     assert rec["train"]["epochs"] == 1, "a flag on the command line must win over the file"
     assert rec["data"]["age_bins"] == [30, 58] and rec["optim"]["lr"] == 0.01 and rec["data"]["sampler"] == "weighted"
+    assert rec["loss"]["criterion"] == "focal:0.6,f1:0.4", "alias loss: -> criterion"
     written = yaml.safe_load((run / "config.yaml").read_text())
     assert written["age_bins"] == [30, 58] and written["model"] == "tiny_cnn" and written["epochs"] == 1, written
 

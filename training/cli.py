@@ -35,6 +35,9 @@ log = logging.getLogger("training")
 
 AMP_CHOICES = ("off", "auto", "bf16", "fp16")
 SAMPLERS = ("random", "weighted")
+# --config keys that recipes commonly use for options this CLI names otherwise
+CONFIG_ALIASES = {"loss": ("criterion", None),
+                  "weighted_sampler": ("sampler", lambda on: "weighted" if on else "random")}
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -255,7 +258,7 @@ def run(cfg: RunConfig, resume: Path | None = None) -> dict:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        a = parse_with_config(build_parser(), argv, csv_keys=("age_bins", "milestones"))
+        a = parse_with_config(build_parser(), argv, csv_keys=("age_bins", "milestones"), aliases=CONFIG_ALIASES)
         if a.resume:
             cfg, resume = resumed_config(a, explicit_dests(build_parser, argv))
         else:
