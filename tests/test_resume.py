@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 
 import pytest
 import torch
@@ -89,20 +90,24 @@ def _lrs(path):
 ])
 def test_extending_a_run_continues_its_schedule(synth_root, tmp_path, sched, extra):
     lr = 3e-3
-    # stopped mid-schedule (2 of 3 epochs), then extended to 4: the new tail starts where the old one was
+    # stopped mid-schedule (2 of 3 epochs), then extended to 5: the new tail starts where the old one was
     assert main(_args(synth_root, tmp_path, "--epochs", "3", "--stop-after", "2", "--scheduler", sched,
                       "--lr", str(lr), *extra)) == 0
     _, lr_before = _lrs(tmp_path / "last.pt")
-    assert _resume(tmp_path / "last.pt", "--epochs", "4") == 0
+    assert _resume(tmp_path / "last.pt", "--epochs", "5") == 0
     starts, lr_end = _lrs(tmp_path / "last.pt")
-    assert len(starts) == 4, f"extended to 4 epochs, history has {len(starts)}"
+    assert len(starts) == 5, f"extended to 5 epochs, history has {len(starts)}"
     assert starts[2] == pytest.approx(lr_before, rel=1e-9), \
         f"{sched}: LR jumped on resume: {lr_before:.6g} before, {starts[2]:.6g} after"
     if sched == "cosine":
         assert lr_end == pytest.approx(lr * 0.01, rel=1e-6), f"cosine must end at its floor, ends at {lr_end:.6g}"
-        assert starts[3] < starts[2], f"cosine must keep decaying after resume: {starts}"
+        # restart at update u0 = 2 epochs, new end 5 epochs: one epoch (a third) in, the cosine has
+        # covered 1/4 of the way from the resumed LR to the floor (re-laying the old cosine over the
+        # new total instead, as before, lands elsewhere)
+        mid = lr * 0.01 + (lr_before - lr * 0.01) * 0.5 * (1 + math.cos(math.pi / 3))
+        assert starts[3] == pytest.approx(mid, rel=1e-6), f"cosine after resume is not re-annealed: {starts}"
     if sched == "step":
-        assert lr_end == pytest.approx(lr * 0.5 ** 4, rel=1e-6), f"step after 4 epochs: {lr_end:.6g}"
+        assert lr_end == pytest.approx(lr * 0.5 ** 5, rel=1e-6), f"step after 5 epochs: {lr_end:.6g}"
 
 
 def test_extending_a_finished_cosine_run_continues_at_its_floor(synth_root, tmp_path):
