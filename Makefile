@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test serve demo-model bench clean docs-ui
+.PHONY: venv test serve demo-model bench gpu-check clean docs-ui
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ bench: $(STAMP) $(BENCH_RUN)/best.pt
 	$(BIN)/python -m bench.batch_job --checkpoint $(BENCH_RUN)/best.pt
 	$(BIN)/python -m bench.rest
 	$(BIN)/python -m bench.ray_job
+
+# GPU tests + GPU bench rows in one run -> $${OUT:-bench/results}/gpu_check.json. Uses the system
+# python3 on purpose (no venv target, installs nothing): the lent GPU machines have torch but no
+# registry, no bentoml and no pytest. Checks skip with their reason where CUDA is absent.
+gpu-check:
+	python3 -m bench.gpu_check
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

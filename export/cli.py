@@ -38,7 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
                "  mask-export --checkpoint runs/x/fold*/best.pt --tta hflip --out model.onnx --int8 "
                "--bento-tag mask-classifier\n"
                "  mask-export --import-onnx model.onnx --bento-tag mask-classifier")
-    src = p.add_mutually_exclusive_group(required=True)
+    p.add_argument("--config", metavar="FILE.yaml",
+                   help="YAML mapping of option names (argparse destinations, e.g. tta: [hflip], fp16: true) to "
+                        "values; flags on the command line win")
+    # not required=True: argparse would not count a --config value; main() checks that one is given
+    src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", nargs="+", metavar="CKPT",
                      help="checkpoint(s) from mask-train; several become one ensemble graph averaging probabilities")
     src.add_argument("--import-onnx", metavar="MODEL.onnx",
@@ -209,7 +213,18 @@ def run_import(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from training.yamlconfig import parse_with_config
+
+    parser = build_parser()
+    try:
+        args = parse_with_config(parser, argv)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not args.checkpoint and not args.import_onnx:
+        parser.error("one of the arguments --checkpoint --import-onnx is required")
+    if args.checkpoint and args.import_onnx:
+        parser.error("argument --import-onnx: not allowed with argument --checkpoint")
     # INFO for this project only: torch.onnx/onnxscript/ORT quantization log every rewrite at INFO
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for name in ("export", "training", "maskdata", __name__):

@@ -44,6 +44,35 @@ def test_focal_matches_hand_value(gamma):
     assert got == pytest.approx(want, rel=1e-6), f"focal(gamma={gamma}) {got} != {want}"
 
 
+def test_weighted_focal_is_weight_normalized_mean_like_cross_entropy():
+    w = torch.ones(18)
+    w[3], w[7] = 2.0, 0.5
+    gamma = 2.0
+    terms = [-((1 - P[i][t]) ** gamma) * math.log(P[i][t]) for i, t in enumerate([3, 7])]
+    want = (2.0 * terms[0] + 0.5 * terms[1]) / 2.5
+    got = float(create_loss("focal", weight=w, gamma=gamma)(LOGITS, TARGET))
+    assert got == pytest.approx(want, rel=1e-6), f"weighted focal {got} != weighted mean {want}"
+    ce = float(create_loss("cross_entropy", weight=w)(LOGITS, TARGET))
+    assert float(create_loss("focal", weight=w, gamma=0.0)(LOGITS, TARGET)) == pytest.approx(ce, rel=1e-6), \
+        "weighted focal with gamma 0 must equal weighted cross entropy"
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.3, 0.5, 0.9, 2.0])
+def test_focal_gradient_is_finite_at_p_equal_one(gamma):
+    # sample 0 is certain (p_y rounds to exactly 1.0 in float32), sample 1 is not
+    logits = torch.zeros(2, 18)
+    logits[0, 3] = 200.0
+    logits = logits.requires_grad_(True)
+    p0 = float(torch.softmax(logits[0].detach(), 0)[3])
+    assert p0 == 1.0, f"the test needs p_y == 1 exactly, got {p0!r}"
+    loss = create_loss("focal", gamma=gamma)(logits, TARGET)
+    loss.backward()
+    want = -((1 - 1 / 18) ** gamma) * math.log(1 / 18) / 2   # sample 0 contributes 0
+    assert loss.item() == pytest.approx(want, rel=1e-6), f"gamma {gamma}: loss {loss.item()} != {want}"
+    assert torch.isfinite(logits.grad).all(), f"gamma {gamma}: non-finite gradient {logits.grad[0]}"
+    assert float(logits.grad[0].abs().max()) < 1e-6, f"gamma {gamma}: certain sample moved: {logits.grad[0]}"
+
+
 def test_label_smoothing_spreads_eps_over_18_classes():
     eps = 0.1
     want = 0.0

@@ -23,7 +23,7 @@ import pytest
 
 from serving.predictor import Predictor
 from serving.settings import Settings
-from test_service import LIMITS, bad_requests, image_bytes, run_task, submission_inputs
+from test_service import LIMITS, bad_requests, run_task, submission_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

@@ -112,3 +112,28 @@ def test_bad_arguments():
     for frac in (0, 1, 1.5, -0.1):
         with pytest.raises(ValueError, match="val fraction"):
             train_val_split(samples, frac)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("k", [2, 3, 4, 5, 10])
+def test_holdout_with_integer_inverse_fraction_is_todays_split(seed, k):
+    """Where 1/F is an integer k the holdout is fold 0 of k-fold, as before, so published figures stay valid."""
+    samples = _samples(97, seed)
+    assert train_val_split(samples, 1 / k, seed) == kfold_indices(samples, k, seed)[0], f"F=1/{k} moved people"
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("fraction", [0.4, 0.3, 0.15, 0.65, 0.9, 0.05])
+def test_holdout_fraction_is_exact_to_one_person_per_stratum(seed, fraction):
+    samples = _samples(97, seed)
+    strata = person_strata(samples)
+    train_idx, val_idx = train_val_split(samples, fraction, seed)
+    val_people = {samples[i].person for i in val_idx}
+    assert not val_people & {samples[i].person for i in train_idx}, "a person on both sides"
+    assert abs(len(val_people) - fraction * len(strata)) <= 1, \
+        f"F={fraction}: {len(val_people)} of {len(strata)} people held out, expected {fraction * len(strata):.1f}"
+    for st in set(strata.values()):
+        members = [p for p, s in strata.items() if s == st]
+        held = sum(p in val_people for p in members)
+        assert abs(held - fraction * len(members)) <= 1, \
+            f"F={fraction}, stratum {st}: {held} of {len(members)} held out"

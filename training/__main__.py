@@ -1,6 +1,6 @@
 """``python -m training ...`` and ``torchrun --nproc-per-node N -m training ...``: same as ``mask-train``."""
 import sys
 
-from training.cli import main
+from training.entry import train
 
-sys.exit(main())
+sys.exit(train())

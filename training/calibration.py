@@ -132,9 +132,9 @@ def calibrate_best(model, loader, y_val, out_dir: Path, env) -> dict:
         return {}
     net = unwrap(model)
     net.load_state_dict(load_checkpoint(best)["state_dict"])
-    _, probs = engine.evaluate(net, loader, y_val, device=env.device, amp_dtype=env.amp_dtype, d=env.d,
+    _, probs = engine.evaluate(net, loader, y_val, device=env.device, amp_dtype=env.amp_dtype, d=env.ranks,
                                progress=False)
-    if not env.d.main:
+    if not env.ranks.main:
         return {}
     # log of the softmax differs from the logits by a per-row constant, which softmax(z / T) ignores
     logits = np.log(np.clip(probs.astype(np.float64), 1e-300, None))

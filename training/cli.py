@@ -3,6 +3,8 @@
     mask-train --data-dir DATA/train --out runs/r1                       # the default CPU recipe
     mask-train --data-dir DATA/train --out runs/cv --folds 5             # k-fold into runs/cv/fold{k}/
     mask-train --resume runs/r1/last.pt                                  # continue exactly
+    mask-train --resume runs/r1/last.pt --epochs 20                      # extend a run
+    mask-train --config runs/r1/config.yaml --out runs/r1-again          # rerun a run (flags win)
     torchrun --nproc-per-node 2 -m training --data-dir DATA/train --out runs/ddp   # DDP
 
 See docs/training.md for every option and the measured default recipe.
@@ -13,7 +15,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -23,84 +24,95 @@ from maskdata import labels
 from maskdata.layout import read_train_dir
 from maskdata.preprocess import FILTERS
 from training import dist
-from training.config import DataConfig, LossConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
+from training.config import CLI_FIELDS, NEGATED, SECTIONS, RunConfig, config_yaml, field_default, field_of
 from training.data import AUGMENTS
 from training.losses import parse_criterion
 from training import backbones
 from training.models import HEADS, MODELS
 from training.optim import OPTIMIZERS, SCHEDULERS
+from training.yamlconfig import explicit_dests, load_config_file, parse_with_config
 
 log = logging.getLogger("training")
 
 AMP_CHOICES = ("off", "auto", "bf16", "fp16")
 SAMPLERS = ("random", "weighted")
+# --config keys that recipes commonly use for options this CLI names otherwise
+CONFIG_ALIASES = {"loss": ("criterion", None),
+                  "weighted_sampler": ("sampler", lambda on: "weighted" if on else "random")}
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     pass
 
 
+def _default(dest: str):
+    sec, name = CLI_FIELDS[dest]
+    return field_default(sec, name)
+
+
+def _help(dest: str, extra: str = "") -> str:
+    sec, name = (CLI_FIELDS | NEGATED)[dest]
+    return field_of(sec, name).metadata["help"] + extra
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """Every default and help text comes from the fields of training.config (one source)."""
     p = argparse.ArgumentParser(prog="mask-train", formatter_class=_Formatter,
-                                description="Train a mask/gender/age classifier (18 classes); write checkpoints, "
-                                            "metrics and plots to RUN_DIR.",
+                                description=f"Train a mask/gender/age classifier ({labels.NUM_CLASSES} classes); "
+                                            "write checkpoints, metrics and plots to RUN_DIR.",
                                 epilog="examples:\n" + __doc__.split("\n\n")[1])
+    p.add_argument("--config", metavar="FILE.yaml",
+                   help="YAML mapping of option names (argparse destinations, e.g. age_bins: [30, 58]) to values; "
+                        "flags on the command line win; RUN_DIR/config.yaml reruns a run")
+
+    def add(group, dest: str, extra: str = "", **kw):
+        flag = "--" + dest.replace("_", "-")
+        default = _default(dest)
+        if isinstance(default, bool):
+            group.add_argument(flag, action="store_true", help=_help(dest, extra), **kw)
+        else:
+            if isinstance(default, tuple):
+                default = ",".join(str(v) for v in default)
+            elif default is not None and "type" not in kw:
+                kw["type"] = type(default)
+            group.add_argument(flag, default=default, help=_help(dest, extra), **kw)
+
     g = p.add_argument_group("data")
-    g.add_argument("--data-dir", help="DIR/train with train.csv and images/ (required unless --resume)")
-    g.add_argument("--out", help="run folder to write (default with --resume: the checkpoint's folder)")
-    g.add_argument("--resize", nargs=2, type=int, default=None, metavar=("H", "W"),
-                   help="input size (default 128 96, or the pretrained weights' own)")
-    g.add_argument("--resize-filter", default=None,
-                   help=f"one of {sorted(FILTERS)} (default bilinear, or the pretrained weights' own)")
-    g.add_argument("--mean", default=None, help="normalization mean R,G,B (default ImageNet or the weights' own)")
-    g.add_argument("--std", default=None, help="normalization std R,G,B (default ImageNet or the weights' own)")
-    g.add_argument("--augment", default="light", help=f"augmentation preset: {sorted(AUGMENTS)}")
-    g.add_argument("--val-fraction", type=float, default=0.2, help="share of people held out (no --folds)")
-    g.add_argument("--folds", type=int, default=0, help="K >= 2: person-level k-fold into RUN_DIR/fold{k}/")
-    g.add_argument("--sampler", default="random", help=f"{list(SAMPLERS)}; weighted = inverse class frequency")
-    g.add_argument("--oversample", type=int, default=1, help="repeat rarer-than-median classes N times")
-    g.add_argument("--age-bins", default="30,60", help="training-target age thresholds (val always uses 30,60)")
-    g.add_argument("--batch-size", type=int, default=32, help="per process")
-    g.add_argument("--workers", type=int, default=min(4, max(0, (os.cpu_count() or 1) - 1)),
-                   help="DataLoader worker processes")
+    add(g, "data_dir")
+    add(g, "out")
+    g.add_argument("--resize", nargs=2, type=int, default=(field_default("data", "height"),
+                                                           field_default("data", "width")),
+                   metavar=("H", "W"), help="input size (with --pretrained and not given: the weights' own)")
+    add(g, "resize_filter", f": {sorted(FILTERS)} (with --pretrained and not given: the weights' own)")
+    g.add_argument("--mean", help="normalization mean R,G,B (default: ImageNet's, or the pretrained weights' own)")
+    g.add_argument("--std", help="normalization std R,G,B (default: ImageNet's, or the pretrained weights' own)")
+    add(g, "augment", f": {sorted(AUGMENTS)}")
+    add(g, "val_fraction")
+    add(g, "folds")
+    add(g, "sampler", f": {list(SAMPLERS)}")
+    for dest in ("oversample", "age_bins", "batch_size", "workers"):
+        add(g, dest)
     g.add_argument("--no-cache", action="store_true", help="decode images every epoch instead of once")
-    g.add_argument("--strict", action="store_true", help="fail on any data-layout problem instead of skipping")
+    add(g, "strict")
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="plain_cnn", help=f"one of {sorted(MODELS)}, or timm/<name> (any timm model)")
+    add(g, "model", f": {sorted(MODELS)}, or timm/<name> (any model timm knows)")
     g.add_argument("--list-models", action="store_true", help="print the model names and exit")
-    g.add_argument("--head", default="multi", help=f"one of {list(HEADS)}")
-    g.add_argument("--pretrained", action="store_true",
-                   help="the family's standard weights (torch hub / Hugging Face cache; downloads when online)")
-    g.add_argument("--weights", help="backbone weights file (a state dict); implies pretrained")
+    add(g, "head", f": {list(HEADS)}")
+    add(g, "pretrained")
+    add(g, "weights")
     g = p.add_argument_group("optimization")
-    g.add_argument("--epochs", type=int, default=None, help="epochs (default 12; with --resume: as recorded)")
-    g.add_argument("--optimizer", default="adamw", help=f"one of {sorted(OPTIMIZERS)}")
-    g.add_argument("--lr", type=float, default=3e-3)
-    g.add_argument("--weight-decay", type=float, default=1e-4)
-    g.add_argument("--momentum", type=float, default=0.9, help="sgd")
-    g.add_argument("--nesterov", action="store_true", help="sgd")
-    g.add_argument("--scheduler", default="cosine", help=f"one of {SCHEDULERS}")
-    g.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warmup (per-update schedules)")
-    g.add_argument("--step-size", type=int, default=10, help="step: epochs between decays")
-    g.add_argument("--gamma", type=float, default=0.1, help="step/multistep/plateau decay factor")
-    g.add_argument("--milestones", default="", help="multistep: epochs, e.g. 8,11")
-    g.add_argument("--min-lr-ratio", type=float, default=0.01, help="cosine floor as a fraction of --lr")
-    g.add_argument("--patience", type=int, default=2, help="plateau: epochs without val F1 gain")
-    g.add_argument("--criterion", default="cross_entropy",
-                   help="loss or weighted mix, e.g. focal:0.6,f1:0.4; names: cross_entropy, focal, "
-                        "label_smoothing, f1")
-    g.add_argument("--focal-gamma", type=float, default=2.0)
-    g.add_argument("--smoothing", type=float, default=0.1, help="label_smoothing epsilon")
-    g.add_argument("--class-weights", default="none", help="none | balanced (inverse class frequency)")
-    g.add_argument("--accum-steps", type=int, default=1, help="gradient accumulation micro-batches per update")
-    g.add_argument("--clip-grad", type=float, default=0.0, help="max gradient norm (0 = off)")
+    add(g, "epochs")
+    add(g, "optimizer", f": {sorted(OPTIMIZERS)}")
+    for dest in ("lr", "weight_decay", "momentum", "nesterov"):
+        add(g, dest)
+    add(g, "scheduler", f": {SCHEDULERS}")
+    for dest in ("warmup_epochs", "step_size", "gamma", "milestones", "min_lr_ratio", "patience", "criterion",
+                 "focal_gamma", "smoothing", "class_weights", "accum_steps", "clip_grad"):
+        add(g, dest)
     g = p.add_argument_group("run")
-    g.add_argument("--amp", nargs="?", const="auto", default="off", help=f"mixed precision on CUDA: {list(AMP_CHOICES)}")
-    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--early-stop", type=int, default=0, help="stop after N epochs without val F1 gain (0 = off)")
-    g.add_argument("--resume", help="RUN_DIR/last.pt (or a k-fold RUN_DIR) to continue exactly")
-    g.add_argument("--stop-after", type=int, default=0, help="stop after N epochs in this invocation (resumable)")
+    add(g, "amp", f": {list(AMP_CHOICES)}", nargs="?", const="auto")
+    for dest in ("device", "seed", "early_stop", "resume", "stop_after"):
+        add(g, dest)
     g.add_argument("--no-channels-last", action="store_true", help="keep NCHW weights on CUDA")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files in RUN_DIR")
@@ -112,8 +124,7 @@ def _check_name(kind: str, name: str, valid) -> None:
         raise ValueError(f"unknown {kind} {name!r}; expected one of {sorted(valid)}")
 
 
-def config_from_args(a: argparse.Namespace) -> RunConfig:
-    """Validate every option before any data is read or any model is built."""
+def _check_args(a: argparse.Namespace) -> None:
     if not a.data_dir:
         raise ValueError("--data-dir is required (DIR/train with train.csv and images/)")
     if not a.out:
@@ -122,52 +133,58 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
         backbones.check_timm_name(a.model)
     else:
         _check_name("model", a.model, MODELS)
-    _check_name("head", a.head, HEADS)
-    _check_name("optimizer", a.optimizer, OPTIMIZERS)
-    _check_name("scheduler", a.scheduler, SCHEDULERS)
-    _check_name("augmentation", a.augment, AUGMENTS)
-    _check_name("sampler", a.sampler, SAMPLERS)
-    _check_name("class weights", a.class_weights, ("none", "balanced"))
-    _check_name("amp mode", a.amp, AMP_CHOICES)
+    for kind, value, valid in (("head", a.head, HEADS),
+                               ("optimizer", a.optimizer, OPTIMIZERS), ("scheduler", a.scheduler, SCHEDULERS),
+                               ("augmentation", a.augment, AUGMENTS), ("sampler", a.sampler, SAMPLERS),
+                               ("resize filter", a.resize_filter, FILTERS),
+                               ("class weights", a.class_weights, ("none", "balanced")),
+                               ("amp mode", a.amp, AMP_CHOICES)):
+        _check_name(kind, value, valid)
     parse_criterion(a.criterion)
-    epochs = 12 if a.epochs is None else a.epochs
-    for name, value, low in (("--accum-steps", a.accum_steps, 1), ("--epochs", epochs, 1),
+    for name, value, low in (("--accum-steps", a.accum_steps, 1), ("--epochs", a.epochs, 1),
                              ("--batch-size", a.batch_size, 1), ("--workers", a.workers, 0),
                              ("--oversample", a.oversample, 1), ("--early-stop", a.early_stop, 0),
                              ("--stop-after", a.stop_after, 0)):
         if value < low:
             raise ValueError(f"{name} must be >= {low}, got {value}")
+    if not 0 < a.val_fraction < 1:
+        raise ValueError(f"--val-fraction must be in (0, 1), got {a.val_fraction}")
     if a.folds == 1 or a.folds < 0:
         raise ValueError(f"--folds must be 0 (one holdout split) or >= 2, got {a.folds}")
-    try:
-        milestones = tuple(int(m) for m in a.milestones.split(",") if m.strip())
-    except ValueError:
-        raise ValueError(f"--milestones must be epochs like 8,11, got {a.milestones!r}") from None
     if a.weights and not Path(a.weights).is_file():
         raise FileNotFoundError(f"weights file not found: {a.weights}")
     if a.pretrained and not a.weights:
         backbones.check_pretrained_available(a.model)
-    h, w, resize_filter, mean, std = resolve_preprocess(a)
-    return RunConfig(
-        data=DataConfig(str(Path(a.data_dir).resolve()), h, w, resize_filter, a.augment, a.val_fraction, a.sampler,
-                        a.oversample, labels.parse_age_bins(a.age_bins), a.batch_size, a.workers, not a.no_cache,
-                        a.strict, mean, std),
-        model=ModelConfig(a.model, a.head, a.pretrained or bool(a.weights), a.weights),
-        optim=OptimConfig(a.optimizer, a.lr, a.weight_decay, a.momentum, a.nesterov, a.scheduler, a.warmup_epochs,
-                          a.step_size, a.gamma, milestones, a.min_lr_ratio, a.patience),
-        loss=LossConfig(a.criterion, a.focal_gamma, a.smoothing, a.class_weights),
-        train=TrainConfig(out=str(Path(a.out)), epochs=epochs, accum_steps=a.accum_steps, clip_grad=a.clip_grad,
-                          amp=a.amp, device=a.device, seed=a.seed, early_stop=a.early_stop, folds=a.folds,
-                          resume=None, stop_after=a.stop_after, channels_last=not a.no_channels_last,
-                          progress=not a.no_progress, tensorboard=not a.no_tensorboard),
-    )
 
 
-def _triple(flag: str, text: str | None) -> tuple[float, float, float] | None:
+def config_from_args(a: argparse.Namespace, given: set[str] = frozenset()) -> RunConfig:
+    """Validate every option before any data is read or any model is built; dataclasses by keyword.
+    ``given``: the options the user set (command line or --config); the others may follow the
+    pretrained weights' own preprocessing."""
+    _check_args(a)
+    try:
+        milestones = tuple(int(m) for m in str(a.milestones).split(",") if m.strip())
+    except ValueError:
+        raise ValueError(f"--milestones must be epochs like 8,11, got {a.milestones!r}") from None
+    values = {sec: {} for sec in SECTIONS}
+    for dest, (sec, name) in CLI_FIELDS.items():
+        values[sec][name] = getattr(a, dest)
+    for dest, (sec, name) in NEGATED.items():
+        values[sec][name] = not getattr(a, dest)
+    h, w, resize_filter, mean, std = resolve_preprocess(a, given)
+    values["data"].update(data_dir=str(Path(a.data_dir).resolve()), height=h, width=w, resize_filter=resize_filter,
+                          mean=mean, std=std, age_bins=labels.parse_age_bins(a.age_bins))
+    values["model"]["pretrained"] = a.pretrained or bool(a.weights)
+    values["optim"]["milestones"] = milestones
+    values["train"].update(out=str(Path(a.out)), resume=None)
+    return RunConfig(**{sec: cls(**values[sec]) for sec, cls in SECTIONS.items()})
+
+
+def _triple(flag: str, text) -> tuple[float, float, float] | None:
     if text is None:
         return None
     try:
-        values = tuple(float(v) for v in str(text).split(","))
+        values = tuple(float(v) for v in (text if isinstance(text, (list, tuple)) else str(text).split(",")))
     except ValueError:
         values = ()
     if len(values) != 3:
@@ -175,35 +192,39 @@ def _triple(flag: str, text: str | None) -> tuple[float, float, float] | None:
     return values
 
 
-def resolve_preprocess(a: argparse.Namespace) -> tuple:
+def resolve_preprocess(a: argparse.Namespace, given: set[str]) -> tuple:
     """(H, W, filter, mean, std): the user's values where given, else the pretrained weights' own
     (timm pretrained_cfg / torchvision weights transforms), else the built-in defaults."""
     own = backbones.pretrained_preprocess(a.model) if (a.pretrained and not a.weights) else None
-    if own is None:
-        dflt = {f.name: f.default for f in dataclasses.fields(DataConfig)}
-        own = {k: dflt[k] for k in ("height", "width", "resize_filter", "mean", "std")}
-    h, w = a.resize if a.resize is not None else (own["height"], own["width"])
-    resize_filter = a.resize_filter or own["resize_filter"]
+    own = own or {}
+    h, w = a.resize if "resize" in given or "height" not in own else (own["height"], own["width"])
+    resize_filter = a.resize_filter if "resize_filter" in given else own.get("resize_filter", a.resize_filter)
     _check_name("resize filter", resize_filter, FILTERS)
-    mean = _triple("--mean", a.mean) or own["mean"]
-    std = _triple("--std", a.std) or own["std"]
+    mean = _triple("--mean", a.mean) or own.get("mean")
+    std = _triple("--std", a.std) or own.get("std")
     if std is not None and min(std) <= 0:
         raise ValueError(f"--std must be positive, got {a.std!r}")
     return h, w, resize_filter, mean, std
 
 
+def given_options(argv: list[str] | None) -> set[str]:
+    """Destinations the user set: on the command line or in the --config file."""
+    given = explicit_dests(build_parser, argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    if known.config:
+        given |= set(load_config_file(known.config, build_parser(), aliases=CONFIG_ALIASES))
+    return given
+
+
 def config_from_dict(d: dict) -> RunConfig:
-    data = dict(d["data"], age_bins=tuple(d["data"]["age_bins"]))
-    optim = dict(d["optim"], milestones=tuple(d["optim"]["milestones"]))
-    for k in ("mean", "std"):
-        if data.get(k) is not None:
-            data[k] = tuple(data[k])
-    return RunConfig(DataConfig(**data), ModelConfig(**d["model"]), OptimConfig(**optim), LossConfig(**d["loss"]),
-                     TrainConfig(**d["train"]))
+    return RunConfig.from_dict(d)
 
 
-def resumed_config(a: argparse.Namespace) -> tuple[RunConfig, Path]:
-    """The recorded config of the run to resume, with only the where/how-long options taken from the CLI."""
+def resumed_config(a: argparse.Namespace, given: set[str]) -> tuple[RunConfig, Path]:
+    """The recorded config of the run to resume, with only the where/how-long options taken from the CLI
+    (``--epochs`` only when ``given``: more than recorded extends the run)."""
     src = Path(a.resume)
     if src.is_dir():
         src = src / "last.pt" if (src / "last.pt").is_file() else src
@@ -214,24 +235,26 @@ def resumed_config(a: argparse.Namespace) -> tuple[RunConfig, Path]:
         saved = json.loads((src / "config.json").read_text(encoding="utf-8"))
     else:
         raise FileNotFoundError(f"nothing to resume at {a.resume} (expected RUN_DIR/last.pt or a k-fold RUN_DIR)")
-    cfg = config_from_dict(saved)
-    train = dataclasses.replace(cfg.train, resume=str(src), out=a.out or cfg.train.out,
-                                epochs=a.epochs or cfg.train.epochs, stop_after=a.stop_after,
-                                progress=not a.no_progress, device=a.device)
+    cfg = RunConfig.from_dict(saved)
+    epochs = a.epochs if "epochs" in given else cfg.train.epochs
+    if epochs < 1:
+        raise ValueError(f"--epochs must be >= 1, got {epochs}")
+    train = dataclasses.replace(cfg.train, resume=str(src), out=a.out or cfg.train.out, epochs=epochs,
+                                stop_after=a.stop_after, progress=not a.no_progress, device=a.device)
     data = dataclasses.replace(cfg.data, workers=a.workers, data_dir=a.data_dir and str(Path(a.data_dir).resolve())
                                or cfg.data.data_dir)
     return dataclasses.replace(cfg, train=train, data=data), src
 
 
-def resolve_device(name: str, d: dist.Dist) -> torch.device:
+def resolve_device(name: str, ranks: dist.Dist) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(name)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"--device {name}: no CUDA device is available here; use --device cpu")
-        if d.enabled:
-            dev = torch.device("cuda", d.local_rank)
+        if ranks.enabled:
+            dev = torch.device("cuda", ranks.local_rank)
     elif dev.type != "cpu":
         raise ValueError(f"unsupported --device {name!r}; expected auto, cpu, cuda or cuda:N")
     return dev
@@ -255,20 +278,21 @@ def run(cfg: RunConfig, resume: Path | None = None) -> dict:
     from maskdata.splits import train_val_split
 
     dev_name = cfg.train.device if cfg.train.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    d = dist.init(torch.device(dev_name).type)
+    ranks = dist.init(torch.device(dev_name).type)
     try:
-        if not d.main:
+        if not ranks.main:
             logging.getLogger().setLevel(logging.WARNING)
-        device = resolve_device(cfg.train.device, d)
-        env = Env(device, resolve_amp(cfg.train.amp, device), d)
+        device = resolve_device(cfg.train.device, ranks)
+        env = Env(device, resolve_amp(cfg.train.amp, device), ranks)
         samples, _ = read_train_dir(cfg.data.data_dir, strict=cfg.data.strict)
         out = Path(cfg.train.out)
         out.mkdir(parents=True, exist_ok=True)
         log.info("%d images of %d people from %s; device %s, world size %d", len(samples),
-                 len({s.person for s in samples}), cfg.data.data_dir, device, d.world)
+                 len({s.person for s in samples}), cfg.data.data_dir, device, ranks.world)
         if cfg.train.folds >= 2:
-            if d.main:
+            if ranks.main:
                 atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+                atomic_write_text(out / "config.yaml", config_yaml(cfg))
             resume_dir = (resume if resume.is_dir() else resume.parent) if resume else None
             return run_kfold(cfg, samples, out, env, resume_dir)
         train_idx, val_idx = train_val_split(samples, cfg.data.val_fraction, cfg.train.seed)
@@ -280,15 +304,16 @@ def run(cfg: RunConfig, resume: Path | None = None) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    a = build_parser().parse_args(argv)
-    if a.list_models:
-        print(backbones.list_models_text(sorted(MODELS)), end="")
-        return 0
     try:
+        a = parse_with_config(build_parser(), argv, csv_keys=("age_bins", "milestones", "mean", "std"),
+                              aliases=CONFIG_ALIASES)
+        if a.list_models:
+            print(backbones.list_models_text(sorted(MODELS)), end="")
+            return 0
         if a.resume:
-            cfg, resume = resumed_config(a)
+            cfg, resume = resumed_config(a, explicit_dests(build_parser, argv))
         else:
-            cfg, resume = config_from_args(a), None
+            cfg, resume = config_from_args(a, given_options(argv)), None
         best = run(cfg, resume)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from maskdata import labels
 from maskdata.layout import Sample
 from maskdata.preprocess import Preprocess
 
@@ -171,7 +172,7 @@ def oversample(indices: list[int], targets: list[int], factor: int) -> list[int]
     """Repeat the samples of classes rarer than the median present class ``factor`` times."""
     if factor <= 1:
         return list(indices)
-    counts = np.bincount([targets[i] for i in indices], minlength=18)
+    counts = np.bincount([targets[i] for i in indices], minlength=labels.NUM_CLASSES)
     median = np.median(counts[counts > 0])
     rare = {c for c in range(len(counts)) if 0 < counts[c] < median}
     out = []
@@ -182,7 +183,7 @@ def oversample(indices: list[int], targets: list[int], factor: int) -> list[int]
 
 def inverse_frequency_weights(targets: list[int]) -> torch.Tensor:
     t = torch.as_tensor(targets, dtype=torch.long)
-    counts = torch.bincount(t, minlength=18).float()
+    counts = torch.bincount(t, minlength=labels.NUM_CLASSES).float()
     return (1.0 / counts[t]).double()
 
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from maskdata import metrics
+from maskdata import labels, metrics
 from training import dist
 from training.checkpoint import unwrap
 
@@ -92,7 +92,7 @@ def evaluate(model, loader, y_true: np.ndarray, *, device: torch.device, amp_dty
             idx_parts.append(idx.numpy())
             logit_parts.append(logits.float().cpu().numpy())
     local = (np.concatenate(idx_parts) if idx_parts else np.zeros(0, np.int64),
-             np.concatenate(logit_parts) if logit_parts else np.zeros((0, 18), np.float32))
+             np.concatenate(logit_parts) if logit_parts else np.zeros((0, labels.NUM_CLASSES), np.float32))
     gathered = dist.all_gather(local, d)
     idx = np.concatenate([g[0] for g in gathered])
     logits = np.concatenate([g[1] for g in gathered])

@@ -36,7 +36,7 @@ def run_kfold(cfg: RunConfig, samples: list[Sample], out: Path, env: Env, resume
         if cfg.train.stop_after and results[-1].epochs_run:
             log.info("stopping after fold %d as asked (--stop-after); resume with --resume %s", f, out)
             return {}
-    if not env.d.main:
+    if not env.ranks.main:
         return {}
     return write_summary(out, k, [r.best for r in results])
 

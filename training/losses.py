@@ -43,7 +43,15 @@ class LabelSmoothing(CrossEntropy):
 
 
 class Focal(nn.Module):
-    """Focal loss ``-w[y] (1 - p_y)^gamma log p_y``, mean over the batch (Lin et al. 2017)."""
+    """Focal loss ``-w[y] (1 - p_y)^gamma log p_y`` (Lin et al. 2017), normalised like ``cross_entropy``:
+    the batch mean without class weights, ``sum(w[y] * l) / sum(w[y])`` with them.
+
+    ``1 - p_y`` is computed as ``-expm1(log p_y)`` and floored at ``FLOOR``: for ``gamma < 1`` the
+    derivative of ``(1 - p)^gamma`` is infinite at ``p = 1``, and ``inf * log(1) = nan`` would poison
+    the whole batch's gradient. The floor changes the loss by less than ``FLOOR^gamma * |log p|``.
+    """
+
+    FLOOR = 1e-12
 
     def __init__(self, weight=None, gamma: float = 2.0, **_):
         super().__init__()
@@ -54,10 +62,12 @@ class Focal(nn.Module):
 
     def forward(self, logits, target):
         logp = torch.log_softmax(logits.float(), dim=1).gather(1, target[:, None]).squeeze(1)
-        loss = -((1 - logp.exp()) ** self.gamma) * logp
-        if self.weight is not None:
-            loss = loss * self.weight[target]
-        return loss.mean()
+        one_minus_p = (-torch.expm1(logp)).clamp_min(self.FLOOR)
+        loss = -(one_minus_p ** self.gamma) * logp
+        if self.weight is None:
+            return loss.mean()
+        w = self.weight[target]
+        return (loss * w).sum() / w.sum()
 
 
 class SoftF1(nn.Module):

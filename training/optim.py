@@ -5,9 +5,15 @@ epoch of ``B`` batches is ``ceil(B / K)`` updates, and the schedule is laid out 
 ``epochs * ceil(B / K)`` updates. ``plateau`` is the exception: it steps once per epoch on val
 macro F1.
 
-    opt = create_optimizer("adamw", model, lr=3e-3, weight_decay=1e-4)
-    sched = create_scheduler("cosine", opt, cfg, updates_per_epoch=U, epochs=E)
+    opt = create_optimizer(model, cfg)                       # cfg: training.config.OptimConfig
+    sched = create_scheduler(opt, cfg, updates_per_epoch=U, epochs=E)
     sched.step_update(); sched.step_epoch(val_f1)
+
+Extending a run (``--resume ... --epochs N``, :func:`extend_restarts`): ``step``, ``multistep``,
+``constant`` and ``plateau`` do not depend on the total and simply continue; ``cosine`` re-anneals
+from the LR it had reached to its floor over the new remaining updates (a *restart* ``(u0, f0)``
+recorded in last.pt, so the first LR after resume is the last one before it and the new last update
+ends at the floor); ``onecycle``'s shape is fixed by its total, so extending it is refused.
 """
 from __future__ import annotations
 
@@ -94,13 +100,18 @@ def _multistep(cfg, upe, total, warm):
     return _warmup(lambda u: cfg.gamma ** sum(u >= m for m in marks), warm)
 
 
-def _cosine(cfg, upe, total, warm):
+def _cosine(cfg, upe, total, warm, restarts=()):
     floor = cfg.min_lr_ratio
-    span = max(1, total - warm)
+    # a restart (u0, f0): from update u0 anneal from factor f0 down to the floor at ``total``
+    segments = [(warm, 1.0), *[(int(u0), float(f0)) for u0, f0 in restarts]]
 
     def f(u: int) -> float:
-        t = min(1.0, (u - warm) / span)
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+        u0, f0 = segments[0]
+        for seg in segments[1:]:
+            if seg[0] <= u:
+                u0, f0 = seg
+        t = min(1.0, (u - u0) / max(1, total - u0))
+        return floor + (f0 - floor) * 0.5 * (1 + math.cos(math.pi * t))
     return _warmup(f, warm)
 
 
@@ -108,13 +119,38 @@ LAMBDA_SCHEDULES = {"constant": _constant, "step": _step, "multistep": _multiste
 SCHEDULERS = sorted([*LAMBDA_SCHEDULES, "onecycle", "plateau"])
 
 
-def create_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, updates_per_epoch: int,
-                     epochs: int) -> Schedule:
-    name = cfg.scheduler
+def lr_factor(cfg: OptimConfig, updates_per_epoch: int, epochs: int, restarts=()) -> Callable[[int], float]:
+    """The LR multiplier of a per-update lambda schedule at update ``u`` (not onecycle/plateau)."""
     total = updates_per_epoch * epochs
     warm = int(round(cfg.warmup_epochs * updates_per_epoch))
+    if cfg.scheduler == "cosine":
+        return _cosine(cfg, updates_per_epoch, total, warm, restarts)
+    return LAMBDA_SCHEDULES[cfg.scheduler](cfg, updates_per_epoch, total, warm)
+
+
+def extend_restarts(cfg: OptimConfig, updates_per_epoch: int, old_epochs: int, new_epochs: int,
+                    done_updates: int, restarts=()) -> list:
+    """The restarts that continue a schedule laid out for ``old_epochs`` over ``new_epochs`` instead,
+    ``done_updates`` into it; ValueError where the schedule cannot be extended (onecycle)."""
+    restarts = [list(r) for r in restarts]
+    if new_epochs == old_epochs or cfg.scheduler != "cosine" and cfg.scheduler != "onecycle":
+        return restarts
+    if cfg.scheduler == "onecycle":
+        raise ValueError(f"--scheduler onecycle cannot be extended from {old_epochs} to {new_epochs} epochs: its "
+                         "whole shape is fixed by the total; resume without --epochs or start a new run")
+    warm = int(round(cfg.warmup_epochs * updates_per_epoch))
+    if done_updates > warm:   # during warmup the factor does not depend on the total yet
+        f0 = lr_factor(cfg, updates_per_epoch, old_epochs, restarts)(done_updates)
+        restarts.append([int(done_updates), float(f0)])
+    return restarts
+
+
+def create_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, updates_per_epoch: int,
+                     epochs: int, restarts=()) -> Schedule:
+    name = cfg.scheduler
+    total = updates_per_epoch * epochs
     if name in LAMBDA_SCHEDULES:
-        fn = LAMBDA_SCHEDULES[name](cfg, updates_per_epoch, total, warm)
+        fn = lr_factor(cfg, updates_per_epoch, epochs, restarts)
         return Schedule(lr_scheduler.LambdaLR(optimizer, fn), per_epoch=False)
     if name == "onecycle":
         return Schedule(lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=max(total, 2)), per_epoch=False)

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 
-from maskdata import labels
 from maskdata.io import atomic_path
 from maskdata.scoring import plot_confusion
 
