@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hmac
 
+from PIL import Image
 from starlette.responses import JSONResponse
 
 from maskdata.preprocess import ImageError, ImageTooLarge
@@ -72,7 +73,7 @@ def status_of(error: Exception) -> int:
 
     if isinstance(error, RequestError):
         return error.status
-    if isinstance(error, (ImageTooLarge, ArchiveTooLarge)):
+    if isinstance(error, (ImageTooLarge, ArchiveTooLarge, Image.DecompressionBombError)):
         return 413
     if isinstance(error, (ImageError, ValueError, FileNotFoundError)):
         return 400

@@ -34,7 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from maskdata import labels, metrics
-from maskdata.io import atomic_write_text, read_csv
+from maskdata.io import atomic_path, atomic_write_text, read_csv
 from maskdata.preprocess import DEFAULT_MAX_PIXELS
 from serving.archive import ArchiveLimits, extract_images
 from serving.journal import Journal
@@ -371,10 +371,9 @@ def plot_confusion(cm: np.ndarray, path: str | Path, title: str = "") -> Path:
     ax.set_title(title)
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path, suffix=".png") as tmp:   # fsynced and renamed like every output
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
