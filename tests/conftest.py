@@ -3,12 +3,28 @@ made once per test session and reused by every stage's tests."""
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
 
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 # torch's OpenMP threads spin while waiting; on 2 shared cores that starves everything else
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+# BentoML reads BENTOML_HOME once, when it is first imported: point it at a temp folder before any test
+# imports bentoml, so the tests' model store is never the user's ~/bentoml (and no BentoML internal is
+# needed to swap stores). Subprocess tests pass their own BENTOML_HOME.
+assert "bentoml" not in sys.modules, "bentoml was imported before tests/conftest.py could set BENTOML_HOME"
+BENTOML_HOME = tempfile.mkdtemp(prefix="mask-tests-bentoml-")
+os.environ["BENTOML_HOME"] = BENTOML_HOME
+os.environ["BENTOML_DO_NOT_TRACK"] = "true"  # no usage pings from tests
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import shutil
+
+    shutil.rmtree(BENTOML_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
