@@ -15,7 +15,7 @@ from serving.predictor import Predictor
 from serving.settings import Settings
 
 LIMITS = {"MASK_MAX_UPLOAD_BYTES": "300000", "MASK_MAX_PIXELS": "4000000", "MASK_MAX_FILES": "4",
-          "MASK_MAX_BATCH_SIZE": "8", "MASK_MAX_BODY_BYTES": "4096", "MASK_MAX_INFER_BYTES": "100000",
+          "MASK_MAX_BATCH_SIZE": "2", "MASK_MAX_BODY_BYTES": "4096", "MASK_MAX_INFER_BYTES": "100000",
           "MASK_MAX_ARCHIVE_BYTES": "1000000"}
 
 
