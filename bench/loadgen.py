@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 import uuid
@@ -91,7 +92,9 @@ async def run_load(url: str, bodies: list[tuple[bytes, str]], clients: int, dura
                 result.error_kinds[kind] = result.error_kinds.get(kind, 0) + 1
 
     async def one_client(k: int) -> None:
-        async with httpx.AsyncClient(limits=limits, timeout=timeout_s) as http:
+        key = os.environ.get("MASK_API_KEY", "")   # a server started with MASK_API_KEY needs it
+        headers = {"Authorization": f"Bearer {key}"} if key else None
+        async with httpx.AsyncClient(limits=limits, timeout=timeout_s, headers=headers) as http:
             await client(k, http)
 
     await asyncio.gather(*(one_client(k) for k in range(clients)))

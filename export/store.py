@@ -5,7 +5,9 @@
     path = model_file("mask-classifier:latest")                 # .../models/mask-classifier/<version>/model.onnx
 
 The store lives under ``$BENTOML_HOME/models`` (default ``~/bentoml``); BentoML resolves that
-once per process, so tests and tools that need another store pass ``model_store=ModelStore(dir)``.
+once per process, when it is first imported, so a tool or test that needs another store sets
+``BENTOML_HOME`` before that (tests/conftest.py does, for the whole test session). Only BentoML's
+public API is used here.
 Inside the model folder the file is always ``model.onnx``; FP16/INT8 variants sit beside it as
 ``model.fp16.onnx`` / ``model.int8.onnx``. Store labels and metadata repeat the essentials
 (arch, head, metrics, input size) so ``bentoml models list`` / ``get`` show them.
@@ -43,7 +45,7 @@ def store_metadata(meta: ModelMetadata, variants: dict[str, str] | None = None) 
 
 
 def import_to_store(onnx_path: str | os.PathLike, tag: str = DEFAULT_NAME,
-                    variants: dict[str, str | os.PathLike] | None = None, model_store=None) -> str:
+                    variants: dict[str, str | os.PathLike] | None = None) -> str:
     """Copy ``onnx_path`` (and ``variants``: precision → file) into a new store model; returns its tag.
 
     ``tag`` is a name (a version is generated) or ``name:version``. The file must carry mask-export
@@ -59,10 +61,8 @@ def import_to_store(onnx_path: str | os.PathLike, tag: str = DEFAULT_NAME,
         if not path.is_file():
             raise FileNotFoundError(f"{precision} variant not found: {path}")
     files = {precision: MODEL_FILE.replace(".onnx", f".{precision}.onnx") for precision in variants}
-    kwargs = {} if model_store is None else {"_model_store": model_store}
     try:
-        with bentoml.models.create(tag, labels=store_labels(meta), metadata=store_metadata(meta, files),
-                                   **kwargs) as model:
+        with bentoml.models.create(tag, labels=store_labels(meta), metadata=store_metadata(meta, files)) as model:
             shutil.copyfile(onnx_path, Path(model.path) / MODEL_FILE)
             for precision, path in variants.items():
                 shutil.copyfile(path, Path(model.path) / files[precision])
@@ -74,13 +74,13 @@ def import_to_store(onnx_path: str | os.PathLike, tag: str = DEFAULT_NAME,
     return str(model.tag)
 
 
-def model_file(tag: str = f"{DEFAULT_NAME}:latest", model_store=None, precision: str = "fp32") -> Path:
+def model_file(tag: str = f"{DEFAULT_NAME}:latest", precision: str = "fp32") -> Path:
     """Path of ``model.onnx`` (or a variant) inside a store model."""
     import bentoml
     from bentoml.exceptions import NotFound
 
     try:
-        model = bentoml.models.get(tag) if model_store is None else model_store.get(tag)
+        model = bentoml.models.get(tag)
     except NotFound as e:
         raise FileNotFoundError(f"no model {tag!r} in the BentoML model store: {str(e).splitlines()[0]}") from None
     name = MODEL_FILE if precision == "fp32" else MODEL_FILE.replace(".onnx", f".{precision}.onnx")

@@ -1,4 +1,4 @@
-"""Small I/O helpers every stage shares: atomic writes and CSV reading that tolerates what
+"""Small I/O helpers every stage shares: durable atomic writes and CSV reading that tolerates what
 spreadsheets do to files (UTF-8 BOM, CRLF, quoted fields, extra columns)."""
 from __future__ import annotations
 
@@ -6,21 +6,46 @@ import contextlib
 import csv
 import io
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Iterator
 
-# mkstemp creates files readable by the owner only; outputs should get the usual umask-based mode
-# (a model written here is often read by a service running as another user).
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+# Outputs get the usual umask-based mode, not mkstemp's owner-only 0600 (a model written here is
+# often read by a service running as another user): the temporary file is created with this mode
+# and the kernel applies the process's umask, which is never changed here.
+DEFAULT_MODE = 0o666
+
+
+def _create_temp(parent: Path, name: str, suffix: str, mode: int) -> Path:
+    for _ in range(100):
+        tmp = parent / f".{name}.{secrets.token_hex(4)}{suffix}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"cannot create a temporary file beside {parent / name}")
+
+
+def fsync_path(path: Path, directory: bool = False) -> None:
+    """Flush ``path`` (a file, or with ``directory`` a folder's entries) to the disk."""
+    if directory and os.name == "nt":  # Windows cannot open a folder for fsync; NTFS journals renames
+        return
+    fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, suffix: str | None = None, mode: int = DEFAULT_MODE) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
-    A crash or Ctrl-C leaves the old file (or nothing), never a half-written one.
+    A crash or Ctrl-C leaves the old file (or nothing), never a half-written one; the temporary file
+    is fsynced before the rename and the folder after it, so a power loss does not either. The file
+    gets ``mode`` less the process umask.
     """
     path = Path(path)
     if path.is_dir():
@@ -28,13 +53,12 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise FileNotFoundError(f"output folder {parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _create_temp(parent, path.name, suffix or ".tmp", mode)
     try:
         yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~_UMASK)
+        fsync_path(tmp_path)
         os.replace(tmp_path, path)
+        fsync_path(parent, directory=True)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

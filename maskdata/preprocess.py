@@ -31,6 +31,11 @@ class ImageError(ValueError):
     """An input that is not a usable image; the message is safe to show to a client."""
 
 
+class ImageTooLarge(ImageError):
+    """An image over the pixel limit (or a decompression bomb): too large, rather than broken, so the
+    REST service answers 413 for it from the type, never from the message's words."""
+
+
 @dataclass(frozen=True)
 class Preprocess:
     height: int
@@ -113,14 +118,14 @@ def open_image(source, max_pixels: int = DEFAULT_MAX_PIXELS,
         except UnidentifiedImageError:
             raise ImageError(f"{name}: not a recognised image (expected JPEG, PNG, WebP, BMP, ...)") from None
         except Image.DecompressionBombError as e:  # PIL's own hard limit, checked on open; not an OSError
-            raise ImageError(f"{name}: too many pixels, over the limit of {max_pixels}: {e}") from None
+            raise ImageTooLarge(f"{name}: too many pixels, over the limit of {max_pixels}: {e}") from None
         except FileNotFoundError:
             raise
         except (OSError, ValueError) as e:
             raise ImageError(f"{name}: cannot read image: {e}") from None
     w, h = img.size
     if w * h > max_pixels:
-        raise ImageError(f"image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels}")
+        raise ImageTooLarge(f"image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels}")
     if w == 0 or h == 0:
         raise ImageError("image has zero size")
     orientation = img.getexif().get(_ORIENTATION_TAG, 1) if hasattr(img, "getexif") else 1

@@ -10,6 +10,9 @@ calls ``extractall``: every member name is checked first, and the archive is ref
 
 and when the members to read add up to more than ``max_total_bytes`` uncompressed (zip bombs; a
 tar's whole stream counts, since reading it decompresses everything before the last member).
+Limits come from the service's settings (``Settings.archive_limits``: ``MASK_MAX_UPLOAD_BYTES`` per
+image, ``MASK_MAX_ARCHIVE_TOTAL_BYTES``, ``MASK_MAX_ARCHIVE_MEMBERS``); a limit crossed raises
+:class:`ArchiveTooLarge` (HTTP 413), any other refusal :class:`ArchiveError` (400).
 Only the members named in the CSV are written, each to a path this module builds itself, so
 nothing else in the archive ever touches the disk. Usage::
 
@@ -36,23 +39,39 @@ log = logging.getLogger(__name__)
 _CHUNK = 1 << 20
 
 
+class ArchiveError(ValueError):
+    """An archive refused as unsafe or unreadable; the message says why."""
+
+
+class ArchiveTooLarge(ArchiveError):
+    """An archive over one of its :class:`ArchiveLimits`."""
+
+
 @dataclass(frozen=True)
 class ArchiveLimits:
-    max_members: int = 200_000
-    max_total_bytes: int = 4 * 1024 ** 3      # uncompressed bytes read from the archive
-    max_member_bytes: int = 64 * 1024 ** 2    # one image file
+    """Defaults for library callers; the service passes ``Settings.archive_limits`` (one source)."""
+
+    max_members: int
+    max_total_bytes: int      # uncompressed bytes read from the archive
+    max_member_bytes: int     # one image file
+
+    @classmethod
+    def default(cls) -> "ArchiveLimits":
+        from serving.settings import Settings
+
+        return Settings.from_env({}).archive_limits
 
 
 def member_name(raw: str) -> str:
     """A member name as a safe relative POSIX path, or ``ValueError`` saying how it escapes."""
     name = raw.replace("\\", "/")
     if not name or "\x00" in name:
-        raise ValueError(f"archive member {raw!r} has an empty or invalid name")
+        raise ArchiveError(f"archive member {raw!r} has an empty or invalid name")
     if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
-        raise ValueError(f"archive member {raw!r} has an absolute name; it would escape the extraction folder")
+        raise ArchiveError(f"archive member {raw!r} has an absolute name; it would escape the extraction folder")
     parts = [p for p in PurePosixPath(name).parts if p not in ("", ".")]
     if ".." in parts:
-        raise ValueError(f"archive member {raw!r} contains '..'; it would escape the extraction folder")
+        raise ArchiveError(f"archive member {raw!r} contains '..'; it would escape the extraction folder")
     return "/".join(parts)
 
 
@@ -80,9 +99,9 @@ def _copy(src: IO[bytes], dest: Path, budget: list[int], limits: ArchiveLimits, 
             written += len(chunk)
             budget[0] -= len(chunk)
             if written > limits.max_member_bytes:
-                raise ValueError(f"archive member {name!r} is over the limit of {limits.max_member_bytes} bytes")
+                raise ArchiveTooLarge(f"archive member {name!r} is over the limit of {limits.max_member_bytes} bytes")
             if budget[0] < 0:
-                raise ValueError(f"archive holds more than {limits.max_total_bytes} uncompressed bytes")
+                raise ArchiveTooLarge(f"archive holds more than {limits.max_total_bytes} uncompressed bytes")
             out.write(chunk)
 
 
@@ -96,27 +115,27 @@ def _extract_zip(path: Path, wanted: set[str], dest: Path, limits: ArchiveLimits
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as e:
-        raise ValueError(f"not a readable zip archive: {e}") from None
+        raise ArchiveError(f"not a readable zip archive: {e}") from None
     with zf:
         infos = zf.infolist()
         if len(infos) > limits.max_members:
-            raise ValueError(f"archive has {len(infos)} members, over the limit of {limits.max_members}")
+            raise ArchiveTooLarge(f"archive has {len(infos)} members, over the limit of {limits.max_members}")
         files: dict[str, zipfile.ZipInfo] = {}
         for info in infos:
             name = member_name(info.filename)
             mode = info.external_attr >> 16
             if stat.S_ISLNK(mode):
-                raise ValueError(f"archive member {info.filename!r} is a symlink; links are not accepted")
+                raise ArchiveError(f"archive member {info.filename!r} is a symlink; links are not accepted")
             if info.is_dir() or not name:
                 continue
             if info.flag_bits & 0x1:
-                raise ValueError(f"archive member {info.filename!r} is encrypted")
+                raise ArchiveError(f"archive member {info.filename!r} is encrypted")
             files[name] = info
         prefix = _choose_prefix(files, wanted)
         chosen = {w: files[prefix + w] for w in wanted if prefix + w in files}
         declared = sum(i.file_size for i in chosen.values())
         if declared > limits.max_total_bytes:
-            raise ValueError(f"the archive's images add up to {declared} uncompressed bytes, over the limit of "
+            raise ArchiveTooLarge(f"the archive's images add up to {declared} uncompressed bytes, over the limit of "
                              f"{limits.max_total_bytes}")
         budget = [limits.max_total_bytes]
         out: dict[str, Path] = {}
@@ -126,7 +145,7 @@ def _extract_zip(path: Path, wanted: set[str], dest: Path, limits: ArchiveLimits
                 with zf.open(info) as src:
                     _copy(src, target, budget, limits, info.filename)
             except (zipfile.BadZipFile, OSError, EOFError) as e:  # CRC errors, truncated data, bad compression
-                raise ValueError(f"archive member {info.filename!r} is corrupt: {e}") from None
+                raise ArchiveError(f"archive member {info.filename!r} is corrupt: {e}") from None
             out[image_id] = target
         return out
 
@@ -135,7 +154,7 @@ def _extract_tar(path: Path, wanted: set[str], dest: Path, limits: ArchiveLimits
     try:
         tf = tarfile.open(path, mode="r:*")
     except (tarfile.TarError, OSError) as e:
-        raise ValueError(f"not a readable tar archive: {e}") from None
+        raise ArchiveError(f"not a readable tar archive: {e}") from None
     # A tar has no index: one streaming pass checks every member and keeps the ones named in the
     # CSV under every folder they could sit in; the prefix is chosen afterwards.
     staged: dict[str, Path] = {}
@@ -148,34 +167,34 @@ def _extract_tar(path: Path, wanted: set[str], dest: Path, limits: ArchiveLimits
                 try:
                     member = tf.next()
                 except tarfile.TarError as e:
-                    raise ValueError(f"corrupt tar archive: {e}") from None
+                    raise ArchiveError(f"corrupt tar archive: {e}") from None
                 if member is None:
                     break
                 members += 1
                 if members > limits.max_members:
-                    raise ValueError(f"archive has more than {limits.max_members} members")
+                    raise ArchiveTooLarge(f"archive has more than {limits.max_members} members")
                 name = member_name(member.name)
                 if member.issym() or member.islnk():
-                    raise ValueError(f"archive member {member.name!r} is a "
+                    raise ArchiveError(f"archive member {member.name!r} is a "
                                      f"{'symlink' if member.issym() else 'hardlink'}; links are not accepted")
                 if member.isdir() or not name:
                     continue
                 if not member.isfile():
-                    raise ValueError(f"archive member {member.name!r} is a device or FIFO; only files are accepted")
+                    raise ArchiveError(f"archive member {member.name!r} is a device or FIFO; only files are accepted")
                 budget[0] -= member.size
                 if budget[0] < 0:
-                    raise ValueError(f"archive holds more than {limits.max_total_bytes} uncompressed bytes")
+                    raise ArchiveTooLarge(f"archive holds more than {limits.max_total_bytes} uncompressed bytes")
                 if not any("/".join(name.split("/")[i:]) in wanted for i in range(name.count("/") + 1)):
                     continue
                 if member.size > limits.max_member_bytes:
-                    raise ValueError(f"archive member {member.name!r} is over the limit of "
+                    raise ArchiveTooLarge(f"archive member {member.name!r} is over the limit of "
                                      f"{limits.max_member_bytes} bytes")
                 target = staging / f"{len(staged)}.bin"
                 src = tf.extractfile(member)
                 try:
                     _copy(src, target, [member.size], limits, member.name)
                 except (tarfile.TarError, OSError, EOFError) as e:
-                    raise ValueError(f"archive member {member.name!r} is corrupt: {e}") from None
+                    raise ArchiveError(f"archive member {member.name!r} is corrupt: {e}") from None
                 staged[name] = target
         prefix = _choose_prefix(staged, wanted)
         out: dict[str, Path] = {}
@@ -190,16 +209,21 @@ def _extract_tar(path: Path, wanted: set[str], dest: Path, limits: ArchiveLimits
 
 
 def extract_images(archive: str | Path, wanted: Iterable[str], dest: str | Path,
-                   limits: ArchiveLimits = ArchiveLimits()) -> dict[str, Path]:
+                   limits: ArchiveLimits | None = None) -> dict[str, Path]:
     """Extract the members named ``wanted`` (ImageIDs) into ``dest``; return {ImageID: path}.
 
-    ImageIDs absent from the archive are simply not in the result (the caller reports them as
-    missing images). Raises ``ValueError`` for an unsafe, oversized or unreadable archive.
+    The result is keyed by the ImageIDs exactly as given (``./a.jpg`` finds member ``a.jpg``: the
+    lookup uses the normalised name, the answer the caller's). ImageIDs absent from the archive
+    are simply not in the result (the caller reports them as missing images). Raises
+    :class:`ArchiveError` (a ``ValueError``) for an unsafe, oversized or unreadable archive.
     """
     archive, dest = Path(archive), Path(dest)
+    limits = limits or ArchiveLimits.default()
     if not archive.is_file():
         raise FileNotFoundError(f"archive not found: {archive}")
-    wanted_set = {member_name(w) for w in wanted}
+    wanted = list(wanted)
+    normalised = {w: member_name(w) for w in wanted}
+    wanted_set = set(normalised.values())
     dest.mkdir(parents=True, exist_ok=True)
     try:
         if zipfile.is_zipfile(archive):
@@ -210,9 +234,9 @@ def extract_images(archive: str | Path, wanted: Iterable[str], dest: str | Path,
             found = None
     except (OSError, EOFError, zlib.error, lzma.LZMAError, tarfile.TarError, zipfile.BadZipFile) as e:
         # a truncated or damaged compressed stream surfaces as any of these, mid-way through reading
-        raise ValueError(f"corrupt archive: {e}") from None
+        raise ArchiveError(f"corrupt archive: {e}") from None
     if found is None:
-        raise ValueError("the images upload is neither a zip nor a tar archive (.zip, .tar, .tar.gz, .tgz, .tar.bz2, "
+        raise ArchiveError("the images upload is neither a zip nor a tar archive (.zip, .tar, .tar.gz, .tgz, .tar.bz2, "
                          ".tar.xz)")
     log.info("extracted %d of %d images from %s", len(found), len(wanted_set), archive.name)
-    return found
+    return {raw: found[name] for raw, name in normalised.items() if name in found}

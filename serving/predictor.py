@@ -30,7 +30,7 @@ from PIL import Image
 
 from maskdata import labels
 from maskdata.artifact import STORE_NAME, ModelMetadata
-from maskdata.preprocess import ImageError, Preprocess  # noqa: F401  (ImageError re-exported for callers)
+from maskdata.preprocess import ImageError, ImageTooLarge, Preprocess  # noqa: F401  (errors re-exported for callers)
 from serving.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -240,7 +240,7 @@ class Predictor:
         except (ImageError, FileNotFoundError):
             raise
         except Image.DecompressionBombError as e:
-            raise ImageError(f"image rejected as a decompression bomb: {e}") from None
+            raise ImageTooLarge(f"image rejected as a decompression bomb: {e}") from None
         except Exception as e:  # corrupt files reach decoder paths that raise struct.error, IndexError, ...
             raise ImageError(f"cannot decode image ({type(e).__name__}: {e})") from None
 

@@ -129,16 +129,14 @@ class _ReadThenDecode:
 
 def load_actor_predictor(model: str, precision: str | None, threads: int, gpu: bool):
     """The Predictor an actor holds: CUDA provider first when it was given a GPU, else CPU only."""
-    from dataclasses import replace
-
     from serving.predictor import CPU, CUDA, Predictor
     from serving.settings import Settings
 
     settings = Settings.from_env()
-    settings = replace(settings, threads=settings.threads or threads,
-                       providers=settings.providers or ((CUDA, CPU) if gpu else (CPU,)))
+    settings = settings.replace(threads=settings.threads or threads,
+                                providers=settings.providers or ((CUDA, CPU) if gpu else (CPU,)))
     if precision is not None:
-        settings = replace(settings, precision=precision)
+        settings = settings.replace(precision=precision)
     return Predictor(model, backend="torch" if model.endswith(".pt") else "onnx", settings=settings)
 
 

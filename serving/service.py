@@ -1,4 +1,4 @@
-"""The REST service (SPEC §5): a thin BentoML layer over :class:`serving.predictor.Predictor`.
+"""The REST service (SPEC §5): the routes, a thin BentoML layer over :class:`serving.predictor.Predictor`.
 
 Run it from the repository root (``bentofile.yaml`` points here)::
 
@@ -7,15 +7,18 @@ Run it from the repository root (``bentofile.yaml`` points here)::
     curl -F image=@photo.jpg http://localhost:3000/predict
 
 Routes: ``POST /predict`` (multipart ``image``), ``POST /predict_batch`` (``images``, repeated),
-``GET /model``, the ``/submission`` task (``info`` CSV + ``archive`` zip/tar → submission CSV),
-``POST /infer`` (base64 uint8 pixels) and BentoML's ``/readyz``, ``/livez``, ``/metrics``, ``/docs``.
-Limits and batching come from ``MASK_*`` environment variables (:mod:`serving.settings`).
+``GET /model``, the ``/submission`` task (``info`` CSV + ``archive`` zip/tar → submission CSV), ``POST /infer``
+(base64 uint8 pixels), ``POST /explain`` (class-activation heatmap), the ``/ui/`` page and BentoML's ``/readyz``, ``/livez``, ``/metrics``,
+the Swagger UI at ``/`` and the OpenAPI schema at ``/docs.json``.
+Limits, batching and the API key come from ``MASK_*`` environment variables (:mod:`serving.settings`).
 
 Uploads arrive as files and are decoded here, not by BentoML: a non-image given to a PIL-typed
 parameter becomes an HTTP 500 in BentoML 1.4, and every bad input must get a 4xx JSON reason.
-``/predict`` and ``/predict_batch`` decode in worker threads, then, like ``/infer``, queue the images
-on :class:`serving.batching.Batcher` (``MASK_MAX_BATCH_SIZE``, ``MASK_BATCH_WAIT_MS``,
-``MASK_MAX_QUEUE``); batch sizes, queue times, model calls and rejections are on ``/metrics``.
+The request guard (body limits, API key, multipart checks, ``GET /model``) is :mod:`serving.guard`;
+``/predict``, ``/predict_batch`` and ``/infer`` decode in worker threads, then queue their images on
+:class:`serving.batching.Batcher` (``MASK_MAX_BATCH_SIZE``, ``MASK_BATCH_WAIT_MS``, ``MASK_MAX_QUEUE``);
+batch sizes, queue times, model calls and rejections are on ``/metrics``, beside the prediction
+counters of :mod:`serving.monitoring`.
 """
 from __future__ import annotations
 
@@ -36,8 +39,11 @@ from starlette.responses import JSONResponse, Response
 
 from maskdata.preprocess import ImageError
 from serving import monitoring, ui
+from serving.archive import ArchiveError
 from serving.batching import Batcher, QueueFull
 from serving.explain import Explainer, ExplainUnavailable, availability
+from serving.guard import (MULTIPART_FIELDS, BadRequest, ClientClosed, PayloadTooLarge, RequestError, RequestGuard,
+                           ServiceBusy, body_limits, error_response, status_of)
 from serving.predictor import MODEL_FILE, Predictor
 from serving.schemas import ModelInfo, Prediction
 from serving.settings import Settings
@@ -45,25 +51,6 @@ from serving.settings import Settings
 log = logging.getLogger(__name__)
 
 SETTINGS = Settings.from_env()
-# Headroom for multipart boundaries and headers when capping whole request bodies.
-_MULTIPART_SLACK = 64 * 1024
-
-
-class RequestError(Exception):
-    """A request that cannot be served: ``{"error": ..., "status": ...}`` with a 4xx status for client
-    mistakes, or 503 (with Retry-After) when the batching queue sheds load."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
-    def response(self) -> JSONResponse:
-        return error_response(self.status, str(self))
-
-
-def error_response(status: int, message: str) -> JSONResponse:
-    headers = {"Retry-After": "1"} if status == 503 else None
-    return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
 
 
 def _store_model(settings: Settings) -> bentoml.models.BentoModel | None:
@@ -93,116 +80,6 @@ def _unpack(text: str, shape: tuple[int, int, int]) -> np.ndarray | None:
     if len(raw) != shape[0] * shape[1] * shape[2]:
         return None
     return np.frombuffer(raw, dtype=np.uint8).reshape(shape)
-
-
-class PartInspector:
-    """Streams a multipart body past python-multipart's parser to see each part's name and whether it
-    is a file, without keeping the data. BentoML 1.4 answers HTTP 500 to a binary part under an
-    unknown name, and *downloads a URL* sent as a text part where a file is expected; both get a
-    4xx here instead."""
-
-    def __init__(self, content_type: bytes, expected: tuple[str, ...]):
-        from python_multipart.multipart import MultipartParser, parse_options_header
-
-        self._parse_options = parse_options_header
-        self.expected, self.error = expected, ""
-        self._name, self._value, self._disposition = b"", b"", b""
-        _, params = parse_options_header(content_type)
-        boundary = params.get(b"boundary")
-        if not boundary:
-            self.error = "multipart body without a boundary"
-            self.parser = None
-            return
-        self.parser = MultipartParser(boundary, {
-            "on_header_field": lambda d, a, b: setattr(self, "_name", self._name + d[a:b]),
-            "on_header_value": lambda d, a, b: setattr(self, "_value", self._value + d[a:b]),
-            "on_header_end": self._header_end,
-            "on_headers_finished": self._headers_finished,
-        })
-
-    def _header_end(self):
-        if self._name.lower() == b"content-disposition":
-            self._disposition = self._value
-        self._name, self._value = b"", b""
-
-    def _headers_finished(self):
-        _, options = self._parse_options(self._disposition)
-        self._disposition = b""
-        name = options.get(b"name", b"").decode("utf-8", "replace")
-        if self.error:
-            return
-        if name not in self.expected:
-            self.error = f"unexpected form field {name!r}; expected {', '.join(map(repr, self.expected))}"
-        elif b"filename" not in options:
-            self.error = f"form field {name!r} must be a file upload (URLs and text are not accepted)"
-
-    def feed(self, chunk: bytes) -> None:
-        if self.parser is not None and not self.error and chunk:
-            try:
-                self.parser.write(chunk)
-            except Exception as e:  # python-multipart's MultipartParseError and friends
-                self.error = f"malformed multipart body: {e}"
-
-
-class RequestGuard:
-    """ASGI middleware in front of the routes: body-size limits (411/413) decided from the
-    Content-Length before anything is read, multipart field checks (400), and ``GET /model``
-    (BentoML routes every API as POST)."""
-
-    def __init__(self, app, limits: dict[str, int], fields: dict[str, tuple[str, ...]]):
-        self.app, self.limits, self.fields = app, limits, fields
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        path, method = scope.get("path", ""), scope.get("method", "")
-        if path == "/model" and method == "GET":
-            return await self._model_info(scope, receive, send)
-        limit = self.limits.get(path)
-        if limit is None or method != "POST":
-            return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        length = headers.get(b"content-length")
-        if length is None:
-            return await error_response(411, "send a Content-Length header (chunked uploads are not "
-                                             "accepted)")(scope, receive, send)
-        if not length.isdigit() or int(length) > limit:
-            return await error_response(413, f"request body of {length.decode(errors='replace')} bytes is "
-                                             f"over the limit of {limit} bytes")(scope, receive, send)
-        content_type = headers.get(b"content-type", b"")
-        if not content_type.lower().startswith(b"multipart/form-data"):
-            got = content_type.decode(errors="replace") or "none"
-            return await error_response(415, f"send multipart/form-data with file field(s) "
-                                             f"{', '.join(map(repr, self.fields[path]))}, got content type "
-                                             f"{got!r}")(scope, receive, send)
-        inspector = PartInspector(content_type, self.fields[path])
-        replaced = False
-
-        async def inspected_receive():
-            message = await receive()
-            if message["type"] == "http.request":
-                inspector.feed(message.get("body", b""))
-            return message
-
-        async def guarded_send(message):
-            nonlocal replaced
-            if message["type"] == "http.response.start" and inspector.error:
-                replaced = True
-                body = error_response(400, inspector.error)
-                await send({"type": "http.response.start", "status": 400, "headers": body.raw_headers})
-                await send({"type": "http.response.body", "body": body.body})
-            elif not replaced:
-                await send(message)
-
-        await self.app(scope, inspected_receive, guarded_send)
-
-    async def _model_info(self, scope, receive, send):
-        try:
-            service = bentoml.get_current_service()
-        except bentoml.exceptions.BentoMLException:
-            return await error_response(503, "model is still loading")(scope, receive, send)
-        body = service.model_info().model_dump(mode="json")
-        await JSONResponse(body)(scope, receive, send)
 
 
 @bentoml.service(
@@ -279,32 +156,32 @@ class MaskClassifier:
                 gone.cancel()
         if not job.done():  # the client went away: take its images out of the queue
             job.cancel()
-            raise RequestError(499, "client closed the request")
+            raise ClientClosed("client closed the request")
         try:
             return job.result()
         except QueueFull as e:
-            raise RequestError(503, str(e)) from None
+            raise ServiceBusy(str(e)) from None
 
     # --- input handling ---------------------------------------------------------------------
     def _decode(self, field: str, path: Path) -> np.ndarray:
         """An uploaded file → model input, or :class:`RequestError` with a client-safe reason."""
         size = path.stat().st_size
         if size > self.settings.max_upload_bytes:
-            raise RequestError(413, f"{field}: file of {size} bytes is over the limit of "
-                                    f"{self.settings.max_upload_bytes} bytes")
+            raise PayloadTooLarge(f"{field}: file of {size} bytes is over the limit of "
+                                  f"{self.settings.max_upload_bytes} bytes")
         if size == 0:
-            raise RequestError(400, f"{field}: empty upload (0 bytes)")
+            raise BadRequest(f"{field}: empty upload (0 bytes)")
         try:
             return self.predictor.load(path.read_bytes())
-        except ImageError as e:
-            too_big = "over the limit" in str(e) or "decompression bomb" in str(e)  # the pixel limits
-            raise RequestError(413 if too_big else 400, f"{field}: {e}") from None
+        except ImageError as e:  # ImageTooLarge (pixel limits) is 413, any other ImageError 400
+            error = PayloadTooLarge if status_of(e) == 413 else BadRequest
+            raise error(f"{field}: {e}") from None
 
     async def _decode_all(self, field: str, paths: list[Path]) -> list[np.ndarray]:
         if not paths:
-            raise RequestError(400, f"no files in field {field!r}")
+            raise BadRequest(f"no files in field {field!r}")
         if len(paths) > self.settings.max_files:
-            raise RequestError(413, f"{len(paths)} files in one request; the limit is {self.settings.max_files}")
+            raise PayloadTooLarge(f"{len(paths)} files in one request; the limit is {self.settings.max_files}")
         arrays = []
         for i, p in enumerate(paths):
             label = field if len(paths) == 1 and field == "image" else f"{field}[{i}]"
@@ -374,7 +251,9 @@ class MaskClassifier:
         limits = {"max_upload_bytes": s.max_upload_bytes, "max_pixels": s.max_pixels, "max_files": s.max_files,
                   "batching": s.batching, "max_batch_size": s.max_batch_size, "batch_wait_ms": s.batch_wait_ms,
                   "max_queue": s.max_queue,
-                  "max_archive_bytes": s.max_archive_bytes}
+                  "max_archive_bytes": s.max_archive_bytes, "max_archive_members": s.max_archive_members,
+                  "max_archive_total_bytes": s.max_archive_total_bytes, "max_body_bytes": s.max_body_bytes,
+                  "max_infer_bytes": s.max_infer_bytes, "api_key_required": bool(s.api_key)}
         return ModelInfo.model_validate({**self.predictor.info(), "limits": limits,
                                          "explain": availability(self.predictor.metadata)})
 
@@ -391,25 +270,17 @@ class MaskClassifier:
         workdir = Path(tempfile.mkdtemp(prefix="mask-submission-"))
         try:
             csv_bytes = await anyio.to_thread.run_sync(
-                job.run_archive_job, self.predictor, info.read_bytes(), archive, workdir)
-        except (ValueError, FileNotFoundError, Image.DecompressionBombError) as e:
-            return error_response(400, str(e))
+                job.run_archive_job, self.predictor, info.read_bytes(), archive, workdir, self.settings.archive_limits)
+        except (ValueError, FileNotFoundError, ArchiveError, Image.DecompressionBombError) as e:
+            return error_response(status_of(e), str(e))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         return Response(csv_bytes, media_type="text/csv",
                         headers={"Content-Disposition": 'attachment; filename="submission.csv"'})
 
 
-MaskClassifier.add_asgi_middleware(
-    RequestGuard,
-    limits={"/predict": SETTINGS.max_upload_bytes + _MULTIPART_SLACK,
-            "/explain": SETTINGS.max_upload_bytes + _MULTIPART_SLACK,
-            "/predict_batch": SETTINGS.max_files * SETTINGS.max_upload_bytes + _MULTIPART_SLACK,
-            "/submission/submit": SETTINGS.max_archive_bytes + SETTINGS.max_upload_bytes + _MULTIPART_SLACK,
-            "/submission": SETTINGS.max_archive_bytes + SETTINGS.max_upload_bytes + _MULTIPART_SLACK},
-    fields={"/predict": ("image",), "/predict_batch": ("images",), "/explain": ("image",),
-            "/submission/submit": ("info", "archive"), "/submission": ("info", "archive")},
-)
+MaskClassifier.add_asgi_middleware(RequestGuard, limits=body_limits(SETTINGS), fields=MULTIPART_FIELDS,
+                                   default_limit=SETTINGS.max_body_bytes, api_key=SETTINGS.api_key)
 
-# the browser page (serving/ui/index.html) at GET /ui, beside the API on the same port
+# the browser page (serving/ui/index.html) at GET /ui/, beside the API on the same port
 MaskClassifier.mount_asgi_app(ui.app(), path="/ui")

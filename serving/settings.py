@@ -1,7 +1,11 @@
-"""Serving knobs, read from the environment once at start-up (SPEC §5).
+"""Serving knobs, read from the environment once at start-up (SPEC §5): a pydantic-settings
+``BaseSettings`` with ``env_prefix="MASK_"``, the one place every serving default is written.
 
 Every limit the REST service enforces and every choice the predictor makes at load time can be
 changed without touching code, e.g. ``MASK_MAX_UPLOAD_BYTES=2000000 bentoml serve``.
+``Settings()`` reads ``MASK_*`` from the process environment (an empty value means the default);
+``Settings.from_env(mapping)`` reads only the mapping and turns a bad value into a one-line
+``ValueError`` naming the variable.
 
 | variable | default | meaning |
 | --- | --- | --- |
@@ -13,89 +17,117 @@ changed without touching code, e.g. ``MASK_MAX_UPLOAD_BYTES=2000000 bentoml serv
 | ``MASK_TENSORRT`` | ``0`` | ``1`` puts TensorRT (FP16, engine cache) before CUDA when a GPU is present |
 | ``MASK_TRT_CACHE`` | ``~/.cache/mask-classifier/trt`` | TensorRT engine cache folder |
 | ``MASK_THREADS`` | ``0`` | ONNX Runtime intra-op threads on CPU (0: one per physical core) |
-| ``MASK_MAX_UPLOAD_BYTES`` | ``10485760`` | largest accepted file (larger: HTTP 413) |
+| ``MASK_MAX_UPLOAD_BYTES`` | ``10485760`` | largest accepted file, and largest image inside a ``/submission`` archive (larger: HTTP 413) |
 | ``MASK_MAX_PIXELS`` | ``40000000`` | largest accepted width × height (decompression bombs) |
-| ``MASK_MAX_ARCHIVE_BYTES`` | ``2147483648`` | largest ``/submission`` archive |
+| ``MASK_MAX_ARCHIVE_BYTES`` | ``2147483648`` | largest ``/submission`` archive upload |
+| ``MASK_MAX_ARCHIVE_TOTAL_BYTES`` | ``4294967296`` | most uncompressed bytes read from one archive (zip bombs) |
+| ``MASK_MAX_ARCHIVE_MEMBERS`` | ``200000`` | most members in one archive |
 | ``MASK_MAX_FILES`` | ``64`` | most images in one ``/predict_batch`` request |
+| ``MASK_MAX_INFER_BYTES`` | ``16777216`` | largest ``POST /infer`` JSON body |
+| ``MASK_MAX_BODY_BYTES`` | ``1048576`` | largest body of any other POST/PUT route (``/model``, ``/submission/cancel``, ...) |
+| ``MASK_API_KEY`` | – | when set, every route but ``/readyz``, ``/livez``, ``/metrics`` needs ``Authorization: Bearer <key>`` |
 | ``MASK_BATCHING`` | ``1`` | ``0``: every request is its own model call (no dynamic batching) |
 | ``MASK_MAX_BATCH_SIZE`` | ``32`` | dynamic batching: most images per model call (at least 2); a full batch goes at once |
 | ``MASK_BATCH_WAIT_MS`` | ``2`` | dynamic batching: a batch goes when its oldest request has waited this long |
 | ``MASK_MAX_QUEUE`` | ``256`` | dynamic batching: most images waiting per worker (more: HTTP 503 + Retry-After) |
-| ``MASK_WORKERS`` | ``1`` | BentoML worker processes |
 | ``MASK_UNCERTAIN_BELOW`` | the artifact's | answer ``uncertain: true`` below this calibrated top probability (0..1) |
+| ``MASK_WORKERS`` | ``1`` | BentoML worker processes |
 """
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Mapping
+
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from maskdata.artifact import STORE_NAME
 
 DEFAULT_MODEL = f"{STORE_NAME}:latest"
 BACKENDS = ("onnx", "torch")
 PRECISIONS = ("auto", "fp32", "fp16", "int8")
+ENV_PREFIX = "MASK_"
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
-def _int(env: dict, name: str, default: int, minimum: int = 0) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not an integer") from None
-    if value < minimum:
-        raise ValueError(f"{name}={value} must be at least {minimum}")
-    return value
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
 
 
-def _fraction(env: dict, name: str) -> float | None:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name}={value} must be between 0 and 1")
-    return value
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True, frozen=True,
+                                      extra="forbid")
 
-
-def _bool(env: dict, name: str, default: bool = False) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{name}={raw!r} is not a boolean; expected 1/0, true/false, yes/no, on/off")
-
-
-@dataclass(frozen=True)
-class Settings:
     model: str = DEFAULT_MODEL
     backend: str = "onnx"
     checkpoint: str = ""
-    providers: tuple[str, ...] = ()            # empty: choose by availability
+    providers: Annotated[tuple[str, ...], NoDecode] = ()   # empty: choose by availability
     precision: str = "auto"
     tensorrt: bool = False
     trt_cache: str = str(Path.home() / ".cache" / "mask-classifier" / "trt")
-    threads: int = 0
-    max_upload_bytes: int = 10 * 1024 * 1024
-    max_pixels: int = 40_000_000
-    max_archive_bytes: int = 2 * 1024 ** 3
-    max_files: int = 64
+    threads: int = Field(0, ge=0)
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    max_pixels: int = Field(40_000_000, ge=1)
+    max_archive_bytes: int = Field(2 * 1024 ** 3, ge=1)
+    max_archive_total_bytes: int = Field(4 * 1024 ** 3, ge=1)
+    max_archive_members: int = Field(200_000, ge=1)
+    max_files: int = Field(64, ge=1)
+    max_infer_bytes: int = Field(16 * 1024 * 1024, ge=1)
+    max_body_bytes: int = Field(1024 * 1024, ge=1)
+    api_key: str = Field("", repr=False)
     batching: bool = True
-    max_batch_size: int = 32
-    batch_wait_ms: int = 2
-    max_queue: int = 256
-    workers: int = 1
-    uncertain_below: float | None = None       # None: the threshold recorded in the artifact
+    max_batch_size: int = Field(32, ge=2)
+    batch_wait_ms: int = Field(2, ge=0)
+    max_queue: int = Field(256, ge=1)
+    uncertain_below: float | None = Field(None, ge=0.0, le=1.0)   # None: the threshold recorded in the artifact
+    workers: int = Field(1, ge=1)
 
-    def __post_init__(self):
+    @field_validator("model", "checkpoint", "trt_cache", "api_key", mode="before")
+    @classmethod
+    def _strip(cls, value):
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator("backend", "precision", mode="before")
+    @classmethod
+    def _lower(cls, value):
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _comma_list(cls, value):
+        if isinstance(value, str):
+            return tuple(p.strip() for p in value.split(",") if p.strip())
+        return value
+
+    @field_validator("tensorrt", "batching", mode="before")
+    @classmethod
+    def _bool(cls, value, info: ValidationInfo):
+        if not isinstance(value, str):
+            return value
+        raw = value.strip().lower()
+        if raw in _TRUE or raw in _FALSE:
+            return raw in _TRUE
+        raise ValueError(f"{env_name(info.field_name)}={raw!r} is not a boolean; "
+                         f"expected 1/0, true/false, yes/no, on/off")
+
+    @field_validator("threads", "max_upload_bytes", "max_pixels", "max_archive_bytes", "max_archive_total_bytes",
+                     "max_archive_members", "max_files", "max_infer_bytes", "max_body_bytes", "max_batch_size",
+                     "batch_wait_ms", "max_queue", "workers", mode="before")
+    @classmethod
+    def _int(cls, value, info: ValidationInfo):
+        name = env_name(info.field_name)
+        if isinstance(value, str):
+            try:
+                value = int(value.strip())
+            except ValueError:
+                raise ValueError(f"{name}={value.strip()!r} is not an integer") from None
+        minimum = next((m.ge for m in cls.model_fields[info.field_name].metadata if hasattr(m, "ge")), None)
+        if isinstance(value, int) and minimum is not None and value < minimum:
+            raise ValueError(f"{name}={value} must be at least {minimum}")
+        return value
+
+    @model_validator(mode="after")
+    def _choices(self):
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}; expected one of {sorted(BACKENDS)}")
         if self.precision not in PRECISIONS:
@@ -103,6 +135,20 @@ class Settings:
         if self.max_queue < self.max_batch_size:
             raise ValueError(f"MASK_MAX_QUEUE={self.max_queue} must be at least MASK_MAX_BATCH_SIZE="
                              f"{self.max_batch_size}")
+        return self
+
+    @field_validator("uncertain_below", mode="before")
+    @classmethod
+    def _fraction(cls, value, info: ValidationInfo):
+        if not isinstance(value, str):
+            return value
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise ValueError(f"{env_name(info.field_name)}={value.strip()!r} is not a number") from None
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{env_name(info.field_name)}={value} must be between 0 and 1")
+        return value
 
     @property
     def model_source(self) -> str:
@@ -113,31 +159,36 @@ class Settings:
             return self.checkpoint
         return self.model
 
+    @property
+    def archive_limits(self):
+        """The ``/submission`` archive limits: one image at most ``max_upload_bytes``, like an upload."""
+        from serving.archive import ArchiveLimits
+
+        return ArchiveLimits(max_members=self.max_archive_members, max_total_bytes=self.max_archive_total_bytes,
+                             max_member_bytes=self.max_upload_bytes)
+
+    def replace(self, **changes) -> "Settings":
+        """A validated copy with ``changes`` (field names) applied."""
+        return _one_line(lambda: type(self).model_validate({**self.model_dump(), **changes}))
+
     @classmethod
-    def from_env(cls, env: dict | None = None) -> "Settings":
-        env = dict(os.environ if env is None else env)
-        if env.get("MASK_MAX_LATENCY_MS", "").strip():
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        """Settings from ``env`` (default: ``os.environ``); a bad value is one ``ValueError`` line."""
+        import os
+
+        if (env if env is not None else os.environ).get("MASK_MAX_LATENCY_MS", "").strip():
             raise ValueError("MASK_MAX_LATENCY_MS is retired (it tuned BentoML's adaptive dispatcher, no longer "
                              "used); set MASK_BATCH_WAIT_MS (batching window) and MASK_MAX_QUEUE (queue bound)")
-        d = cls()
-        providers = tuple(p.strip() for p in env.get("MASK_PROVIDERS", "").split(",") if p.strip())
-        return cls(
-            model=env.get("MASK_MODEL", "").strip() or d.model,
-            backend=env.get("MASK_BACKEND", "").strip().lower() or d.backend,
-            checkpoint=env.get("MASK_CHECKPOINT", "").strip(),
-            providers=providers,
-            precision=env.get("MASK_PRECISION", "").strip().lower() or d.precision,
-            tensorrt=_bool(env, "MASK_TENSORRT"),
-            trt_cache=env.get("MASK_TRT_CACHE", "").strip() or d.trt_cache,
-            threads=_int(env, "MASK_THREADS", d.threads),
-            max_upload_bytes=_int(env, "MASK_MAX_UPLOAD_BYTES", d.max_upload_bytes, 1),
-            max_pixels=_int(env, "MASK_MAX_PIXELS", d.max_pixels, 1),
-            max_archive_bytes=_int(env, "MASK_MAX_ARCHIVE_BYTES", d.max_archive_bytes, 1),
-            max_files=_int(env, "MASK_MAX_FILES", d.max_files, 1),
-            batching=_bool(env, "MASK_BATCHING", d.batching),
-            max_batch_size=_int(env, "MASK_MAX_BATCH_SIZE", d.max_batch_size, 2),
-            batch_wait_ms=_int(env, "MASK_BATCH_WAIT_MS", d.batch_wait_ms, 0),
-            max_queue=_int(env, "MASK_MAX_QUEUE", d.max_queue, 1),
-            workers=_int(env, "MASK_WORKERS", d.workers, 1),
-            uncertain_below=_fraction(env, "MASK_UNCERTAIN_BELOW"),
-        )
+        if env is None:
+            return _one_line(cls)
+        values = {k[len(ENV_PREFIX):].lower(): v for k, v in env.items()
+                  if k.upper().startswith(ENV_PREFIX) and v.strip() and k[len(ENV_PREFIX):].lower() in cls.model_fields}
+        return _one_line(lambda: cls.model_validate(values))
+
+
+def _one_line(build):
+    try:
+        return build()
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise ValueError(str(first["msg"]).removeprefix("Value error, ")) from None

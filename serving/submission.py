@@ -325,7 +325,7 @@ def run_submission(predictor, info_csv: str | Path | bytes, images_dir: str | Pa
 # ---------------------------------------------------------------- the /submission task
 
 def run_archive_job(predictor, info_csv_bytes: bytes, archive_path: Path, workdir: Path,
-                    limits: ArchiveLimits = ArchiveLimits()) -> bytes:
+                    limits: ArchiveLimits | None = None) -> bytes:
     """Extract the CSV's images from a zip/tar upload, run the job, return the submission CSV bytes.
 
     Every failure (bad CSV, unsafe or oversized archive, missing or undecodable images) raises

@@ -33,15 +33,13 @@ def load_predictor(model: str, precision: str | None = None):
     ``precision`` picks the exporter's variant beside the model (``model.int8.onnx`` …); None keeps
     ``MASK_PRECISION`` / the default.
     """
-    from dataclasses import replace
-
     from serving.predictor import Predictor
     from serving.settings import Settings
 
     backend = "torch" if model.endswith(".pt") else "onnx"
     settings = Settings.from_env()
     if precision is not None:
-        settings = replace(settings, precision=precision)
+        settings = settings.replace(precision=precision)
     return Predictor(model, backend=backend, settings=settings)
 
 

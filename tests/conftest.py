@@ -5,12 +5,27 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import tempfile
 
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 # torch's OpenMP threads spin while waiting; on 2 shared cores that starves everything else
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+# BentoML reads BENTOML_HOME once, when it is first imported: point it at a temp folder before any test
+# imports bentoml, so the tests' model store is never the user's ~/bentoml (and no BentoML internal is
+# needed to swap stores). Subprocess tests pass their own BENTOML_HOME.
+assert "bentoml" not in sys.modules, "bentoml was imported before tests/conftest.py could set BENTOML_HOME"
+BENTOML_HOME = tempfile.mkdtemp(prefix="mask-tests-bentoml-")
+os.environ["BENTOML_HOME"] = BENTOML_HOME
+os.environ["BENTOML_DO_NOT_TRACK"] = "true"  # no usage pings from tests
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import shutil
+
+    shutil.rmtree(BENTOML_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +66,8 @@ def onnx_model(trained_run, tmp_path_factory):
 
 # Limits of the in-process service (tests/test_service.py, tests/test_explain.py).
 SERVICE_LIMITS = {"MASK_MAX_UPLOAD_BYTES": "300000", "MASK_MAX_PIXELS": "4000000", "MASK_MAX_FILES": "4",
-                  "MASK_MAX_BATCH_SIZE": "8"}
+                  "MASK_MAX_BATCH_SIZE": "2", "MASK_MAX_QUEUE": "64", "MASK_MAX_BODY_BYTES": "4096",
+                  "MASK_MAX_INFER_BYTES": "100000", "MASK_MAX_ARCHIVE_BYTES": "1000000"}
 
 
 @pytest.fixture(scope="session")
@@ -74,7 +90,9 @@ def service_module(onnx_model):
 def client(service_module, tmp_path_factory):
     from starlette.testclient import TestClient
 
-    # `bentoml serve` creates the task result database before starting workers; do the same here
+    # `bentoml serve` creates the task result database before starting workers; do the same here.
+    # BentoML 1.4.40 has no public API for it (only its serve command calls init_db), so this one
+    # internal stays, pinned by test_task_result_store_internal_is_still_there.
     from _bentoml_impl.tasks.result import Sqlite3Store
 
     db = tmp_path_factory.mktemp("tasks") / "task_result.db"

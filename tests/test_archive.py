@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from maskdata.io import read_csv
-from serving.archive import ArchiveLimits, extract_images, member_name
+from serving.archive import ArchiveLimits, ArchiveTooLarge, extract_images, member_name
+from serving.settings import Settings
 from serving.submission import run_archive_job, run_submission
 
 JPEG = b"\xff\xd8\xff\xe0 not really a jpeg"
@@ -110,19 +111,49 @@ def test_unsafe_archives_are_refused(kind, build, reason, tmp_path):
     assert outside == [], f"an escaping member was written: {outside}"
 
 
+def limits(**settings) -> ArchiveLimits:
+    """The archive limits the service uses for these MASK_* settings (field names)."""
+    return Settings.from_env({}).replace(**settings).archive_limits
+
+
 def test_limits(tmp_path):
     many = make_zip(tmp_path / "many.zip", {f"{i}.jpg": JPEG for i in range(20)})
-    with pytest.raises(ValueError, match="members"):
-        extract_images(many, ["0.jpg"], tmp_path / "d1", ArchiveLimits(max_members=10))
+    with pytest.raises(ArchiveTooLarge, match="members"):
+        extract_images(many, ["0.jpg"], tmp_path / "d1", limits(max_archive_members=10))
     bomb = make_zip(tmp_path / "bomb.zip", {"a.jpg": bytes(5_000_000)})     # compresses to ~5 kB
     assert bomb.stat().st_size < 50_000
-    with pytest.raises(ValueError, match="uncompressed bytes"):
-        extract_images(bomb, ["a.jpg"], tmp_path / "d2", ArchiveLimits(max_total_bytes=1_000_000))
+    with pytest.raises(ArchiveTooLarge, match="uncompressed bytes"):
+        extract_images(bomb, ["a.jpg"], tmp_path / "d2", limits(max_archive_total_bytes=1_000_000))
     tar_bomb = make_tar(tmp_path / "bomb.tar.gz", {"a.jpg": bytes(5_000_000)})
-    with pytest.raises(ValueError, match="uncompressed bytes"):
-        extract_images(tar_bomb, ["a.jpg"], tmp_path / "d3", ArchiveLimits(max_total_bytes=1_000_000))
-    with pytest.raises(ValueError, match="over the limit"):
-        extract_images(bomb, ["a.jpg"], tmp_path / "d4", ArchiveLimits(max_member_bytes=1_000_000))
+    with pytest.raises(ArchiveTooLarge, match="uncompressed bytes"):
+        extract_images(tar_bomb, ["a.jpg"], tmp_path / "d3", limits(max_archive_total_bytes=1_000_000))
+    with pytest.raises(ArchiveTooLarge, match="over the limit"):
+        extract_images(bomb, ["a.jpg"], tmp_path / "d4", limits(max_upload_bytes=1_000_000))
+
+
+def test_archive_limits_follow_the_service_settings(tmp_path):
+    """One image in an archive may be as large as one upload, no larger (MASK_MAX_UPLOAD_BYTES), and
+    the total/member-count limits are the named MASK_* settings."""
+    s = Settings.from_env({"MASK_MAX_UPLOAD_BYTES": "2000000", "MASK_MAX_ARCHIVE_TOTAL_BYTES": "9000000",
+                           "MASK_MAX_ARCHIVE_MEMBERS": "7"})
+    assert s.archive_limits == ArchiveLimits(max_members=7, max_total_bytes=9_000_000, max_member_bytes=2_000_000)
+    default = ArchiveLimits.default()
+    assert default.max_member_bytes == Settings.from_env({}).max_upload_bytes, default
+    big = make_zip(tmp_path / "big.zip", {"a.jpg": bytes(Settings.from_env({}).max_upload_bytes + 1)})
+    with pytest.raises(ArchiveTooLarge, match="over the limit"):
+        extract_images(big, ["a.jpg"], tmp_path / "d")   # the library default is the settings' default
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_dot_slash_image_ids_resolve(kind, tmp_path, job, predictor):
+    """info.csv may name ``./a.jpg`` for member ``a.jpg``: found, keyed by the CSV's own ID."""
+    _, images = job
+    first = next(iter(images))
+    archive = (make_zip if kind == "zip" else make_tar)(tmp_path / f"a.{kind}", {first: images[first]})
+    found = extract_images(archive, [f"./{first}"], tmp_path / "d")
+    assert list(found) == [f"./{first}"] and found[f"./{first}"].read_bytes() == images[first], found
+    out = run_archive_job(predictor, f"ImageID,ans\n./{first},0\n".encode(), archive, tmp_path / "w")
+    assert out.decode().splitlines()[1].startswith(f"./{first},"), out
 
 
 def test_archive_job_failures_report_why_and_clean_up(job, predictor, tmp_path):

@@ -87,3 +87,45 @@ def test_atomic_outputs_get_the_umask_mode_not_private(tmp_path):
     os.umask(umask)
     p = atomic_write_text(tmp_path / "shared.txt", "x")
     assert (p.stat().st_mode & 0o777) == (0o666 & ~umask), oct(p.stat().st_mode)
+
+
+def test_atomic_write_fsyncs_the_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    """Durable, not only atomic: the data reaches the disk before the new name points at it, and
+    the rename itself is flushed (the folder's entries); a power loss cannot be staged, the order can."""
+    import os
+    import stat
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        kind = "dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"
+        events.append(("fsync", kind, os.fstat(fd).st_ino))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", os.stat(src).st_ino))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    p = atomic_write_bytes(tmp_path / "model.onnx", b"weights")
+    ino = p.stat().st_ino
+    assert events == [("fsync", "file", ino), ("replace", ino), ("fsync", "dir", tmp_path.stat().st_ino)], events
+
+
+def test_atomic_writes_leave_the_process_umask_alone(tmp_path, monkeypatch):
+    """No process-wide umask flip (at import or per write): the mode is given to the file created."""
+    import importlib
+    import os
+
+    import maskdata.io
+
+    calls = []
+    monkeypatch.setattr(os, "umask", lambda m: calls.append(m) or 0o022)
+    importlib.reload(maskdata.io)
+    maskdata.io.atomic_write_text(tmp_path / "a.txt", "x")
+    with maskdata.io.atomic_path(tmp_path / "private.txt", mode=0o600) as tmp:
+        tmp.write_text("secret")
+    assert calls == [], f"os.umask was called: {calls}"
+    assert (tmp_path / "private.txt").stat().st_mode & 0o777 == 0o600

@@ -64,3 +64,24 @@ def test_shape_mismatch_and_empty():
         macro_f1([0, 1], [0])
     r = report([], [])
     assert r["f1"] == 0.0 and r["acc"] == 0.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_macro_f1_and_submission_score_match_scikit_learn(seed, tmp_path):
+    """An independent oracle: scikit-learn's f1_score over all 18 labels, absent classes scoring 0."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from serving.submission import score
+
+    rng = np.random.default_rng(seed)
+    n = 60
+    y_true = rng.integers(0, 12, n)                 # classes 12..17 never true: they must count as 0
+    y_pred = np.where(rng.random(n) < 0.5, y_true, rng.integers(0, labels.NUM_CLASSES, n))
+    oracle = f1_score(y_true, y_pred, labels=range(labels.NUM_CLASSES), average="macro", zero_division=0)
+    assert macro_f1(y_true, y_pred) == pytest.approx(oracle, abs=1e-12), (macro_f1(y_true, y_pred), oracle)
+    ids = [f"{i}.jpg" for i in range(n)]
+    answers = tmp_path / "answers.csv"
+    answers.write_text("ImageID,ans\n" + "".join(f"{i},{t}\n" for i, t in zip(ids, y_true)))
+    got = score(ids, y_pred, answers)
+    assert got["f1"] == pytest.approx(oracle, abs=1e-12) and got["acc"] == pytest.approx(
+        accuracy_score(y_true, y_pred)), (got, oracle)

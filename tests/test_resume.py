@@ -11,7 +11,6 @@ import logging
 import math
 
 import pytest
-import torch
 
 from export.graph import mean_metrics
 from training import engine

@@ -178,3 +178,100 @@ def test_plain_service_class_works_without_a_server(service_module, reference, s
     assert out.model_dump(by_alias=True) == reference.predict([path])[0]
     bad = asyncio.run(svc.predict(Path(__file__)))
     assert bad.status_code == 400 and b"not a recognised image" in bad.body, bad.body
+
+
+def test_task_result_store_internal_is_still_there():
+    """Pins the one BentoML internal the in-process tests need (see ``client``): if an upgrade moves it,
+    this names the cause instead of every task test failing on a missing table."""
+    from _bentoml_impl.tasks.result import Sqlite3Store
+
+    assert callable(getattr(Sqlite3Store, "init_db", None)), "BentoML moved Sqlite3Store.init_db"
+
+
+def body_routes(client) -> list[tuple[str, str]]:
+    """(method, path) of every route the served ASGI app has that takes a body (POST/PUT/PATCH)."""
+    return sorted((m, r.path) for r in client.app.routes for m in (getattr(r, "methods", None) or ())
+                  if m in ("POST", "PUT", "PATCH"))
+
+
+def test_every_body_route_refuses_an_oversize_body(client, service_module):
+    """BentoML has no request-size limit of its own: every POST/PUT route, listed or not, gets one."""
+    from serving.guard import body_limits
+
+    settings = service_module.SETTINGS
+    routes = body_routes(client)
+    expected = {("POST", p) for p in ("/infer", "/model", "/predict", "/predict_batch", "/submission",
+                                      "/submission/submit", "/submission/retry")} | {("PUT", "/submission/cancel")}
+    assert expected <= set(routes), f"body routes of the app: {routes}"
+    for method, path in routes:
+        limit = body_limits(settings).get(path, settings.max_body_bytes)
+        r = client.request(method, path, content=b"\0" * (limit + 1),
+                           headers={"content-type": "application/octet-stream"})
+        assert r.status_code == 413, f"{method} {path}: {limit + 1} bytes got {r.status_code} {r.text[:200]}"
+        assert r.json()["error"].endswith(f"over the limit of {limit} bytes for {path}"), r.json()
+
+
+def test_infer_json_over_its_limit_is_413_and_under_it_is_served(client, reference, synth_root):
+    import base64
+
+    path = sorted((synth_root / "eval" / "images").iterdir())[0]
+    good = base64.b64encode(reference.load(path).tobytes()).decode()
+    many = client.post("/infer", json={"images": [good] * 12})   # ~150 kB of JSON over MASK_MAX_INFER_BYTES=1e5
+    assert many.status_code == 413 and "over the limit of 100000" in many.json()["error"], many.text[:300]
+    few = client.post("/infer", json={"images": [good] * 2})
+    assert few.status_code == 200 and len(few.json()) == 2, few.text[:300]
+
+
+def test_chunked_body_without_length_is_411(client):
+    def chunks():
+        yield b'{"images": []}'
+
+    r = client.post("/infer", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 411 and "Content-Length" in r.json()["error"], r.text
+
+
+def test_status_comes_from_the_error_type_not_its_words(service_module, tmp_path, monkeypatch):
+    """An ImageError whose message says "over the limit" is still a 400; an ImageTooLarge that
+    does not say so is still a 413."""
+    from maskdata.preprocess import ImageError, ImageTooLarge
+    from serving.guard import BadRequest, PayloadTooLarge
+
+    svc = service_module.MaskClassifier()
+    upload = tmp_path / "a.jpg"
+    upload.write_bytes(b"x" * 10)
+    for error, expected in ((ImageError("quota over the limit of patience"), BadRequest),
+                            (ImageTooLarge("3000x2000: too much"), PayloadTooLarge)):
+        def load(_data, error=error):
+            raise error
+        monkeypatch.setattr(svc.predictor, "load", load)
+        with pytest.raises(expected) as got:
+            svc._decode("image", upload)
+        assert got.value.status == expected.status, (error, got.value.status)
+
+
+def test_batcher_forms_batches():
+    """Concurrent submissions share model calls: fewer calls than images (a dispatcher that ran every
+    request alone would make one call per image). Also pins BentoML's internal CorkDispatcher."""
+    import asyncio
+    import time
+
+    import numpy as np
+
+    from serving.batching import Batcher
+
+    calls = []
+
+    def run_batch(batch):
+        calls.append(len(batch))
+        time.sleep(0.02)   # a model call takes time, so requests queue behind it
+        return np.repeat(batch.reshape(len(batch), -1)[:, :1].astype(np.float32), 18, axis=1)
+
+    async def main():
+        batcher = Batcher(run_batch, Settings.from_env({"MASK_MAX_BATCH_SIZE": "8", "MASK_BATCH_WAIT_MS": "50"}))
+        jobs = [[np.full((2, 2, 3), i, np.uint8)] for i in range(32)]
+        return await asyncio.gather(*(batcher.submit(j) for j in jobs))
+
+    rows = asyncio.run(main())
+    assert [int(r[0][0]) for r in rows] == list(range(32)), "each request must get its own image's row"
+    assert sum(calls) == 32 and len(calls) < 32 and max(calls) > 1, f"model calls (images each): {calls}"
+    assert max(calls) <= 8, f"a batch over max_batch_size: {calls}"

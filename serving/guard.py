@@ -1,0 +1,249 @@
+"""The request guard: what stands between the port and the routes of :mod:`serving.service`.
+
+Why it exists — what BentoML 1.4 (seen with 1.4.40) does not do for us:
+
+- it has **no request-size limit** on any route: a 40 MB JSON body to ``POST /infer`` was read and
+  answered 200 while uploads were meant to be capped at 10 MB. :class:`RequestGuard` caps every
+  route that takes a body (POST, PUT, PATCH) from its Content-Length before anything is read, with a
+  default (``MASK_MAX_BODY_BYTES``) for routes not listed, so a new route is covered the day it is
+  added;
+- it answers HTTP 500 to a binary multipart part under an unknown name and *downloads a URL* sent as
+  a text part where a file is expected: :class:`PartInspector` turns both into 400s;
+- it routes every API as POST, so ``GET /model`` is answered here;
+- it has no authentication: with ``MASK_API_KEY`` set every route except the probes needs
+  ``Authorization: Bearer <key>`` (compared in constant time), else 401.
+
+Errors are typed: every client-facing failure is a :class:`RequestError` subclass whose class says
+the HTTP status (``status_of`` maps the library errors too), never words matched in a message.
+"""
+from __future__ import annotations
+
+import hmac
+
+from PIL import Image
+from starlette.responses import JSONResponse
+
+from maskdata.preprocess import ImageError, ImageTooLarge
+
+# Headroom for multipart boundaries and headers when capping whole request bodies.
+MULTIPART_SLACK = 64 * 1024
+# Routes any caller may reach with MASK_API_KEY set: the orchestrator's probes and the scraper.
+OPEN_PATHS = frozenset({"/readyz", "/livez", "/metrics"})
+# The /ui page itself (one static HTML file, no data) loads without the key: a browser cannot add a
+# header to a navigation. Every call the page makes sends the key the user types into it.
+OPEN_PAGE_PREFIX = "/ui"
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+class RequestError(Exception):
+    """A request that cannot be served; ``status`` is the HTTP status of the whole class."""
+
+    status = 400
+
+    def response(self) -> JSONResponse:
+        return error_response(self.status, str(self))
+
+
+class BadRequest(RequestError):
+    status = 400
+
+
+class Unauthorized(RequestError):
+    status = 401
+
+
+class LengthRequired(RequestError):
+    status = 411
+
+
+class PayloadTooLarge(RequestError):
+    status = 413
+
+
+class UnsupportedMediaType(RequestError):
+    status = 415
+
+
+class ServiceBusy(RequestError):
+    """The batching queue is full (``MASK_MAX_QUEUE`` images wait): 503 with Retry-After."""
+
+    status = 503
+
+
+class ClientClosed(RequestError):
+    """The client went away while its request was queued (nginx's 499; nobody reads the answer)."""
+
+    status = 499
+
+
+def status_of(error: Exception) -> int:
+    """The HTTP status for an exception, from its type alone."""
+    from serving.archive import ArchiveTooLarge  # serving.archive is stdlib-only; imported late to keep this cheap
+
+    if isinstance(error, RequestError):
+        return error.status
+    if isinstance(error, (ImageTooLarge, ArchiveTooLarge, Image.DecompressionBombError)):
+        return 413
+    if isinstance(error, (ImageError, ValueError, FileNotFoundError)):
+        return 400
+    return 500
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    headers = {"Retry-After": "1"} if status == 503 else None
+    if status == 401:
+        headers = {"WWW-Authenticate": 'Bearer realm="mask-classifier"'}
+    return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
+
+
+class PartInspector:
+    """Streams a multipart body past python-multipart's parser to see each part's name and whether it
+    is a file, without keeping the data."""
+
+    def __init__(self, content_type: bytes, expected: tuple[str, ...]):
+        from python_multipart.multipart import MultipartParser, parse_options_header
+
+        self._parse_options = parse_options_header
+        self.expected, self.error = expected, ""
+        self._name, self._value, self._disposition = b"", b"", b""
+        _, params = parse_options_header(content_type)
+        boundary = params.get(b"boundary")
+        if not boundary:
+            self.error = "multipart body without a boundary"
+            self.parser = None
+            return
+        self.parser = MultipartParser(boundary, {
+            "on_header_field": lambda d, a, b: setattr(self, "_name", self._name + d[a:b]),
+            "on_header_value": lambda d, a, b: setattr(self, "_value", self._value + d[a:b]),
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+        })
+
+    def _header_end(self):
+        if self._name.lower() == b"content-disposition":
+            self._disposition = self._value
+        self._name, self._value = b"", b""
+
+    def _headers_finished(self):
+        _, options = self._parse_options(self._disposition)
+        self._disposition = b""
+        name = options.get(b"name", b"").decode("utf-8", "replace")
+        if self.error:
+            return
+        if name not in self.expected:
+            self.error = f"unexpected form field {name!r}; expected {', '.join(map(repr, self.expected))}"
+        elif b"filename" not in options:
+            self.error = f"form field {name!r} must be a file upload (URLs and text are not accepted)"
+
+    def feed(self, chunk: bytes) -> None:
+        if self.parser is not None and not self.error and chunk:
+            try:
+                self.parser.write(chunk)
+            except Exception as e:  # python-multipart's MultipartParseError and friends
+                self.error = f"malformed multipart body: {e}"
+
+
+def body_limits(settings) -> dict[str, int]:
+    """Per-route body caps (bytes) from the settings; every other body route gets ``max_body_bytes``."""
+    s = settings
+    submission = s.max_archive_bytes + s.max_upload_bytes + MULTIPART_SLACK
+    return {"/predict": s.max_upload_bytes + MULTIPART_SLACK, "/explain": s.max_upload_bytes + MULTIPART_SLACK,
+            "/predict_batch": s.max_files * s.max_upload_bytes + MULTIPART_SLACK,
+            "/submission/submit": submission, "/submission": submission,
+            "/infer": s.max_infer_bytes}
+
+
+MULTIPART_FIELDS = {"/predict": ("image",), "/predict_batch": ("images",), "/explain": ("image",),
+                    "/submission/submit": ("info", "archive"), "/submission": ("info", "archive")}
+
+
+class RequestGuard:
+    """ASGI middleware in front of the routes: API key (401), body-size limits (411/413) decided from
+    the Content-Length before anything is read, multipart field checks (400/415), ``GET /model``."""
+
+    def __init__(self, app, limits: dict[str, int], fields: dict[str, tuple[str, ...]],
+                 default_limit: int, api_key: str = ""):
+        self.app, self.limits, self.fields, self.default_limit = app, limits, fields, default_limit
+        self._key = f"Bearer {api_key}".encode() if api_key else b""
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path, method = scope.get("path", ""), scope.get("method", "")
+        headers = dict(scope.get("headers") or [])
+        try:
+            self._check_key(path, method, headers)
+            if method in BODY_METHODS:
+                self._check_length(path, headers)
+                if path in self.fields:
+                    self._check_content_type(path, headers)
+        except RequestError as e:
+            return await e.response()(scope, receive, send)
+        if path == "/model" and method == "GET":
+            return await self._model_info(scope, receive, send)
+        if method in BODY_METHODS and path in self.fields:
+            return await self._inspected(path, headers, scope, receive, send)
+        return await self.app(scope, receive, send)
+
+    def _check_key(self, path: str, method: str, headers: dict) -> None:
+        if not self._key or path in OPEN_PATHS:
+            return
+        if method == "GET" and (path == OPEN_PAGE_PREFIX or path.startswith(OPEN_PAGE_PREFIX + "/")):
+            return
+        given = headers.get(b"authorization")
+        if given is None:
+            raise Unauthorized("this server needs an API key: send 'Authorization: Bearer <MASK_API_KEY>'")
+        if not hmac.compare_digest(given, self._key):
+            raise Unauthorized("wrong API key in the Authorization header")
+
+    def _check_length(self, path: str, headers: dict) -> None:
+        limit = self.limits.get(path, self.default_limit)
+        length = headers.get(b"content-length")
+        if length is None:
+            # no Content-Length and no Transfer-Encoding is an empty body (HTTP/1.1); only the upload
+            # routes, which always carry one, insist on a length, and chunked bodies are refused everywhere
+            if path in self.fields or b"transfer-encoding" in headers:
+                raise LengthRequired("send a Content-Length header (chunked uploads are not accepted)")
+            return
+        if not length.isdigit() or int(length) > limit:
+            raise PayloadTooLarge(f"request body of {length.decode(errors='replace')} bytes is over the limit "
+                                  f"of {limit} bytes for {path}")
+
+    def _check_content_type(self, path: str, headers: dict) -> None:
+        content_type = headers.get(b"content-type", b"")
+        if not content_type.lower().startswith(b"multipart/form-data"):
+            got = content_type.decode(errors="replace") or "none"
+            raise UnsupportedMediaType(f"send multipart/form-data with file field(s) "
+                                       f"{', '.join(map(repr, self.fields[path]))}, got content type {got!r}")
+
+    async def _inspected(self, path, headers, scope, receive, send):
+        inspector = PartInspector(headers.get(b"content-type", b""), self.fields[path])
+        replaced = False
+
+        async def inspected_receive():
+            message = await receive()
+            if message["type"] == "http.request":
+                inspector.feed(message.get("body", b""))
+            return message
+
+        async def guarded_send(message):
+            nonlocal replaced
+            if message["type"] == "http.response.start" and inspector.error:
+                replaced = True
+                body = error_response(400, inspector.error)
+                await send({"type": "http.response.start", "status": 400, "headers": body.raw_headers})
+                await send({"type": "http.response.body", "body": body.body})
+            elif not replaced:
+                await send(message)
+
+        await self.app(scope, inspected_receive, guarded_send)
+
+    async def _model_info(self, scope, receive, send):
+        import bentoml
+
+        try:
+            service = bentoml.get_current_service()
+        except bentoml.exceptions.BentoMLException:
+            return await error_response(503, "model is still loading")(scope, receive, send)
+        body = service.model_info().model_dump(mode="json")
+        await JSONResponse(body)(scope, receive, send)

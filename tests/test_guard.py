@@ -1,0 +1,80 @@
+"""serving/guard.py: the API key (MASK_API_KEY), body limits and typed errors, on a stub ASGI app
+behind the real RequestGuard (every branch, fast)."""
+from __future__ import annotations
+
+import pytest
+from starlette.responses import PlainTextResponse
+from starlette.testclient import TestClient
+
+from serving.guard import RequestGuard, status_of
+
+KEY = "s3cret-key"
+
+
+async def echo(scope, receive, send):
+    await PlainTextResponse(f"{scope['method']} {scope['path']}")(scope, receive, send)
+
+
+def guarded(api_key=KEY, default_limit=100) -> TestClient:
+    return TestClient(RequestGuard(echo, limits={"/big": 1000}, fields={}, default_limit=default_limit,
+                                   api_key=api_key))
+
+
+@pytest.mark.parametrize("path", ["/predict", "/", "/docs.json", "/submission/status", "/new_route"])
+def test_api_key_is_needed_everywhere_but_the_probes(path):
+    c = guarded()
+    missing = c.get(path)
+    assert missing.status_code == 401 and "Authorization: Bearer" in missing.json()["error"], missing.text
+    assert missing.headers["www-authenticate"].startswith("Bearer"), missing.headers
+    wrong = c.get(path, headers={"Authorization": f"Bearer {KEY}x"})
+    assert wrong.status_code == 401 and wrong.json() == {"error": "wrong API key in the Authorization header",
+                                                         "status": 401}, wrong.text
+    assert c.get(path, headers={"Authorization": KEY}).status_code == 401, "the Bearer scheme is required"
+    ok = c.get(path, headers={"Authorization": f"Bearer {KEY}"})
+    assert ok.status_code == 200 and ok.text == f"GET {path}", ok.text
+
+
+@pytest.mark.parametrize("path", ["/readyz", "/livez", "/metrics"])
+def test_probes_stay_open_with_a_key(path):
+    assert guarded().get(path).status_code == 200
+
+
+def test_no_key_configured_means_open():
+    assert guarded(api_key="").get("/predict").status_code == 200
+
+
+def test_key_is_compared_in_constant_time(monkeypatch):
+    import hmac
+
+    import serving.guard
+
+    seen = []
+    real = hmac.compare_digest
+    monkeypatch.setattr(serving.guard.hmac, "compare_digest", lambda a, b: seen.append((a, b)) or real(a, b))
+    guarded().get("/x", headers={"Authorization": "Bearer nope"})
+    assert seen == [(b"Bearer nope", f"Bearer {KEY}".encode())], seen
+
+
+def test_default_body_limit_covers_unlisted_routes_and_methods():
+    c = guarded(api_key="")
+    for method in ("POST", "PUT", "PATCH"):
+        r = c.request(method, "/never_listed", content=b"x" * 101)
+        assert r.status_code == 413 and "limit of 100 bytes" in r.json()["error"], (method, r.text)
+        assert c.request(method, "/never_listed", content=b"x" * 100).status_code == 200, method
+    assert c.post("/big", content=b"x" * 1000).status_code == 200, "a listed route has its own limit"
+    assert c.post("/big", content=b"x" * 1001).status_code == 413
+    assert c.post("/never_listed").status_code == 200, "no body at all is fine"
+
+
+def test_status_of_follows_the_type():
+    from maskdata.preprocess import ImageError, ImageTooLarge
+    from serving.archive import ArchiveError, ArchiveTooLarge
+    from serving.guard import ServiceBusy
+
+    assert [status_of(e) for e in (ImageTooLarge("a"), ImageError("over the limit"), ArchiveTooLarge("b"),
+                                   ArchiveError("too large"), ValueError("x"), ServiceBusy("y"), KeyError())] \
+        == [413, 400, 413, 400, 400, 503, 500]
+
+# The real service with a key is tested through `bentoml serve` (test_serve_subprocess.py::
+# test_api_key_on_a_real_server): a second in-process ASGI app would register BentoML's request
+# metrics twice in this process's Prometheus registry.
