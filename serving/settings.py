@@ -21,6 +21,7 @@ changed without touching code, e.g. ``MASK_MAX_UPLOAD_BYTES=2000000 bentoml serv
 | ``MASK_MAX_BATCH_SIZE`` | ``32`` | adaptive batching: most images per model call (at least 2) |
 | ``MASK_MAX_LATENCY_MS`` | ``1000`` | adaptive batching: latency budget; requests that cannot meet it get 503 |
 | ``MASK_WORKERS`` | ``1`` | BentoML worker processes |
+| ``MASK_ASPECT`` | – (as recorded) | ``stretch``, ``crop`` or ``pad``: override the model's recorded aspect policy (docs/serving.md) |
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from pathlib import Path
 DEFAULT_MODEL = "mask-classifier:latest"
 BACKENDS = ("onnx", "torch")
 PRECISIONS = ("auto", "fp32", "fp16", "int8")
+ASPECTS = ("", "stretch", "crop", "pad")       # "" = the policy recorded in the model
 
 
 def _int(env: dict, name: str, default: int, minimum: int = 0) -> int:
@@ -75,12 +77,15 @@ class Settings:
     max_batch_size: int = 32
     max_latency_ms: int = 1000
     workers: int = 1
+    aspect: str = ""
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}; expected one of {sorted(BACKENDS)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; expected one of {sorted(PRECISIONS)}")
+        if self.aspect not in ASPECTS:
+            raise ValueError(f"unknown aspect policy {self.aspect!r} (MASK_ASPECT); expected one of {list(ASPECTS[1:])}")
 
     @property
     def model_source(self) -> str:
@@ -113,4 +118,5 @@ class Settings:
             max_batch_size=_int(env, "MASK_MAX_BATCH_SIZE", d.max_batch_size, 2),
             max_latency_ms=_int(env, "MASK_MAX_LATENCY_MS", d.max_latency_ms, 1),
             workers=_int(env, "MASK_WORKERS", d.workers, 1),
+            aspect=env.get("MASK_ASPECT", "").strip().lower(),
         )

@@ -27,11 +27,12 @@ log = logging.getLogger("mask-submit")
 DEFAULT_MODEL = "mask-classifier:latest"
 
 
-def load_predictor(model: str, precision: str | None = None):
+def load_predictor(model: str, precision: str | None = None, aspect: str | None = None):
     """A Predictor for a store tag / .onnx file (ONNX Runtime) or a .pt checkpoint (PyTorch).
 
     ``precision`` picks the exporter's variant beside the model (``model.int8.onnx`` …); None keeps
-    ``MASK_PRECISION`` / the default.
+    ``MASK_PRECISION`` / the default. ``aspect`` overrides the recorded aspect policy exactly as
+    ``MASK_ASPECT`` does for the REST service (None keeps ``MASK_ASPECT`` / the recorded one).
     """
     from dataclasses import replace
 
@@ -42,6 +43,8 @@ def load_predictor(model: str, precision: str | None = None):
     settings = Settings.from_env()
     if precision is not None:
         settings = replace(settings, precision=precision)
+    if aspect is not None:
+        settings = replace(settings, aspect=aspect)
     return Predictor(model, backend=backend, settings=settings)
 
 
@@ -67,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ONNX variant to run: fp32, int8 (model.int8.onnx from mask-export --int8: the fastest on "
                         "CPU for conv nets, see docs/benchmarks.md), fp16 (GPU), or auto (FP16 on a GPU when "
                         "exported, else FP32); default: $MASK_PRECISION or auto")
+    p.add_argument("--aspect", choices=("stretch", "crop", "pad"), default=None,
+                   help="override the model's recorded aspect policy, as MASK_ASPECT does for the REST service "
+                        "(docs/serving.md); default: $MASK_ASPECT or as recorded")
     p.add_argument("--probs", metavar="FILE", help="also write the 18 class probabilities per row (for ensembling)")
     p.add_argument("--labels", metavar="ANSWERS_CSV",
                    help="answers CSV (ImageID,ans): print macro F1, accuracy, per-head F1 and write "
@@ -105,7 +111,7 @@ def _run(args: argparse.Namespace) -> int:
     shard = Shard.parse(args.shard) if args.shard else None
     if args.labels:   # a bad answers file should fail now, not after the whole run
         read_csv(args.labels, ("ImageID", "ans"))
-    predictor = load_predictor(args.model, args.precision)
+    predictor = load_predictor(args.model, args.precision, args.aspect)
     log.info("model %s (%s, %s) on %s", args.model, predictor.metadata.arch,
              "x".join(map(str, predictor.input_shape[:2])), predictor.provider)
     result = run_submission(predictor, args.info, args.images, args.out, batch_size=args.batch_size,

@@ -21,9 +21,11 @@ import torch
 
 from maskdata import labels
 from maskdata.layout import read_train_dir
+from maskdata.geometry import ASPECT_POLICIES, parse_crop
 from maskdata.preprocess import FILTERS
 from training import dist
 from training.config import DataConfig, LossConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
+from training.augment import BatchMix, presets_help
 from training.data import AUGMENTS
 from training.losses import parse_criterion
 from training.models import HEADS, MODELS, hub_weights_path
@@ -49,7 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", help="run folder to write (default with --resume: the checkpoint's folder)")
     g.add_argument("--resize", nargs=2, type=int, default=(128, 96), metavar=("H", "W"), help="input size")
     g.add_argument("--resize-filter", default="bilinear", help=f"one of {sorted(FILTERS)}")
-    g.add_argument("--augment", default="light", help=f"augmentation preset: {sorted(AUGMENTS)}")
+    g.add_argument("--augment", default="light", help=f"augmentation preset (torchvision v2), one of {presets_help()}")
+    g.add_argument("--crop", default=DataConfig.crop, metavar="center:H,W|box:L,T,R,B",
+                   help="crop of the upright image before the aspect policy and resize: a centred HxW box in source "
+                        "pixels, or a box in 0-1 relative or pixel coordinates; recorded in the model")
+    g.add_argument("--aspect", default=DataConfig.aspect, help=f"aspect policy for inputs whose aspect differs from "
+                   f"--resize: one of {list(ASPECT_POLICIES)}; recorded in the model (docs/data.md)")
+    g.add_argument("--mixup", type=float, default=DataConfig.mixup, metavar="ALPHA", help="MixUp alpha (0 = off)")
+    g.add_argument("--cutmix", type=float, default=DataConfig.cutmix, metavar="ALPHA", help="CutMix alpha (0 = off)")
+    g.add_argument("--mix-prob", type=float, default=DataConfig.mix_prob, help="share of batches mixed")
     g.add_argument("--val-fraction", type=float, default=0.2, help="share of people held out (no --folds)")
     g.add_argument("--folds", type=int, default=0, help="K >= 2: person-level k-fold into RUN_DIR/fold{k}/")
     g.add_argument("--sampler", default="random", help=f"{list(SAMPLERS)}; weighted = inverse class frequency")
@@ -104,6 +114,16 @@ def _check_name(kind: str, name: str, valid) -> None:
         raise ValueError(f"unknown {kind} {name!r}; expected one of {sorted(valid)}")
 
 
+def check_preprocessing_and_mix(a: argparse.Namespace) -> None:
+    """--crop, --aspect and --mixup/--cutmix/--mix-prob: one-line reasons before any work."""
+    parse_crop(a.crop)
+    _check_name("aspect policy", a.aspect, ASPECT_POLICIES)
+    mix = BatchMix(a.mixup, a.cutmix, a.mix_prob)
+    if mix.enabled:
+        from training.soft_targets import check_soft_criterion
+        check_soft_criterion(a.criterion)
+
+
 def config_from_args(a: argparse.Namespace) -> RunConfig:
     """Validate every option before any data is read or any model is built."""
     if not a.data_dir:
@@ -120,6 +140,7 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
     _check_name("class weights", a.class_weights, ("none", "balanced"))
     _check_name("amp mode", a.amp, AMP_CHOICES)
     parse_criterion(a.criterion)
+    check_preprocessing_and_mix(a)
     epochs = 12 if a.epochs is None else a.epochs
     for name, value, low in (("--accum-steps", a.accum_steps, 1), ("--epochs", epochs, 1),
                              ("--batch-size", a.batch_size, 1), ("--workers", a.workers, 0),
@@ -144,7 +165,8 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
     return RunConfig(
         data=DataConfig(str(Path(a.data_dir).resolve()), h, w, a.resize_filter, a.augment, a.val_fraction, a.sampler,
                         a.oversample, labels.parse_age_bins(a.age_bins), a.batch_size, a.workers, not a.no_cache,
-                        a.strict),
+                        a.strict, crop=a.crop.strip(), aspect=a.aspect, mixup=a.mixup, cutmix=a.cutmix,
+                        mix_prob=a.mix_prob),
         model=ModelConfig(a.model, a.head, a.pretrained or bool(a.weights), a.weights),
         optim=OptimConfig(a.optimizer, a.lr, a.weight_decay, a.momentum, a.nesterov, a.scheduler, a.warmup_epochs,
                           a.step_size, a.gamma, milestones, a.min_lr_ratio, a.patience),
@@ -158,6 +180,7 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
 
 def config_from_dict(d: dict) -> RunConfig:
     data = dict(d["data"], age_bins=tuple(d["data"]["age_bins"]))
+    data.setdefault("aspect", "stretch")   # runs recorded before the aspect policy existed stretched
     optim = dict(d["optim"], milestones=tuple(d["optim"]["milestones"]))
     return RunConfig(DataConfig(**data), ModelConfig(**d["model"]), OptimConfig(**optim), LossConfig(**d["loss"]),
                      TrainConfig(**d["train"]))

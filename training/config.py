@@ -23,6 +23,11 @@ class DataConfig:
     workers: int = 1
     cache: bool = True                 # keep decoded eval-size images in memory across epochs
     strict: bool = False
+    crop: str = ""                     # "" | center:H,W | box:L,T,R,B (maskdata.geometry), before resize
+    aspect: str = "crop"               # stretch | crop | pad for inputs of another aspect (docs/data.md)
+    mixup: float = 0.0                 # MixUp Beta alpha (0 = off)
+    cutmix: float = 0.0                # CutMix Beta alpha (0 = off)
+    mix_prob: float = 1.0              # share of batches mixed when --mixup/--cutmix is on
 
 
 @dataclass(frozen=True)

@@ -24,11 +24,13 @@ from maskdata.io import atomic_write_text
 from maskdata.layout import Sample, fingerprint
 from maskdata.preprocess import Preprocess
 from training import data, dist, engine, plots
+from training.augment import BatchMix
 from training.checkpoint import build_checkpoint, load_checkpoint, save_checkpoint, unwrap
 from training.config import RunConfig
 from training.losses import balanced_class_weights, create_criterion
 from training.models import create_model
 from training.optim import create_optimizer, create_scheduler, updates_per_epoch
+from training.soft_targets import SoftAware
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,8 @@ class Loaders:
 
     def __init__(self, cfg: RunConfig, samples: list[Sample], train_idx: list[int], val_idx: list[int], env: Env):
         dc, d = cfg.data, env.d
-        self.preprocess = Preprocess(dc.height, dc.width, dc.resize_filter)
+        self.preprocess = Preprocess(dc.height, dc.width, dc.resize_filter, crop=dc.crop, aspect=dc.aspect)
+        data.check_crop_fits(self.preprocess, [samples[i].path for i in train_idx[:1] + val_idx[:1]])
         targets = [s.label(dc.age_bins) for s in samples]
         train_idx = data.oversample(train_idx, targets, dc.oversample)
         self.train_samples = [samples[i] for i in train_idx]
@@ -129,6 +132,9 @@ def fit(cfg: RunConfig, samples: list[Sample], train_idx: list[int], val_idx: li
     weights = balanced_class_weights(ld.train_targets) if lc.class_weights == "balanced" else None
     criterion = create_criterion(lc.criterion, gamma=lc.focal_gamma, smoothing=lc.smoothing,
                                  class_weights=weights).to(env.device)
+    mix = BatchMix(cfg.data.mixup, cfg.data.cutmix, cfg.data.mix_prob, seed=tc.seed * 31 + d.rank)
+    if mix.enabled:   # MixUp/CutMix: soft targets, a function of (seed, rank, epoch, step)
+        criterion = SoftAware(criterion)
     optimizer = create_optimizer(model, cfg.optim)
     upe = updates_per_epoch(len(ld.train), tc.accum_steps)
     schedule = create_scheduler(optimizer, cfg.optim, upe, tc.epochs)
@@ -170,7 +176,8 @@ def fit(cfg: RunConfig, samples: list[Sample], train_idx: list[int], val_idx: li
         tr = engine.train_one_epoch(train_model, ld.train, criterion, optimizer, schedule, scaler,
                                     device=env.device, accum_steps=tc.accum_steps, clip_grad=tc.clip_grad,
                                     amp_dtype=env.amp_dtype, d=d, desc=f"epoch {epoch + 1}/{tc.epochs}",
-                                    progress=tc.progress)
+                                    progress=tc.progress,
+                                    batch_transform=(lambda x, y, i, e=epoch: mix(x, y, e, i)) if mix.enabled else None)
         val, probs = engine.evaluate(model, ld.val, ld.y_val, device=env.device, amp_dtype=env.amp_dtype, d=d,
                                      progress=tc.progress)
         schedule.step_epoch(val["f1"])
