@@ -163,3 +163,38 @@ def test_aspect_settings_and_submit_flag():
     from serving.submit import build_parser
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--info", "i", "--images", "d", "--out", "o", "--aspect", "wide"])
+
+
+# ---------------------------------------------------------------- one crop through every stage
+
+@pytest.mark.slow
+def test_a_crop_is_applied_alike_by_training_export_rest_batch_and_torch(synth_root, tmp_path):
+    """Train with --crop, export (its parity check decodes with the recorded crop), then the same
+    image gets the same answer from the REST predictor, the batch job and the PyTorch backend."""
+    from export.cli import main as export_main
+    from serving.submission import run_submission
+    from training.cli import main as train_main
+
+    run = tmp_path / "run"
+    rc = train_main(["--data-dir", str(synth_root / "train"), "--out", str(run), "--model", "tiny_cnn", "--epochs", "1",
+                     "--batch-size", "16", "--resize", "32", "24", "--workers", "0", "--no-progress",
+                     "--crop", "box:0.1,0.05,0.9,0.85", "--aspect", "pad"])
+    assert rc == 0
+    ckpt = torch.load(run / "best.pt", weights_only=True)
+    assert ckpt["preprocess"]["crop"] == "box:0.1,0.05,0.9,0.85" and ckpt["preprocess"]["aspect"] == "pad"
+    onnx_path = tmp_path / "model.onnx"
+    assert export_main(["--checkpoint", str(run / "best.pt"), "--out", str(onnx_path)]) == 0, "export parity failed"
+    rest = Predictor(onnx_path, settings=Settings())
+    assert rest.preprocess.crop == "box:0.1,0.05,0.9,0.85", "ONNX metadata must record the crop"
+    images = sorted((synth_root / "eval" / "images").iterdir())[:6]
+    info = tmp_path / "info.csv"
+    info.write_text("ImageID,ans\n" + "".join(f"{p.name},0\n" for p in images))
+    batch = run_submission(rest, info, images[0].parent, tmp_path / "sub.csv", progress=False).probs
+    one_by_one = np.array([rest.infer(rest.load(p.read_bytes())[None])[0] for p in images])
+    np.testing.assert_allclose(batch, one_by_one, atol=1e-5, err_msg="batch and REST must agree under a crop")
+    torch_pred = Predictor(run / "best.pt", backend="torch", settings=Settings())
+    assert torch_pred.preprocess == rest.preprocess, "both backends must decode alike"
+    np.testing.assert_allclose(torch_pred.infer(np.stack([torch_pred.load(p) for p in images])), one_by_one, atol=1e-4)
+    uncropped = Predictor(onnx_path, settings=Settings(aspect="stretch"))
+    square = png(gradient(300, 300))   # the crop keeps 240x240: pad letterboxes it, stretch does not
+    assert not np.array_equal(uncropped.load(square), rest.load(square)), "the override must change pixels"
