@@ -11,7 +11,7 @@ from training.soft_targets import SoftAware, check_soft_criterion, soft_cross_en
 
 def test_every_preset_is_a_pure_function_of_its_generator_and_leaves_the_global_rng_alone():
     img = torch.randint(0, 256, (3, 64, 48), dtype=torch.uint8)
-    assert {"none", "light", "medium", "strong", "colour", "trivial", "randaug"} <= set(AUGMENTS)
+    assert {"none", "light", "medium", "strong", "v2_light", "v2_medium", "v2_strong", "colour", "trivial", "randaug"} <= set(AUGMENTS)
     for name, aug in AUGMENTS.items():
         torch.manual_seed(123)
         before = torch.get_rng_state()

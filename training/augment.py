@@ -9,28 +9,33 @@ v2 transforms draw from torch's *global* generator, so each call runs inside
 ``--workers`` value, the DDP world size or a resume, and the caller's global RNG is untouched.
 torchvision is imported on first use (it costs about a second of start-up).
 
-Presets (``--augment``): ``none``; ``light``/``medium``/``strong`` (the former hand-written
-presets rebuilt from RandomResizedCrop, RandomHorizontalFlip, ColorJitter, RandomRotation,
-RandomErasing); ``colour`` (the seed team's colour operations for age cues: RandomAdjustSharpness,
+Presets (``--augment``): ``none``; ``v2_light``/``v2_medium``/``v2_strong`` (the hand-written
+``light``/``medium``/``strong`` rebuilt from RandomResizedCrop, RandomHorizontalFlip, ColorJitter,
+RandomRotation, RandomErasing; the hand-written ones stay, pixel-exact, as ``TensorAugment``); ``colour`` (the seed team's colour operations for age cues: RandomAdjustSharpness,
 RandomAutocontrast, brightness/contrast/saturation); ``trivial`` (TrivialAugmentWide) and
 ``randaug`` (RandAugment, 2 ops at magnitude 9).
 """
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from maskdata.preprocess import Preprocess
 
 FILL = list(Preprocess.__dataclass_fields__["pad_fill"].default)   # rotation corners: the mean colour
 
+LEGACY = {"light": "tensor ops, as before v2 (the default)", "medium": "tensor ops, as before v2",
+          "strong": "tensor ops, as before v2"}
 PRESETS: dict[str, str] = {
     "none": "identity",
-    "light": "flip, resized crop (area >= 0.8), colour jitter 0.2",
-    "medium": "flip, resized crop (area >= 0.6), colour jitter 0.3, rotation ±10°",
-    "strong": "flip, resized crop (area >= 0.5), colour jitter 0.4, rotation ±15°, erasing p=0.5",
+    **LEGACY,
+    "v2_light": "flip, resized crop (area >= 0.8), colour jitter 0.2",
+    "v2_medium": "flip, resized crop (area >= 0.6), colour jitter 0.3, rotation ±10°",
+    "v2_strong": "flip, resized crop (area >= 0.5), colour jitter 0.4, rotation ±15°, erasing p=0.5",
     "colour": "flip, sharpness x2 p=0.5, autocontrast p=0.5, brightness/contrast/saturation 0.3",
     "trivial": "flip, TrivialAugmentWide",
     "randaug": "flip, RandAugment (2 ops, magnitude 9)",
@@ -44,11 +49,11 @@ def _ops(name: str, h: int, w: int) -> list:
 
     def rrc(scale: float):
         return v2.RandomResizedCrop((h, w), scale=(scale, 1.0), ratio=(3 / 4, 4 / 3), antialias=True)
-    if name == "light":
+    if name == "v2_light":
         return [rrc(0.8), flip, v2.ColorJitter(0.2, 0.2, 0.2)]
-    if name == "medium":
+    if name == "v2_medium":
         return [rrc(0.6), flip, v2.ColorJitter(0.3, 0.3, 0.3), v2.RandomRotation(10, fill=FILL)]
-    if name == "strong":
+    if name == "v2_strong":
         return [rrc(0.5), flip, v2.ColorJitter(0.4, 0.4, 0.4), v2.RandomRotation(15, fill=FILL),
                 v2.RandomErasing(p=0.5, scale=(0.01, 0.16), value=FILL)]
     if name == "colour":
@@ -86,7 +91,60 @@ class Augment:
         return out.contiguous()
 
 
-AUGMENTS: dict[str, Augment] = {name: Augment(name) for name in PRESETS}
+@dataclass(frozen=True)
+class TensorAugment:
+    """Label-preserving augmentations on uint8 (3, H, W) tensors, driven by an explicit generator.
+
+    The pre-v2 hand-written presets, kept pixel-exact so the default recipe (``light``) and its
+    measured F1 do not change until the v2 rebuild (``v2_light``) has been measured on the full data.
+    """
+    flip: float = 0.0              # probability of a horizontal flip
+    crop_scale: float = 1.0        # random-resized-crop minimum area fraction (1 = no crop)
+    jitter: float = 0.0            # brightness/contrast/saturation factor range ±jitter
+    rotate: float = 0.0            # max degrees
+    erase: float = 0.0             # probability of erasing a random rectangle
+
+    def __call__(self, img: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        def u(lo=0.0, hi=1.0) -> float:
+            return lo + (hi - lo) * float(torch.rand((), generator=g))
+        _, h, w = img.shape
+        x = img.float()
+        if self.crop_scale < 1:
+            area = u(self.crop_scale, 1.0)
+            ratio = math.exp(u(math.log(3 / 4), math.log(4 / 3)))
+            ch = min(h, max(8, round(h * math.sqrt(area / ratio))))
+            cw = min(w, max(8, round(w * math.sqrt(area * ratio))))
+            top, left = int(u() * (h - ch + 1)), int(u() * (w - cw + 1))
+            x = F.interpolate(x[None, :, top:top + ch, left:left + cw], size=(h, w), mode="bilinear",
+                              align_corners=False)[0]
+        if self.flip and u() < self.flip:
+            x = x.flip(-1)
+        if self.rotate:
+            a = math.radians(u(-self.rotate, self.rotate))
+            theta = torch.tensor([[math.cos(a), -math.sin(a) * h / w, 0.0],
+                                  [math.sin(a) * w / h, math.cos(a), 0.0]])[None]
+            grid = F.affine_grid(theta, [1, 3, h, w], align_corners=False)
+            x = F.grid_sample(x[None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
+        if self.jitter:
+            j = self.jitter
+            x = x * u(1 - j, 1 + j)
+            x = (x - x.mean()) * u(1 - j, 1 + j) + x.mean()
+            gray = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2])[None]
+            x = (x - gray) * u(1 - j, 1 + j) + gray
+        if self.erase and u() < self.erase:
+            eh, ew = max(1, int(h * u(0.1, 0.4))), max(1, int(w * u(0.1, 0.4)))
+            top, left = int(u() * (h - eh)), int(u() * (w - ew))
+            x[:, top:top + eh, left:left + ew] = u() * 255
+        return x.round_().clamp_(0, 255).to(torch.uint8)
+
+
+
+AUGMENTS: dict = {name: Augment(name) for name in PRESETS}
+AUGMENTS.update({
+    "light": TensorAugment(flip=0.5, crop_scale=0.8, jitter=0.2),
+    "medium": TensorAugment(flip=0.5, crop_scale=0.6, jitter=0.3, rotate=10),
+    "strong": TensorAugment(flip=0.5, crop_scale=0.5, jitter=0.4, rotate=15, erase=0.5),
+})
 
 
 def create_augment(name: str) -> Augment:
