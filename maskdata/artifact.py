@@ -13,7 +13,10 @@ from maskdata import labels
 from maskdata.labels import DEFAULT_AGE_BINS, label_table_dicts
 from maskdata.preprocess import Preprocess
 
-FORMAT_VERSION = 1
+# 1: resize only. 2: preprocessing gains crop, aspect and pad_fill (a reader of format 1 would have
+# dropped them and answered wrongly, so it refuses format 2). Format-1 models still load: the keys they
+# lack mean "no crop, stretch", which is what they did.
+FORMAT_VERSION = 2
 PREFIX = "mask."
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("logits", "probs")
@@ -58,7 +61,7 @@ class ModelMetadata:
             values = {k: json.loads(v) for k, v in d.items() if k in cls.__dataclass_fields__}
         except json.JSONDecodeError as e:
             raise ValueError(f"corrupt model metadata: {e}") from None
-        if values["format_version"] > FORMAT_VERSION:
+        if not isinstance(values["format_version"], int) or values["format_version"] > FORMAT_VERSION:
             raise ValueError(f"model metadata format {values['format_version']} is newer than this reader "
                              f"({FORMAT_VERSION}); upgrade the package")
         values["preprocess"] = Preprocess.from_dict(values["preprocess"])

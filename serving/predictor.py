@@ -17,6 +17,7 @@ would log a loud load failure on every start. The provider that ended up active 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import json
 import logging
 import os
@@ -182,6 +183,15 @@ def _torch_backend(model: Any, settings: Settings):
     return TorchBackend(model)
 
 
+def effective_preprocess(recorded: Preprocess, settings: Settings) -> Preprocess:
+    """The model's recorded preprocessing with this deployment's aspect override (``MASK_ASPECT``,
+    ``mask-submit --aspect``) applied, so REST and the batch job decode identically."""
+    if settings.aspect and settings.aspect != recorded.aspect:
+        log.info("aspect policy %s (deployment override of the recorded %s)", settings.aspect, recorded.aspect)
+        return dataclasses.replace(recorded, aspect=settings.aspect)
+    return recorded
+
+
 BACKENDS: dict[str, Callable[[Any, Settings], Any]] = {"onnx": OnnxBackend, "torch": _torch_backend}
 
 
@@ -207,7 +217,7 @@ class Predictor:
         started = time.perf_counter()
         self.backend = create_backend(self.backend_name, model, self.settings)
         self.metadata: ModelMetadata = self.backend.metadata
-        self.preprocess: Preprocess = self.metadata.preprocess
+        self.preprocess: Preprocess = effective_preprocess(self.metadata.preprocess, self.settings)
         self._heads = _head_names(self.metadata.labels)
         # calibrated top probability below this -> "uncertain": MASK_UNCERTAIN_BELOW, else the artifact's
         self.uncertain_below = (self.settings.uncertain_below if self.settings.uncertain_below is not None
@@ -296,7 +306,7 @@ class Predictor:
             "head": m.head,
             "precision": m.precision,
             "input": {"name": m.input_name, "shape": ["N", *self.input_shape], "dtype": "uint8", "layout": "NHWC"},
-            "preprocess": m.preprocess.to_dict(),
+            "preprocess": self.preprocess.to_dict(),   # as applied: MASK_ASPECT may override the recorded policy
             "labels": m.labels,
             "age_bins": list(m.age_bins),
             "metrics": m.metrics,

@@ -74,7 +74,7 @@ class ModelInfo(BaseModel):
                        "layout": "NHWC", "dtype": "uint8"},
         "labels": [{"index": 0, "mask": "wear", "gender": "male", "age": "<30"}],
         "age_bins": [30, 60], "metrics": {"f1": 0.81, "acc": 0.9}, "sources": [], "tta": [],
-        "exported_at": "2026-11-27T10:00:00Z", "producer_version": "0.1.0", "format_version": 1,
+        "exported_at": "2026-11-27T10:00:00Z", "producer_version": "0.1.0", "format_version": 2,
         "limits": {"max_upload_bytes": 10485760, "max_pixels": 40000000, "max_files": 64,
                    "batching": True, "max_batch_size": 32, "batch_wait_ms": 2, "max_queue": 256, "max_archive_bytes": 2147483648},
     }})

@@ -32,6 +32,7 @@ changed without touching code, e.g. ``MASK_MAX_UPLOAD_BYTES=2000000 bentoml serv
 | ``MASK_MAX_QUEUE`` | ``256`` | dynamic batching: most images waiting per worker (more: HTTP 503 + Retry-After) |
 | ``MASK_UNCERTAIN_BELOW`` | the artifact's | answer ``uncertain: true`` below this calibrated top probability (0..1) |
 | ``MASK_WORKERS`` | ``1`` | BentoML worker processes |
+| ``MASK_ASPECT`` | – (as recorded) | ``stretch``, ``crop`` or ``pad``: override the model's recorded aspect policy (docs/serving.md) |
 """
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ BACKENDS = ("onnx", "torch")
 PRECISIONS = ("auto", "fp32", "fp16", "int8")
 ENV_PREFIX = "MASK_"
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+ASPECTS = ("", "stretch", "crop", "pad")       # "" = the policy recorded in the model
 
 
 def env_name(field: str) -> str:
@@ -81,13 +83,14 @@ class Settings(BaseSettings):
     max_queue: int = Field(256, ge=1)
     uncertain_below: float | None = Field(None, ge=0.0, le=1.0)   # None: the threshold recorded in the artifact
     workers: int = Field(1, ge=1)
+    aspect: str = ""   # MASK_ASPECT: override the recorded aspect policy
 
     @field_validator("model", "checkpoint", "trt_cache", "api_key", mode="before")
     @classmethod
     def _strip(cls, value):
         return value.strip() if isinstance(value, str) else value
 
-    @field_validator("backend", "precision", mode="before")
+    @field_validator("backend", "precision", "aspect", mode="before")
     @classmethod
     def _lower(cls, value):
         return value.strip().lower() if isinstance(value, str) else value
@@ -135,6 +138,8 @@ class Settings(BaseSettings):
         if self.max_queue < self.max_batch_size:
             raise ValueError(f"MASK_MAX_QUEUE={self.max_queue} must be at least MASK_MAX_BATCH_SIZE="
                              f"{self.max_batch_size}")
+        if self.aspect not in ASPECTS:
+            raise ValueError(f"unknown aspect policy {self.aspect!r} (MASK_ASPECT); expected one of {list(ASPECTS[1:])}")
         return self
 
     @field_validator("uncertain_below", mode="before")

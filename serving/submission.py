@@ -176,6 +176,8 @@ def job_fingerprint(image_ids: list[str], images_dir: Path, predictor, shard: Sh
     h.update(str(Path(images_dir).resolve()).encode())
     h.update(str(getattr(predictor, "source", "")).encode())
     h.update(json.dumps(predictor.metadata.to_props(), sort_keys=True).encode())
+    if getattr(predictor, "preprocess", None) is not None:   # a --aspect override changes the answers
+        h.update(json.dumps(predictor.preprocess.to_dict(), sort_keys=True).encode())
     h.update(str(shard).encode())
     return h.hexdigest()[:24]
 

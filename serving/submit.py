@@ -27,11 +27,12 @@ from serving.submission import default_workers
 log = logging.getLogger("mask-submit")
 
 
-def load_predictor(model: str, precision: str | None = None):
+def load_predictor(model: str, precision: str | None = None, aspect: str | None = None):
     """A Predictor for a store tag / .onnx file (ONNX Runtime) or a .pt checkpoint (PyTorch).
 
     ``precision`` picks the exporter's variant beside the model (``model.int8.onnx`` …); None keeps
-    ``MASK_PRECISION`` / the default.
+    ``MASK_PRECISION`` / the default. ``aspect`` overrides the recorded aspect policy exactly as
+    ``MASK_ASPECT`` does for the REST service (None keeps ``MASK_ASPECT`` / the recorded one).
     """
     from serving.predictor import Predictor
     from serving.settings import Settings
@@ -40,6 +41,8 @@ def load_predictor(model: str, precision: str | None = None):
     settings = Settings.from_env()
     if precision is not None:
         settings = settings.replace(precision=precision)
+    if aspect is not None:
+        settings = settings.replace(aspect=aspect)
     return Predictor(model, backend=backend, settings=settings)
 
 
@@ -66,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ONNX variant to run: fp32, int8 (model.int8.onnx from mask-export --int8: the fastest on "
                         "CPU for conv nets, see docs/benchmarks.md), fp16 (GPU), or auto (FP16 on a GPU when "
                         "exported, else FP32); default: $MASK_PRECISION or auto")
+    p.add_argument("--aspect", choices=("stretch", "crop", "pad"), default=None,
+                   help="override the model's recorded aspect policy, as MASK_ASPECT does for the REST service "
+                        "(docs/serving.md); default: $MASK_ASPECT or as recorded")
     p.add_argument("--probs", metavar="FILE",
                    help=f"also write the {labels.NUM_CLASSES} class probabilities per row (for ensembling)")
     p.add_argument("--labels", metavar="ANSWERS_CSV",
@@ -154,7 +160,7 @@ def _run(args: argparse.Namespace) -> int:
         return _score(args, result)
     if args.probs_dir:
         raise ValueError("--probs-dir needs --engine ray; the local engine writes --probs FILE")
-    predictor = load_predictor(args.model, args.precision)
+    predictor = load_predictor(args.model, args.precision, args.aspect)
     log.info("model %s (%s, %s) on %s", args.model, predictor.metadata.arch,
              "x".join(map(str, predictor.input_shape[:2])), predictor.provider)
     result = run_submission(predictor, args.info, args.images, args.out, batch_size=args.batch_size,

@@ -19,6 +19,8 @@ import pytest
 import torch
 from PIL import Image
 
+from maskdata.artifact import FORMAT_VERSION
+
 from export.cli import main
 from export.graph import EnsembleNet, build_metadata, export_onnx, load_members
 from export.parity import (ParityError, check_parity, label_from_path, labels_for, labels_from_csv, list_images,
@@ -156,7 +158,7 @@ def test_metadata_round_trip(onnx_model, trained_run):
     assert meta.metrics == pytest.approx(ckpt["metrics"]), meta.metrics
     assert [s["path"] for s in meta.sources] == [str((trained_run / "best.pt").resolve())]
     assert meta.sources[0]["fingerprint"] == ckpt["data_fingerprint"]
-    assert meta.format_version == 1 and meta.exported_at.endswith("+00:00"), meta.exported_at
+    assert meta.format_version == FORMAT_VERSION and meta.exported_at.endswith("+00:00"), meta.exported_at
     # what serving reads from its session is the same object
     props = _cpu_session(onnx_model).get_modelmeta().custom_metadata_map
     assert ModelMetadata.from_props(props) == meta

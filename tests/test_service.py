@@ -12,6 +12,8 @@ from PIL import Image
 from serving.predictor import Predictor
 from serving.settings import Settings
 
+from conftest import SERVICE_LIMITS as LIMITS  # the limits the shared in-process service runs with
+
 
 
 def image_bytes(fmt="JPEG", size=(384, 512), color=(30, 140, 60), mode="RGB") -> bytes:

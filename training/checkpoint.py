@@ -19,7 +19,7 @@ from maskdata.preprocess import Preprocess
 from training.models import HEADS, MaskNet, create_model
 
 FORMAT = "mask-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # 2: preprocess gains crop/aspect/pad_fill (maskdata.artifact.FORMAT_VERSION)
 REQUIRED = ("arch", "head", "num_classes", "state_dict", "labels", "age_bins", "preprocess", "config",
             "metrics", "epoch", "data_fingerprint", "data_dir", "val_images")
 

@@ -22,9 +22,11 @@ import torch
 
 from maskdata import labels
 from maskdata.layout import read_train_dir
+from maskdata.geometry import ASPECT_POLICIES, parse_crop
 from maskdata.preprocess import FILTERS
 from training import dist
 from training.config import CLI_FIELDS, NEGATED, SECTIONS, RunConfig, config_yaml, field_default, field_of
+from training.augment import BatchMix, presets_help
 from training.data import AUGMENTS
 from training.losses import parse_criterion
 from training import backbones
@@ -86,7 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     add(g, "resize_filter", f": {sorted(FILTERS)} (with --pretrained and not given: the weights' own)")
     g.add_argument("--mean", help="normalization mean R,G,B (default: ImageNet's, or the pretrained weights' own)")
     g.add_argument("--std", help="normalization std R,G,B (default: ImageNet's, or the pretrained weights' own)")
-    add(g, "augment", f": {sorted(AUGMENTS)}")
+    add(g, "augment", f" (torchvision v2 or the hand-written tensor presets): one of {presets_help()}")
+    add(g, "crop", "", metavar="center:H,W|box:L,T,R,B")
+    add(g, "aspect", f": one of {list(ASPECT_POLICIES)}")
+    add(g, "mixup", "", metavar="ALPHA")
+    add(g, "cutmix", "", metavar="ALPHA")
+    add(g, "mix_prob")
     add(g, "val_fraction")
     add(g, "folds")
     add(g, "sampler", f": {list(SAMPLERS)}")
@@ -124,6 +131,16 @@ def _check_name(kind: str, name: str, valid) -> None:
         raise ValueError(f"unknown {kind} {name!r}; expected one of {sorted(valid)}")
 
 
+def check_preprocessing_and_mix(a: argparse.Namespace) -> None:
+    """--crop, --aspect and --mixup/--cutmix/--mix-prob: one-line reasons before any work."""
+    parse_crop(a.crop)
+    _check_name("aspect policy", a.aspect, ASPECT_POLICIES)
+    mix = BatchMix(a.mixup, a.cutmix, a.mix_prob)
+    if mix.enabled:
+        from training.soft_targets import check_soft_criterion
+        check_soft_criterion(a.criterion)
+
+
 def _check_args(a: argparse.Namespace) -> None:
     if not a.data_dir:
         raise ValueError("--data-dir is required (DIR/train with train.csv and images/)")
@@ -141,6 +158,7 @@ def _check_args(a: argparse.Namespace) -> None:
                                ("amp mode", a.amp, AMP_CHOICES)):
         _check_name(kind, value, valid)
     parse_criterion(a.criterion)
+    check_preprocessing_and_mix(a)
     for name, value, low in (("--accum-steps", a.accum_steps, 1), ("--epochs", a.epochs, 1),
                              ("--batch-size", a.batch_size, 1), ("--workers", a.workers, 0),
                              ("--oversample", a.oversample, 1), ("--early-stop", a.early_stop, 0),
@@ -173,7 +191,7 @@ def config_from_args(a: argparse.Namespace, given: set[str] = frozenset()) -> Ru
         values[sec][name] = not getattr(a, dest)
     h, w, resize_filter, mean, std = resolve_preprocess(a, given)
     values["data"].update(data_dir=str(Path(a.data_dir).resolve()), height=h, width=w, resize_filter=resize_filter,
-                          mean=mean, std=std, age_bins=labels.parse_age_bins(a.age_bins))
+                          mean=mean, std=std, age_bins=labels.parse_age_bins(a.age_bins), crop=a.crop.strip())
     values["model"]["pretrained"] = a.pretrained or bool(a.weights)
     values["optim"]["milestones"] = milestones
     values["train"].update(out=str(Path(a.out)), resume=None)

@@ -39,6 +39,12 @@ class DataConfig:
     strict: bool = _f(False, "fail on any data-layout problem instead of skipping")
     mean: tuple[float, float, float] | None = _f(None, "normalisation mean (default: ImageNet, or the pretrained weights' own)")
     std: tuple[float, float, float] | None = _f(None, "normalisation std (default: ImageNet, or the pretrained weights' own)")
+    crop: str = _f("", "crop of the upright image before the aspect policy and resize: center:H,W (source "
+                   "pixels) or box:L,T,R,B (0-1 relative or pixels); recorded in the model")
+    aspect: str = _f("crop", "policy for inputs whose aspect differs from the input size (docs/data.md); recorded")
+    mixup: float = _f(0.0, "MixUp Beta alpha (0 = off)")
+    cutmix: float = _f(0.0, "CutMix Beta alpha (0 = off)")
+    mix_prob: float = _f(1.0, "share of batches mixed when --mixup/--cutmix is on")
 
 
 @dataclass(frozen=True)
@@ -107,6 +113,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
         data = dict(d["data"], age_bins=tuple(d["data"]["age_bins"]))
+        data.setdefault("aspect", "stretch")   # runs recorded before the aspect policy existed stretched
         for k in ("mean", "std"):   # absent in runs written before they were recorded
             data[k] = tuple(data[k]) if data.get(k) is not None else None
         optim = dict(d["optim"], milestones=tuple(d["optim"]["milestones"]))
@@ -123,6 +130,7 @@ CLI_FIELDS = {
     "val_fraction": ("data", "val_fraction"), "sampler": ("data", "sampler"), "oversample": ("data", "oversample"),
     "age_bins": ("data", "age_bins"), "batch_size": ("data", "batch_size"), "workers": ("data", "workers"),
     "strict": ("data", "strict"),
+    **{n: ("data", n) for n in ("crop", "aspect", "mixup", "cutmix", "mix_prob")},
     "model": ("model", "arch"), "head": ("model", "head"), "pretrained": ("model", "pretrained"),
     "weights": ("model", "weights"),
     **{n: ("optim", n) for n in ("optimizer", "lr", "weight_decay", "momentum", "nesterov", "scheduler",

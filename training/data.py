@@ -1,8 +1,9 @@
 """Training data: a Dataset over ``maskdata.layout`` samples, augmentation presets, samplers, loaders.
 
 Every image is first turned into pixels by the ONE eval preprocessing (``maskdata.preprocess.Preprocess``:
-JPEG draft decode → EXIF → RGB → resize → uint8 HWC), so validation sees exactly what export and
-serving see. Training augments those uint8 pixels further. With ``cache=True`` the decoded images
+JPEG draft decode → EXIF → RGB → crop → aspect policy → resize → uint8 HWC), so validation sees exactly
+what export and serving see. Training augments those uint8 pixels further (``training.augment``:
+torchvision v2 presets). With ``cache=True`` the decoded images
 are kept in memory (128×96 RGB is 37 KB an image), which on a 2-core machine removes most of the
 per-epoch cost.
 
@@ -15,79 +16,18 @@ from __future__ import annotations
 import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from maskdata import labels
 from maskdata.layout import Sample
 from maskdata.preprocess import Preprocess
+from training.augment import AUGMENTS, Augment, create_augment  # noqa: F401  (the presets, re-exported)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Augment:
-    """Label-preserving augmentations on uint8 (3, H, W) tensors, driven by an explicit generator.
-
-    Plain tensor ops (no torchvision.transforms import, which costs seconds of start-up).
-    """
-    flip: float = 0.0              # probability of a horizontal flip
-    crop_scale: float = 1.0        # random-resized-crop minimum area fraction (1 = no crop)
-    jitter: float = 0.0            # brightness/contrast/saturation factor range ±jitter
-    rotate: float = 0.0            # max degrees
-    erase: float = 0.0             # probability of erasing a random rectangle
-
-    def __call__(self, img: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        def u(lo=0.0, hi=1.0) -> float:
-            return lo + (hi - lo) * float(torch.rand((), generator=g))
-        _, h, w = img.shape
-        x = img.float()
-        if self.crop_scale < 1:
-            area = u(self.crop_scale, 1.0)
-            ratio = math.exp(u(math.log(3 / 4), math.log(4 / 3)))
-            ch = min(h, max(8, round(h * math.sqrt(area / ratio))))
-            cw = min(w, max(8, round(w * math.sqrt(area * ratio))))
-            top, left = int(u() * (h - ch + 1)), int(u() * (w - cw + 1))
-            x = F.interpolate(x[None, :, top:top + ch, left:left + cw], size=(h, w), mode="bilinear",
-                              align_corners=False)[0]
-        if self.flip and u() < self.flip:
-            x = x.flip(-1)
-        if self.rotate:
-            a = math.radians(u(-self.rotate, self.rotate))
-            theta = torch.tensor([[math.cos(a), -math.sin(a) * h / w, 0.0],
-                                  [math.sin(a) * w / h, math.cos(a), 0.0]])[None]
-            grid = F.affine_grid(theta, [1, 3, h, w], align_corners=False)
-            x = F.grid_sample(x[None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
-        if self.jitter:
-            j = self.jitter
-            x = x * u(1 - j, 1 + j)
-            x = (x - x.mean()) * u(1 - j, 1 + j) + x.mean()
-            gray = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2])[None]
-            x = (x - gray) * u(1 - j, 1 + j) + gray
-        if self.erase and u() < self.erase:
-            eh, ew = max(1, int(h * u(0.1, 0.4))), max(1, int(w * u(0.1, 0.4)))
-            top, left = int(u() * (h - eh)), int(u() * (w - ew))
-            x[:, top:top + eh, left:left + ew] = u() * 255
-        return x.round_().clamp_(0, 255).to(torch.uint8)
-
-
-AUGMENTS: dict[str, Augment] = {
-    "none": Augment(),
-    "light": Augment(flip=0.5, crop_scale=0.8, jitter=0.2),
-    "medium": Augment(flip=0.5, crop_scale=0.6, jitter=0.3, rotate=10),
-    "strong": Augment(flip=0.5, crop_scale=0.5, jitter=0.4, rotate=15, erase=0.5),
-}
-
-
-def create_augment(name: str) -> Augment:
-    if name not in AUGMENTS:
-        raise ValueError(f"unknown augmentation {name!r}; expected one of {sorted(AUGMENTS)}")
-    return AUGMENTS[name]
 
 
 def sample_seed(seed: int, epoch: int, position: int) -> int:
@@ -120,6 +60,20 @@ class MaskDataset(Dataset):
             g = torch.Generator().manual_seed(aug_seed)
             img = self.augment(img.permute(2, 0, 1), g).permute(1, 2, 0).contiguous()
         return img, self.targets[i], i
+
+
+def check_crop_fits(preprocess: Preprocess, paths: list[str]) -> None:
+    """Fail before decoding when the recorded crop does not fit these images (header read only)."""
+    from PIL import Image
+
+    from maskdata.geometry import CropError
+    for path in paths:
+        with Image.open(path) as img:
+            size = img.size[::-1] if img.getexif().get(0x0112, 1) in (5, 6, 7, 8) else img.size
+        try:
+            preprocess.plan(size)
+        except CropError as e:
+            raise ValueError(f"--crop {preprocess.crop}: {path}: {e}") from None
 
 
 def decode_all(paths: list[str], preprocess: Preprocess, threads: int, progress: bool) -> dict[str, np.ndarray]:

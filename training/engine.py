@@ -30,8 +30,11 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 def train_one_epoch(model, loader, criterion, optimizer, schedule, scaler, *, device: torch.device,
                     accum_steps: int = 1, clip_grad: float = 0.0, amp_dtype: torch.dtype | None = None,
-                    d: dist.Dist = dist.Dist(), desc: str = "train", progress: bool = True) -> dict:
-    """Train for one pass over ``loader``; returns ``{"loss", "images", "updates", "seconds", "img_s"}``."""
+                    d: dist.Dist = dist.Dist(), desc: str = "train", progress: bool = True,
+                    batch_transform=None) -> dict:
+    """Train for one pass over ``loader``; returns ``{"loss", "images", "updates", "seconds", "img_s"}``.
+
+    ``batch_transform(x, y, step) -> (x, y)`` (MixUp/CutMix) runs on the CPU batch before the model."""
     model.train()
     n = len(loader)
     optimizer.zero_grad(set_to_none=True)
@@ -41,6 +44,8 @@ def train_one_epoch(model, loader, criterion, optimizer, schedule, scaler, *, de
     for i, (x, y, _) in enumerate(bar):
         group_size = min(accum_steps, n - (i // accum_steps) * accum_steps)
         need_update = (i + 1) % accum_steps == 0 or i + 1 == n
+        if batch_transform is not None:
+            x, y = batch_transform(x, y, i)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         # gradients are only all-reduced on the micro-batch that completes a group
         sync = contextlib.nullcontext() if need_update or not isinstance(model, DDP) else model.no_sync()

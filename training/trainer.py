@@ -32,11 +32,13 @@ from maskdata.preprocess import Preprocess
 from maskdata.report import class_report, report_csv_text
 from training import calibration, data, dist, engine, plots
 from training.tensorboard import RunLogger
+from training.augment import BatchMix
 from training.checkpoint import build_checkpoint, load_checkpoint, save_checkpoint, unwrap
 from training.config import RunConfig, config_yaml
 from training.losses import balanced_class_weights, create_criterion
 from training.models import create_model
 from training.optim import create_optimizer, create_scheduler, extend_restarts, updates_per_epoch
+from training.soft_targets import SoftAware
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +84,10 @@ class Loaders:
 
     def __init__(self, cfg: RunConfig, samples: list[Sample], train_idx: list[int], val_idx: list[int], env: Env):
         data_cfg, ranks = cfg.data, env.ranks
-        self.preprocess = Preprocess(data_cfg.height, data_cfg.width, data_cfg.resize_filter,
+        self.preprocess = Preprocess(data_cfg.height, data_cfg.width, data_cfg.resize_filter, crop=data_cfg.crop,
+                                     aspect=data_cfg.aspect,
                                      **{k: tuple(v) for k, v in (("mean", data_cfg.mean), ("std", data_cfg.std)) if v})
+        data.check_crop_fits(self.preprocess, [samples[i].path for i in train_idx[:1] + val_idx[:1]])
         targets = [s.label(data_cfg.age_bins) for s in samples]
         train_idx = data.oversample(train_idx, targets, data_cfg.oversample)
         self.train_samples = [samples[i] for i in train_idx]
@@ -117,6 +121,7 @@ class Parts:
     optimizer: torch.optim.Optimizer
     schedule: object                      # training.optim.Schedule
     scaler: torch.amp.GradScaler
+    mix: BatchMix                         # MixUp/CutMix (off unless --mixup/--cutmix)
 
 
 @dataclass
@@ -163,10 +168,13 @@ def _build(cfg: RunConfig, loaders: Loaders, env: Env, upe: int, restarts: list)
     weights = balanced_class_weights(loaders.train_targets) if loss_cfg.class_weights == "balanced" else None
     criterion = create_criterion(loss_cfg.criterion, gamma=loss_cfg.focal_gamma, smoothing=loss_cfg.smoothing,
                                  class_weights=weights).to(env.device)
+    mix = BatchMix(cfg.data.mixup, cfg.data.cutmix, cfg.data.mix_prob, seed=cfg.train.seed * 31 + env.ranks.rank)
+    if mix.enabled:   # MixUp/CutMix: soft targets, a function of (seed, rank, epoch, step)
+        criterion = SoftAware(criterion)
     optimizer = create_optimizer(model, cfg.optim)
     schedule = create_scheduler(optimizer, cfg.optim, upe, cfg.train.epochs, restarts)
     scaler = torch.amp.GradScaler(env.device.type, enabled=env.amp_dtype == torch.float16)
-    return Parts(model, train_model, criterion, optimizer, schedule, scaler)
+    return Parts(model, train_model, criterion, optimizer, schedule, scaler, mix)
 
 
 def _restore(ck: dict, cfg: RunConfig, upe: int) -> Progress:
@@ -205,7 +213,9 @@ def _train_epoch(epoch: int, parts: Parts, loaders: Loaders, cfg: RunConfig, env
     tr = engine.train_one_epoch(parts.train_model, loaders.train, parts.criterion, parts.optimizer, parts.schedule,
                                 parts.scaler, device=env.device, accum_steps=train_cfg.accum_steps,
                                 clip_grad=train_cfg.clip_grad, amp_dtype=env.amp_dtype, d=env.ranks,
-                                desc=f"epoch {epoch + 1}/{train_cfg.epochs}", progress=train_cfg.progress)
+                                desc=f"epoch {epoch + 1}/{train_cfg.epochs}", progress=train_cfg.progress,
+                                batch_transform=((lambda x, y, i: parts.mix(x, y, epoch, i)) if parts.mix.enabled
+                                                 else None))
     val, probs = engine.evaluate(parts.model, loaders.val, loaders.y_val, device=env.device, amp_dtype=env.amp_dtype,
                                  d=env.ranks, progress=train_cfg.progress)
     parts.schedule.step_epoch(val["f1"])
