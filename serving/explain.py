@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from maskdata.geometry import input_box_in_source
 from maskdata.preprocess import Preprocess, open_image
 
 DISPLAY_HEIGHT = 256      # rendered photo height in the PNG, pixels
@@ -36,21 +37,37 @@ def availability(metadata) -> dict:
 
 
 def map_to_photo(cam: np.ndarray, preprocess: Preprocess, photo_size: tuple[int, int]) -> np.ndarray:
-    """A model-input-space map (h, w) → the photo's pixel grid (height, width of ``photo_size`` (W, H)).
+    """A model-input-space map (h, w) → the photo's pixel grid ((height, width) of ``photo_size`` (W, H)).
 
-    The model saw the whole photo stretched to ``preprocess.size``, so the map covers the whole photo
-    and is stretched back. A crop / aspect-preserving preprocessing must place the map in the region
-    of the photo the model saw (and leave the rest empty): extend this one function for it.
+    Laid back through the same geometry the model saw (:func:`maskdata.geometry.input_box_in_source`:
+    crop → aspect policy → resize): the map covers the part of the photo that reached the model and
+    is NaN elsewhere (outside a crop, or in a ``pad`` margin). ``photo_size`` is the upright photo at
+    full resolution, the frame crop boxes are given in.
     """
     cam = np.asarray(cam, dtype=np.float32)
-    img = Image.fromarray(cam, mode="F").resize(photo_size, Image.Resampling.BILINEAR)
-    return np.asarray(img, dtype=np.float32)
+    width, height = photo_size
+    left, top, right, bottom = input_box_in_source(preprocess, photo_size)
+    box_w, box_h = max(1, round(right - left)), max(1, round(bottom - top))
+    resized = np.asarray(Image.fromarray(cam, mode="F").resize((box_w, box_h), Image.Resampling.BILINEAR),
+                         dtype=np.float32)
+    out = np.full((height, width), np.nan, dtype=np.float32)
+    x0, y0 = round(left), round(top)
+    xs, ys = max(0, x0), max(0, y0)
+    xe, ye = min(width, x0 + box_w), min(height, y0 + box_h)
+    if xe > xs and ye > ys:
+        out[ys:ye, xs:xe] = resized[ys - y0:ye - y0, xs - x0:xe - x0]
+    return out
 
 
 def colorize(values: np.ndarray) -> np.ndarray:
-    """Map (H, W) → RGB uint8 heat colours (blue → cyan → yellow → red), normalised to its own range."""
-    v = values - values.min()
-    v = v / v.max() if v.max() > 0 else v
+    """Map (H, W) → RGB uint8 heat colours (blue → cyan → yellow → red), normalised to its own finite
+    range; NaN (where the model saw nothing) becomes 0 and is left out of the overlay by the caller."""
+    finite = np.isfinite(values)
+    if not finite.any():
+        return np.zeros((*values.shape, 3), dtype=np.uint8)
+    v = np.where(finite, values, np.nan) - np.nanmin(values)
+    top = np.nanmax(v)
+    v = np.nan_to_num(v / top if top > 0 else v, nan=0.0)
     r = np.clip(1.5 - np.abs(4 * v - 3), 0, 1)
     g = np.clip(1.5 - np.abs(4 * v - 2), 0, 1)
     b = np.clip(1.5 - np.abs(4 * v - 1), 0, 1)
@@ -66,8 +83,10 @@ class Explanation:
 
     def overlay(self, cam: np.ndarray) -> Image.Image:
         photo = self.photo
-        heat = colorize(map_to_photo(cam, self.preprocess, photo.size)).astype(np.float32)
-        blend = (1 - ALPHA) * np.asarray(photo, dtype=np.float32) + ALPHA * heat
+        placed = map_to_photo(cam, self.preprocess, photo.size)
+        heat = colorize(placed).astype(np.float32)
+        alpha = np.where(np.isfinite(placed), ALPHA, 0.0)[..., None]   # no heat where the model saw nothing
+        blend = (1 - alpha) * np.asarray(photo, dtype=np.float32) + alpha * heat
         return Image.fromarray(np.clip(blend, 0, 255).astype(np.uint8))
 
     def png(self) -> bytes:
@@ -123,8 +142,8 @@ class Explainer:
         """Image bytes/path → prediction + chosen maps; :class:`ImageError` for a non-image."""
         array = self.predictor.load(source, max_pixels=max_pixels)
         pre = self.predictor.preprocess
-        photo = open_image(source, max_pixels=max_pixels or self.predictor.settings.max_pixels,
-                           draft_size=pre.draft_size)
+        # full resolution, no JPEG draft: crop boxes are in the upright source's own pixels
+        photo = open_image(source, max_pixels=max_pixels or self.predictor.settings.max_pixels)
         probs, cam = self.run(array[None])
         prediction = self.predictor.decode(probs[0])
         bias = self.info.get("bias") or [0.0] * cam.shape[1]

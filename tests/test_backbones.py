@@ -115,7 +115,10 @@ def test_list_models_and_missing_torchvision_file_exit_2(capsys, tmp_path, monke
 
 def test_torchvision_weights_transforms_become_the_config_unless_overridden(tmp_path, monkeypatch):
     from training.backbones import hub_weights_path
-    from training.cli import build_parser, config_from_args
+    from training.cli import build_parser, config_from_args, given_options
+
+    def parse(argv):   # what main() does: the options given decide what follows the weights' own
+        return config_from_args(build_parser().parse_args(argv), given_options(argv))
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -123,15 +126,14 @@ def test_torchvision_weights_transforms_become_the_config_unless_overridden(tmp_
     path.parent.mkdir(parents=True)
     path.write_bytes(b"present")  # config validation only checks the cache; nothing is loaded here
     base = ["--data-dir", str(tmp_path), "--out", str(tmp_path / "o"), "--model", "efficientnet_b0", "--pretrained"]
-    cfg = config_from_args(build_parser().parse_args(base))
+    cfg = parse(base)
     from torchvision.models import EfficientNet_B0_Weights
 
     t = EfficientNet_B0_Weights.DEFAULT.transforms()
     assert (cfg.data.height, cfg.data.width) == (t.crop_size[0], t.crop_size[0]), cfg.data
     assert cfg.data.resize_filter == t.interpolation.value and list(cfg.data.mean) == list(t.mean), cfg.data
-    own = config_from_args(build_parser().parse_args(base + ["--resize", "128", "96", "--resize-filter", "box",
-                                                             "--mean", "0.5,0.5,0.5"]))
+    own = parse(base + ["--resize", "128", "96", "--resize-filter", "box", "--mean", "0.5,0.5,0.5"])
     assert (own.data.height, own.data.width, own.data.resize_filter, own.data.mean) == (128, 96, "box", (0.5,) * 3)
     assert own.data.std == tuple(t.std), "what is not overridden still follows the weights"
     with pytest.raises(ValueError, match="--mean must be three numbers"):
-        config_from_args(build_parser().parse_args(base + ["--mean", "0.5,0.5"]))
+        parse(base + ["--mean", "0.5,0.5"])

@@ -125,3 +125,23 @@ def test_model_without_maps_answers_501(service, tmp_path, members):
     (tmp_path / "a.jpg").write_bytes(image_bytes())
     r = asyncio.run(svc._explain(tmp_path / "a.jpg", ""))
     assert r.status_code == 501 and b"exported without class-activation maps" in r.body, r.body
+
+
+def test_maps_are_laid_back_through_the_crop_and_aspect_policy():
+    """The heat map covers exactly the part of the photo that reached the model: inside a crop box,
+    inside the letterbox of a pad policy, the whole photo for stretch; NaN (no heat) elsewhere."""
+    from serving.explain import map_to_photo
+
+    cam = np.arange(12, dtype=np.float32).reshape(4, 3)       # model input 4x3 cells (H, W)
+    photo = (100, 200)                                         # (W, H)
+    whole = map_to_photo(cam, Preprocess(32, 24), photo)
+    assert whole.shape == (200, 100) and np.isfinite(whole).all(), "stretch: the map covers the whole photo"
+    cropped = map_to_photo(cam, Preprocess(32, 24, crop="box:0.25,0.25,0.75,0.75", aspect="stretch"), photo)
+    inside = np.isfinite(cropped)
+    assert inside[50:150, 25:75].all() and inside.sum() == 100 * 50, \
+        f"crop: heat only inside the 50x100 box at (25, 50), got {inside.sum()} covered pixels"
+    padded = map_to_photo(cam, Preprocess(24, 24, aspect="pad"), photo)   # 1:2 photo into a square input
+    rows = np.isfinite(padded).any(axis=1)
+    assert rows.all() and np.isfinite(padded).all(axis=0).sum() == 100, \
+        "pad: a 1:2 photo fills the square input's height; every photo pixel is inside the content"
+    assert cropped[50, 25] < cropped[149, 74], "the map keeps its orientation (top-left low, bottom-right high)"

@@ -71,7 +71,7 @@ def test_macro_f1_and_submission_score_match_scikit_learn(seed, tmp_path):
     """An independent oracle: scikit-learn's f1_score over all 18 labels, absent classes scoring 0."""
     from sklearn.metrics import accuracy_score, f1_score
 
-    from serving.submission import score
+    from maskdata.scoring import score
 
     rng = np.random.default_rng(seed)
     n = 60

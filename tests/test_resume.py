@@ -32,7 +32,8 @@ def fake_f1(monkeypatch):
 
     def evaluate(*a, **kw):
         out, probs = real(*a, **kw)
-        out["f1"] = seq.pop(0)
+        if seq:   # the end-of-run calibration pass evaluates once more, with the real F1
+            out["f1"] = seq.pop(0)
         return out, probs
     monkeypatch.setattr(engine, "evaluate", evaluate)
     return seq

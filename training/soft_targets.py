@@ -31,10 +31,17 @@ def soft_cross_entropy(logits, q, weight=None, smoothing: float = 0.0):
 
 
 def soft_focal(logits, q, weight=None, gamma: float = 2.0):
+    """Focal loss against soft targets, normalised like :class:`training.losses.Focal`: the batch mean
+    without class weights, ``sum(q * w * l) / sum(q * w)`` with them (equal to it on one-hot targets);
+    ``1 - p`` floored the same way, so ``gamma < 1`` keeps finite gradients at p = 1."""
     logp = torch.log_softmax(logits.float(), dim=1)
     q = q.float()
-    w = torch.ones(q.shape[1], device=q.device) if weight is None else weight.float()
-    return -(q * w * (1 - logp.exp()) ** gamma * logp).sum(1).mean()
+    one_minus_p = (-torch.expm1(logp)).clamp_min(losses.Focal.FLOOR)
+    per_class = -(one_minus_p ** gamma) * logp
+    if weight is None:
+        return (q * per_class).sum(1).mean()
+    qw = q * weight.float()
+    return (qw * per_class).sum() / qw.sum()
 
 
 def soft_f1(logits, q, eps: float = 1e-7):
