@@ -1,8 +1,8 @@
 """Every shipped recipe (recipes/*.yaml): its keys are mask-train dest names, it validates, and one
 optimizer step runs on tiny synthetic data with a test-only override of size, epochs and pretrained.
 
-Until ``mask-train --config`` lands, the recipe is turned into ``--key value`` flags here; later flags
-win in argparse, which is also how ``--config`` treats the command line.
+The runs go through ``mask-train --config RECIPE`` itself (flags on the command line win); the
+defaults check also turns a recipe into ``--key value`` flags, an independent reading of the file.
 """
 from __future__ import annotations
 
@@ -76,16 +76,23 @@ def tiny_data(tmp_path_factory):
                                   for p in RECIPES], ids=lambda p: p.stem)  # resnext101: ~30 s on 2 CPUs
 def test_recipe_runs_one_optimizer_step(path, tiny_data, tmp_path):
     out = tmp_path / "run"
-    argv = ["--data-dir", str(tiny_data), "--out", str(out), *recipe_argv(path), *OVERRIDE]
-    argv = [a for a in argv if a != "--pretrained"]
+    recipe_argv(path)   # every key is a mask-train option
+    recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
+    recipe["pretrained"] = False   # test-only: no weights offline; a switch has no --no- form on the command line
+    copy = tmp_path / path.name
+    copy.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    argv = ["--config", str(copy), "--data-dir", str(tiny_data), "--out", str(out), *OVERRIDE]
     assert train_main(argv) == 0, f"{path.name} failed: {argv}"
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert len(rows) == 1 and float(rows[0]["train_loss"]) > 0, rows
     assert (out / "best.pt").is_file()
 
 
-def test_unknown_recipe_key_is_named(tmp_path):
+def test_unknown_recipe_key_is_named(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: plain_cnn\nlearning_rate: 0.1\n")
     with pytest.raises(AssertionError, match=r"unknown key\(s\) \['learning_rate'\]"):
         recipe_argv(bad)
+    assert train_main(["--config", str(bad), "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown key 'learning_rate'" in err[0] and "valid keys:" in err[0], err

@@ -12,7 +12,7 @@ from PIL import Image
 from serving.predictor import Predictor
 from serving.settings import Settings
 
-from conftest import SERVICE_LIMITS as LIMITS  # the limits the shared in-process service runs with
+from conftest import SERVICE_LIMITS as LIMITS  # noqa: F401  re-exported; the limits the shared in-process service runs with
 
 
 
