@@ -66,7 +66,7 @@ def onnx_model(trained_run, tmp_path_factory):
 
 # Limits of the in-process service (tests/test_service.py, tests/test_explain.py).
 SERVICE_LIMITS = {"MASK_MAX_UPLOAD_BYTES": "300000", "MASK_MAX_PIXELS": "4000000", "MASK_MAX_FILES": "4",
-                  "MASK_MAX_BATCH_SIZE": "2", "MASK_MAX_QUEUE": "64", "MASK_MAX_BODY_BYTES": "4096",
+                  "MASK_MAX_BATCH_SIZE": "2", "MASK_MAX_BODY_BYTES": "4096",
                   "MASK_MAX_INFER_BYTES": "100000", "MASK_MAX_ARCHIVE_BYTES": "1000000"}
 
 

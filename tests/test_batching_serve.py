@@ -46,8 +46,12 @@ def images(synth_root) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def shipped(onnx_model, tmp_path_factory):
-    """Batching defaults except a fixed window (so the bound below does not move with a default)."""
+    """Batching defaults except a fixed window (so the bound below does not move with a default); the
+    shared test limits' small batch size is put back to the shipped one."""
+    from serving.settings import Settings
+
     env = _env(MASK_MODEL=str(onnx_model), MASK_BATCH_WAIT_MS=str(WINDOW_MS),
+               MASK_MAX_BATCH_SIZE=str(Settings.from_env({}).max_batch_size),
                BENTOML_HOME=str(tmp_path_factory.mktemp("home")))
     with bentoml_serve(sys.executable, env, tmp_path_factory.mktemp("serve") / "serve.log") as url:
         yield url

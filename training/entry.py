@@ -19,15 +19,15 @@ def prepare_process() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def train() -> int:
+def train(argv: list[str] | None = None) -> int:
     prepare_process()
     from training.cli import main
 
-    return main()
+    return main(argv)
 
 
-def export() -> int:
+def export(argv: list[str] | None = None) -> int:
     prepare_process()
     from export.cli import main
 
-    return main()
+    return main(argv)
