@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test serve demo-model bench gpu-check clean docs-ui
+.PHONY: venv test test-fast serve demo-model bench gpu-check clean docs-ui
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# the inner loop: everything but the tests marked slow (real servers, Ray, the browser, long training)
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # `make serve`: environment, then the demo model if the BentoML store has no mask-classifier (a few
 # minutes on 2 CPUs: synthetic data -> the default training recipe -> export -> store), then `bentoml serve` on

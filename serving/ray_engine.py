@@ -36,10 +36,8 @@ from urllib.parse import urlparse
 import numpy as np
 
 from maskdata import labels
-from maskdata.io import atomic_write_text
 from serving.pipeline import DecodedBatch, decode_batch
-from serving.shards import write_csv_text
-from serving.submission import (SKIPPED, SubmitResult, predict_batch, write_outputs, locate_images,
+from serving.submission import (SKIPPED, SubmitResult, check_missing, predict_batch, write_outputs, locate_images,
                                 read_info)
 
 log = logging.getLogger(__name__)
@@ -257,17 +255,6 @@ def _grid_items(image_ids, paths, missing, batch_size) -> list[dict]:
     return items
 
 
-def _check_missing(image_ids, missing, on_error, report_path: Path, images: str) -> None:
-    if missing and on_error == "fail":
-        atomic_write_text(report_path, write_csv_text(["ImageID", "reason"],
-                                                      [{"ImageID": k, "reason": v} for k, v in missing.items()]))
-        raise FileNotFoundError(f"{len(missing)} of {len(image_ids)} images are missing from {images} "
-                                f"(e.g. {', '.join(list(missing)[:5])}); full list in {report_path}. "
-                                f"Use --on-error skip to predict the others and mark these -1")
-    if missing:
-        log.warning("%d images missing; they get ans=%d (listed in %s)", len(missing), SKIPPED, report_path)
-
-
 def run_ray_submission(model: str, info_csv, images: str, out_csv, *, precision: str | None = None,
                        batch_size: int = 64, on_error: str = "fail", probs_csv=None, probs_dir=None,
                        ray_options: RayOptions = RayOptions()) -> SubmitResult:
@@ -285,7 +272,7 @@ def run_ray_submission(model: str, info_csv, images: str, out_csv, *, precision:
     fs, root = image_filesystem(str(images))
     paths, missing = locate_images(image_ids, root) if fs is None else locate_remote(image_ids, fs, root)
     report_path = out_csv.with_name(out_csv.name + ".errors.csv")
-    _check_missing(image_ids, missing, on_error, report_path, str(images))
+    check_missing(image_ids, missing, on_error, report_path, str(images))
     sink = ray_output.ProbsSink.open(probs_dir) if probs_dir else None
 
     owns = connect(ray, ray_options.address)

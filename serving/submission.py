@@ -247,6 +247,20 @@ def _max_pixels(predictor) -> int:
     return getattr(settings, "max_pixels", DEFAULT_MAX_PIXELS)
 
 
+def check_missing(image_ids: list[str], missing: dict[str, str], on_error: str, report_path: Path,
+                  images: str) -> None:
+    """Before any work: with ``on_error="fail"`` a missing image stops the job (the list goes to
+    ``report_path``); with ``skip`` the missing rows will get ``ans=-1``."""
+    if missing and on_error == "fail":
+        atomic_write_text(report_path, write_csv_text(["ImageID", "reason"],
+                                                      [{"ImageID": k, "reason": v} for k, v in missing.items()]))
+        raise FileNotFoundError(f"{len(missing)} of {len(image_ids)} images are missing from {images} "
+                                f"(e.g. {', '.join(list(missing)[:5])}); full list in {report_path}. "
+                                f"Use --on-error skip to predict the others and mark these -1")
+    if missing:
+        log.warning("%d images missing; they get ans=%d (listed in %s)", len(missing), SKIPPED, report_path)
+
+
 def run_submission(predictor, info_csv: str | Path | bytes, images_dir: str | Path, out_csv: str | Path,
                    **options) -> SubmitResult:
     """Predict every row of ``info_csv`` and write the submission; see the module docstring.
@@ -265,14 +279,7 @@ def run_submission(predictor, info_csv: str | Path | bytes, images_dir: str | Pa
     image_ids = [r["ImageID"] for r in rows]
     paths, missing = locate_images(image_ids, images_dir)
     report_path = out_csv.with_name(out_csv.name + ".errors.csv")
-    if missing and opts.on_error == "fail":
-        atomic_write_text(report_path, write_csv_text(["ImageID", "reason"],
-                                                      [{"ImageID": k, "reason": v} for k, v in missing.items()]))
-        raise FileNotFoundError(f"{len(missing)} of {len(rows)} images are missing from {images_dir} "
-                                f"(e.g. {', '.join(list(missing)[:5])}); full list in {report_path}. "
-                                f"Use --on-error skip to predict the others and mark these -1")
-    if missing:
-        log.warning("%d images missing; they get ans=%d (listed in %s)", len(missing), SKIPPED, report_path)
+    check_missing(image_ids, missing, opts.on_error, report_path, str(images_dir))
 
     header_j = {"journal": "mask-submit", "version": JOURNAL_VERSION, "rows": len(rows),
                 "fingerprint": job_fingerprint(image_ids, Path(images_dir), predictor, opts.shard),
