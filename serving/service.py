@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image
 from starlette.responses import JSONResponse, Response
 
+from maskdata.artifact import STORE_NAME
 from maskdata.preprocess import ImageError
 from serving import monitoring, ui
 from serving.archive import ArchiveError
@@ -83,7 +84,7 @@ def _unpack(text: str, shape: tuple[int, int, int]) -> np.ndarray | None:
 
 
 @bentoml.service(
-    name="mask-classifier",
+    name=STORE_NAME,
     workers=SETTINGS.workers,
     # a task endpoint makes BentoML default `concurrency` to 1 (a BentoCloud scaling hint). No
     # `max_concurrency`: BentoML would answer 429 before our queue; MASK_MAX_QUEUE's 503 is the one
@@ -101,7 +102,7 @@ class MaskClassifier:
                 raise FileNotFoundError(
                     f"model {str(declared.tag)!r} is not in the BentoML model store (see `bentoml models list`); "
                     "build the demo model with `make demo-model`, import one with "
-                    "`mask-export ... --bento-tag mask-classifier`, "
+                    f"`mask-export ... --bento-tag {STORE_NAME}`, "
                     "or set MASK_MODEL=path/to/model.onnx")
             source = self.model_ref.path_of(MODEL_FILE)
         else:
@@ -119,7 +120,7 @@ class MaskClassifier:
     async def infer(self, images: list[str]) -> list[list[float] | None]:
         """Model call on raw pixels, batched with concurrent requests like ``/predict``. Each image is
         base64 of its raw uint8 pixels, (H, W, 3) in C order at the model's input size (``GET /model``:
-        ``input.shape``); the answer is its 18 class probabilities, or ``null`` for an image of the
+        ``input.shape``); the answer is its class probabilities (``labels.NUM_CLASSES``), or ``null`` for an image of the
         wrong size (so it cannot fail its batch-mates). Base64, not nested JSON arrays: pydantic needs
         ~300 ms to validate one 128x96x3 array given as lists, base64 takes well under a millisecond.
         Not ``batchable=True``: that would queue it on BentoML's adaptive dispatcher (issue 16)."""
