@@ -36,6 +36,7 @@ from serving.settings import Settings
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
+SPINNING_KEY = "session.intra_op.allow_spinning"   # ORT's documented session config key
 CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 
 
@@ -139,6 +140,9 @@ class OnnxBackend:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.intra_op_num_threads = settings.threads
         opts.inter_op_num_threads = 1
+        # spinning intra-op threads busy-wait between ops; beside decode workers on few cores that
+        # steals the CPU they need (measured: docs/benchmarks.md, thread budget)
+        opts.add_session_config_entry(SPINNING_KEY, "1" if settings.ort_spinning else "0")
         self.session = self._session(ort, opts, requested)
         self.providers = list(self.session.get_providers())
         if self.providers[0] == CPU and settings.precision == "auto" and self.path.stem.endswith(".fp16"):
