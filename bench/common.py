@@ -46,7 +46,8 @@ def cpu_model() -> str:
 
 def cpu_flags() -> list[str]:
     """The SIMD features that decide CPU inference speed (AVX2/AVX-512/VNNI for INT8, BF16)."""
-    wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
+    wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
+              "amx_tile", "amx_int8", "amx_bf16")
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
