@@ -203,7 +203,7 @@ def save_run(name: str, argv: list[str] | None, started: str, monitor: "CpuMonit
 def load_results(results_dir: Path = RESULTS_DIR) -> dict[str, dict]:
     """``{"model_only": {...}, "batch_job": {...}, "rest": {...}}`` for whichever files exist."""
     out = {}
-    for name in ("model_only", "batch_job", "rest", "ray_job"):
+    for name in ("model_only", "batch_job", "rest", "ray_job", "thread_budget", "int8_calibration", "bf16"):
         p = results_dir / f"{name}.json"
         if p.is_file():
             out[name] = json.loads(p.read_text())
