@@ -284,6 +284,7 @@ def bench_arch(cfg: JobConfig, arch: str, info: Path, images: Path, answers: Pat
     from maskdata.artifact import read_metadata
     from training.checkpoint import load_checkpoint
 
+    load_start = [round(x, 2) for x in os.getloadavg()]
     ckpt, onnx_path = ensure_model(cfg, arch)
     work = onnx_path.parent
     ids = list(read_ans(info))
@@ -357,6 +358,8 @@ def bench_arch(cfg: JobConfig, arch: str, info: Path, images: Path, answers: Pat
     row["stages"] = {"images": len(subset),
                      "baseline": {"seconds": b_stages, "fraction": _fractions(b_stages)},
                      "submit": {"seconds": p_stages, "fraction": _fractions(p_stages)}}
+    row["loadavg_start_end"] = [load_start, [round(x, 2) for x in os.getloadavg()]]
+    row["measured"] = common.utc_now()
     log.info("%s: baseline %.1f img/s, mask-submit %.1f img/s (%.2fx), identical %.2f%%", arch,
              row["baseline"]["img_per_s"], row["submit"]["img_per_s"], row["ratio"], 100 * identical)
     return row
@@ -378,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runs of the baseline and mask-submit commands, interleaved; the fastest counts (default: 2)")
     p.add_argument("--quick", action="store_true", help="small_cnn only, 1 epoch, 320-image stage passes")
     p.add_argument("--out", type=Path, default=common.RESULTS_DIR / "batch_job.json", help="result JSON")
+    p.add_argument("--append", action="store_true",
+                   help="keep the rows of --out measured earlier (other arch/size), replacing only those run now")
     p.add_argument("--no-report", action="store_true", help="do not re-render docs/benchmarks.md")
     return p
 
@@ -402,6 +407,10 @@ def main(argv: list[str] | None = None) -> int:
         started = common.utc_now()
         with common.CpuMonitor() as monitor:
             runs = [bench_arch(cfg, arch, info, images, answers) for arch in archs]
+        if args.append and args.out.is_file():  # rows measured in earlier runs stay, unless re-measured now
+            done = {(r["arch"], tuple(r["input_size"])) for r in runs}
+            runs = [r for r in json.loads(args.out.read_text()).get("runs", [])
+                    if (r["arch"], tuple(r["input_size"])) not in done] + runs
         config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
         common.save_run("batch_job", argv, started, monitor, args.quick, config, {"runs": runs}, args.out)
     except (ValueError, FileNotFoundError) as e:

@@ -48,7 +48,8 @@ def thread_budget_section(result: dict | None) -> str:
 def int8_section(result: dict | None) -> str:
     if not result:
         return "## INT8 calibration\n\nNot measured yet: `python -m bench.int8_calibration`.\n"
-    rows = [[r["method"], "per channel" if r["per_channel"] else "per tensor", r["calibration_images"],
+    rows = [[r["method"], "per channel" if r["per_channel"] else "per tensor",
+             "int8" if r.get("quantize_heads", True) else "float", r["calibration_images"],
              r["check_images"], f"**{_pct(r['argmax_agreement'], 2)}**",
              f"{_f(r['f1_int8'], 4)} vs {_f(r['f1_fp32'], 4)}", f"{_f(r['speedup_batch_256'], 2)}×",
              f"{_f(r['quantize_s'], 0)} s"] for r in result["rows"]]
@@ -57,7 +58,7 @@ def int8_section(result: dict | None) -> str:
         f"`{result['command']}` — model `{result['onnx']}`; SIMD: {_flags(result)}; {_load(result)}. "
         "Calibration images are drawn evenly from the training split; agreement is measured on the eval set "
         "(other people). Speed: ORT INT8 vs FP32 on one batch of 256, interleaved medians.", "",
-        _table(["calibration", "weights", "calib. images", "check images", "argmax agreement",
+        _table(["calibration", "weights", "Gemm/MatMul heads", "calib. images", "check images", "argmax agreement",
                 "macro F1 int8 vs fp32", "speed vs fp32", "quantize time"], rows), ""])
 
 

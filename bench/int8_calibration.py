@@ -23,7 +23,9 @@ from bench import common
 
 log = logging.getLogger(__name__)
 
-CONFIGS = (("minmax", True), ("minmax", False), ("percentile", True), ("entropy", True))
+# (method, per-channel weights, quantize the Gemm/MatMul heads too)
+CONFIGS = (("minmax", True, True), ("percentile", True, True), ("entropy", True, True),
+           ("minmax", True, False), ("percentile", True, False))
 
 
 def measure(onnx_path: Path, calibration_dir: Path, check_dir: Path, n_calib: int, n_check: int,
@@ -39,18 +41,18 @@ def measure(onnx_path: Path, calibration_dir: Path, check_dir: Path, n_calib: in
     y = labels_for(check_paths)
     rows = []
     with tempfile.TemporaryDirectory(prefix="int8-calib-") as tmp:
-        for method, per_channel in configs:
-            dst = Path(tmp) / f"{method}-{int(per_channel)}.onnx"
+        for method, per_channel, heads in configs:
+            dst = Path(tmp) / f"{method}-{int(per_channel)}-{int(heads)}.onnx"
             t0 = time.perf_counter()
-            to_int8(onnx_path, dst, calib, per_channel=per_channel, method=method)
+            to_int8(onnx_path, dst, calib, per_channel=per_channel, method=method, quantize_heads=heads)
             quant_s = time.perf_counter() - t0
             report = compare_variant(onnx_path, dst, check[:256], None, timing=True)
             full = compare_variant(onnx_path, dst, check, y, timing=False)
-            row = {"method": method, "per_channel": per_channel, "calibration_images": len(calib),
+            row = {"method": method, "per_channel": per_channel, "quantize_heads": heads, "calibration_images": len(calib),
                    "quantize_s": quant_s, "check_images": len(check), "argmax_agreement": full.argmax_agreement,
                    "max_abs_diff": full.max_abs_diff, "f1_fp32": full.f1_fp32, "f1_int8": full.f1_variant,
                    "speedup_batch_256": report.speedup}
-            log.info("%s per_channel=%s: agreement %.2f%% on %d, speed x%.2f", method, per_channel,
+            log.info("%s per_channel=%s heads=%s: agreement %.2f%% on %d, speed x%.2f", method, per_channel, heads,
                      100 * row["argmax_agreement"], len(check), row["speedup_batch_256"] or 0)
             rows.append(row)
     return {"onnx": str(onnx_path), "rows": rows}
