@@ -32,7 +32,9 @@ def thread_budget_section(result: dict | None) -> str:
              f"`{result['command']}` — SIMD: {_flags(result)}; {_load(result)}. Each cell is one `mask-submit` "
              "run end to end over the eval set (interpreter start and model load included; *loop* is its own "
              "summary time). Ceiling = 1 / (1/model-only + 1/decode-only), both on all cores in the same run "
-             "(model only: ORT on in-memory uint8 batches of 64, the better of spinning off/on).", ""]
+             "(model only: ORT on in-memory uint8 batches of 64, its fastest call, the better of spinning off/on "
+             "and of one measurement before and one after the grid; decode only: read + draft decode + resize "
+             "in one thread per core, the better of before/after).", ""]
     for m in result["models"]:
         mo = m["model_only_img_per_s"]
         lines += [f"**{m['model']}** ({m['images']} images): model only {_f(mo['spinning_off'])} img/s "
@@ -67,12 +69,14 @@ def bf16_section(result: dict | None) -> str:
         return "## bf16\n\nNot measured yet: `python -m bench.bf16`.\n"
     s = result["img_per_s"]
     verdict = ("ships as `--precision bf16`" if result["ships"] else
-               "**not shipped**: it must be faster than FP32 at ≥ 99 % agreement")
+               "**not shipped**: it must be faster than every FP32 path (PyTorch eager and ONNX Runtime) at ≥ 99 % "
+               "agreement")
     return "\n".join([
         "## bf16: PyTorch under `torch.autocast(\"cpu\", dtype=torch.bfloat16)`", "",
         f"`{result['command']}` — SIMD: {_flags(result)}; {_load(result)}; torch threads "
         f"{result['torch_threads']}. Model only, {result['arch']}, batch {result['batch_size']}, in-memory uint8.", "",
         _table(["", "img/s", "argmax agreement with FP32"],
                [["FP32 (eager)", _f(s["fp32"]), "–"],
+                *([["FP32, ONNX Runtime (the shipped path)", _f(s["onnx_fp32"]), "–"]] if "onnx_fp32" in s else []),
                 ["bf16 autocast", _f(s["bf16"]), f"{_pct(result['argmax_agreement'], 2)} on {result['images']}"]]),
         "", f"bf16 / FP32 speed: {_f(result['bf16_speedup'], 2)}× — {verdict}.", ""])
