@@ -102,6 +102,9 @@ def choose_variant(path: Path, precision: str, gpu: bool) -> Path:
     ``auto`` takes FP16 on a GPU when the export wrote it (half the memory traffic; export checked
     its agreement) and FP32 otherwise: INT8 is a CPU speed/accuracy trade a user opts into.
     """
+    if precision == "bf16":
+        raise ValueError("precision bf16 runs on the PyTorch backend: pass the .pt checkpoint as the model "
+                         "(ONNX Runtime's CPU provider has no bf16 path here)")
     if precision in ("auto", "fp32"):
         sibling = path.with_name(f"{path.stem}.fp16{path.suffix}")
         return sibling if precision == "auto" and gpu and sibling.is_file() else path
@@ -183,7 +186,7 @@ def _torch_backend(model: Any, settings: Settings):
         raise ValueError(f"the PyTorch backend needs torch and training/ installed ({e}); the bento and the "
                          "Docker image are ONNX-only: export the checkpoint with mask-export") from None
 
-    return TorchBackend(model)
+    return TorchBackend(model, precision=settings.precision)
 
 
 BACKENDS: dict[str, Callable[[Any, Settings], Any]] = {"onnx": OnnxBackend, "torch": _torch_backend}

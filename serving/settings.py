@@ -13,7 +13,7 @@ changed without touching code, e.g. ``MASK_MAX_UPLOAD_BYTES=2000000 bentoml serv
 | ``MASK_BACKEND`` | ``onnx`` | ``onnx`` or ``torch`` (then ``MASK_CHECKPOINT`` is the model) |
 | ``MASK_CHECKPOINT`` | – | ``best.pt`` for the PyTorch backend |
 | ``MASK_PROVIDERS`` | auto | comma list of ONNX Runtime providers, e.g. ``CPUExecutionProvider`` |
-| ``MASK_PRECISION`` | ``auto`` | ``auto`` (the FP16 sibling ``model.fp16.onnx`` on a GPU when exported, else FP32), ``fp32``, ``fp16``, ``int8`` |
+| ``MASK_PRECISION`` | ``auto`` | ``auto`` (the FP16 sibling ``model.fp16.onnx`` on a GPU when exported, else FP32), ``fp32``, ``fp16``, ``int8``, ``bf16`` (PyTorch backend on a ``.pt`` checkpoint: CPU bf16 autocast) |
 | ``MASK_TENSORRT`` | ``0`` | ``1`` puts TensorRT (FP16, engine cache) before CUDA when a GPU is present |
 | ``MASK_TRT_CACHE`` | ``~/.cache/mask-classifier/trt`` | TensorRT engine cache folder |
 | ``MASK_THREADS`` | ``0`` | ONNX Runtime intra-op threads on CPU (0: one per physical core) |
@@ -46,7 +46,7 @@ from maskdata.artifact import STORE_NAME
 
 DEFAULT_MODEL = f"{STORE_NAME}:latest"
 BACKENDS = ("onnx", "torch")
-PRECISIONS = ("auto", "fp32", "fp16", "int8")
+PRECISIONS = ("auto", "fp32", "fp16", "int8", "bf16")   # bf16: PyTorch backend, CPU autocast
 ENV_PREFIX = "MASK_"
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 

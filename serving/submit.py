@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="BentoML store tag, .onnx file, or .pt checkpoint (PyTorch backend); default %(default)s")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="ONNX variant to run: fp32, int8 (model.int8.onnx from mask-export --int8: the fastest on "
-                        "CPU for conv nets, see docs/benchmarks.md), fp16 (GPU), or auto (FP16 on a GPU when "
+                        "CPU for conv nets, see docs/benchmarks.md), fp16 (GPU), bf16 (a .pt checkpoint "
+                        "under CPU bf16 autocast: fast with avx512_bf16/amx_bf16), or auto (FP16 on a GPU when "
                         "exported, else FP32); default: $MASK_PRECISION or auto")
     p.add_argument("--probs", metavar="FILE",
                    help=f"also write the {labels.NUM_CLASSES} class probabilities per row (for ensembling)")

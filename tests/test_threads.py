@@ -48,3 +48,22 @@ def test_negative_threads_is_a_one_line_error(onnx_model, tmp_path, capsys):
                "--model", str(onnx_model), "--threads", "-1", "--no-progress"])
     assert rc == 2, f"--threads -1 must exit 2, got {rc}"
     assert "--threads" in capsys.readouterr().err, "the error must name the flag"
+
+
+def test_bf16_runs_the_torch_backend_and_keeps_the_answers(trained_run, onnx_model, synth_root):
+    """--precision bf16 on a .pt checkpoint runs under CPU bf16 autocast; on an .onnx it is a clear error."""
+    import numpy as np
+
+    from export.parity import list_images
+
+    paths = list_images(synth_root / "eval" / "images", 32)
+    fp32 = load_predictor(str(trained_run / "best.pt"), "fp32")
+    bf16 = load_predictor(str(trained_run / "best.pt"), "bf16")
+    assert bf16.provider == "torch:cpu:bf16", f"bf16 did not reach the torch backend: {bf16.provider}"
+    batch = np.stack([fp32.load(p) for p in paths])
+    p32, p16 = fp32.infer(batch), bf16.infer(batch)
+    assert p16.dtype == np.float32 and np.allclose(p16.sum(1), 1, atol=1e-4), "probabilities must stay float32"
+    assert np.abs(p16 - p32).max() < 0.05, f"bf16 moved probabilities by {np.abs(p16 - p32).max():.3g}"
+    assert (p16.argmax(1) == p32.argmax(1)).mean() >= 0.9, "bf16 changed too many answers"
+    with pytest.raises(ValueError, match="PyTorch backend"):
+        load_predictor(str(onnx_model), "bf16")
