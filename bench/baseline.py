@@ -5,9 +5,10 @@ The baseline (the competition's starter ``inference.py`` + ``dataset.TestDataset
 * a ``torch.utils.data.Dataset`` whose ``__getitem__`` runs ``PIL.Image.open(path)`` and a torchvision
   ``Compose([Resize(size, Image.BILINEAR), ToTensor(), Normalize(mean, std)])`` — a full-size decode
   (no JPEG draft), a PIL resize, then conversion to a float tensor and normalization on it;
-* a ``DataLoader(dataset, batch_size=64, shuffle=False)`` with every other argument at its default:
-  ``num_workers=0`` (loading runs in the main process, in series with the model),
-  ``pin_memory=False``, the default collate;
+* a ``DataLoader(dataset, batch_size=args.batch_size, num_workers=multiprocessing.cpu_count() // 2,
+  shuffle=False, pin_memory=use_cuda, drop_last=False)`` — the starter's own arguments: batch 1000 by
+  default and half the CPUs as worker processes decoding in parallel with the model (on a 2-core
+  machine: one worker beside the main process); the default collate;
 * the model in ``eval()`` mode under ``torch.no_grad()``, ``argmax`` per batch, predictions
   collected in a Python list and written with ``info.to_csv`` (here the ``csv`` module: pandas is
   not a dependency of this project).
@@ -28,6 +29,7 @@ import copy
 import csv
 import io
 import json
+import multiprocessing
 import sys
 import time
 from collections import defaultdict
@@ -40,7 +42,12 @@ from torchvision import transforms
 
 from maskdata.io import atomic_path, read_csv
 
-BATCH_SIZE = 64
+BATCH_SIZE = 1000   # the starter inference.py's --batch_size default
+
+
+def default_workers() -> int:
+    """The starter's ``num_workers=multiprocessing.cpu_count() // 2``."""
+    return multiprocessing.cpu_count() // 2
 
 
 class TestDataset(Dataset):
@@ -88,11 +95,13 @@ def _write(rows: list[dict], preds: list[int], out_csv: Path) -> None:
 
 @torch.no_grad()
 def inference(model: torch.nn.Module, info_csv: Path, images_dir: Path, out_csv: Path, preprocess,
-              batch_size: int = BATCH_SIZE) -> list[int]:
+              batch_size: int = BATCH_SIZE, num_workers: int | None = None) -> list[int]:
     """The baseline loop: returns the predicted class per row of ``info_csv`` and writes ``out_csv``."""
     rows, img_paths = _paths(info_csv, images_dir)
     dataset = TestDataset(img_paths, (preprocess.height, preprocess.width), preprocess.mean, preprocess.std)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False,
+                        num_workers=default_workers() if num_workers is None else num_workers,
+                        pin_memory=torch.cuda.is_available())
     model.eval()
     preds: list[int] = []
     for images in loader:
@@ -153,7 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--info", required=True, type=Path, help="info.csv with ImageID, ans")
     p.add_argument("--images", required=True, type=Path, help="folder of the ImageID files")
     p.add_argument("--out", required=True, type=Path, help="submission CSV to write")
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"DataLoader batch size (default: {BATCH_SIZE})")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
+                   help=f"DataLoader batch size (default: {BATCH_SIZE}, the starter's)")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help=f"DataLoader worker processes (default: cpu_count() // 2 = {default_workers()}, the starter's)")
     p.add_argument("--stages", type=int, metavar="N",
                    help="instead: time each stage serially over the first N images and print them")
     args = p.parse_args(argv)
@@ -171,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"images": args.stages, "stages": stages}))
             return 0
         preds = inference(model, args.info, args.images, args.out, Preprocess.from_dict(ckpt["preprocess"]),
-                          batch_size=args.batch_size)
+                          batch_size=args.batch_size, num_workers=args.num_workers)
         t2 = time.perf_counter()
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

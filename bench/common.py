@@ -46,7 +46,8 @@ def cpu_model() -> str:
 
 def cpu_flags() -> list[str]:
     """The SIMD features that decide CPU inference speed (AVX2/AVX-512/VNNI for INT8, BF16)."""
-    wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
+    wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
+              "amx_tile", "amx_int8", "amx_bf16")
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
@@ -202,7 +203,7 @@ def save_run(name: str, argv: list[str] | None, started: str, monitor: "CpuMonit
 def load_results(results_dir: Path = RESULTS_DIR) -> dict[str, dict]:
     """``{"model_only": {...}, "batch_job": {...}, "rest": {...}}`` for whichever files exist."""
     out = {}
-    for name in ("model_only", "batch_job", "rest", "ray_job"):
+    for name in ("model_only", "batch_job", "rest", "ray_job", "thread_budget", "int8_calibration", "bf16"):
         p = results_dir / f"{name}.json"
         if p.is_file():
             out[name] = json.loads(p.read_text())

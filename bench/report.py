@@ -15,13 +15,14 @@ import logging
 import sys
 from pathlib import Path
 
-from bench import common, rest_report
+from bench import budget_report, common, rest_report
 from bench.plots import plot_latency, plot_stages, plot_throughput
 from maskdata.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
 BATCH_TARGET_RATIO, IDENTICAL_TARGET, REST_TARGET_RATIO, REST_CLIENTS = 3.0, 0.995, 1.5, 32
+CEILING_TARGET = 0.90
 SHARED_ABOVE = 0.2  # cores' worth of other processes' CPU time during a run that we call "shared"
 
 
@@ -91,9 +92,32 @@ def commands_section(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def _ceiling_targets(r: dict) -> list[list]:
+    """Every row at >= 90 % of its combined ceiling; the fastest precision keeping >= 99 % of FP32's
+    answers at >= 3x the faithful baseline (batch 1000)."""
+    rows = []
+    for key, label in (("submit", "FP32"), ("submit_int8", "INT8")):
+        share = r.get(key, {}).get("share_of_ceiling")
+        if share is not None:
+            rows.append([f"{r['arch']} {r['input_size'][0]}×{r['input_size'][1]} {label}: ≥ 90 % of the combined "
+                         "ceiling", _pct(share, 0), _met(share >= CEILING_TARGET)])
+    i8 = r.get("submit_int8", {})
+    keeps = i8.get("identical_to_fp32") is not None and i8["identical_to_fp32"] >= 0.99
+    fastest = i8 if keeps and i8["img_per_s"] > r["submit"]["img_per_s"] else r["submit"]
+    name = "INT8" if fastest is i8 else "FP32"
+    ratio = fastest["img_per_s"] / r["baseline"]["img_per_s"]
+    rows.append([f"{r['arch']} {r['input_size'][0]}×{r['input_size'][1]}: fastest precision keeping ≥ 99 % "
+                 "agreement ≥ 3× the faithful baseline", f"{name}: {ratio:.2f}×"
+                 + ("" if keeps else f" (INT8 kept only {_pct(i8.get('identical_to_fp32'), 2)})"),
+                 _met(ratio >= 3.0)])
+    return rows
+
+
 def _batch_targets(job: dict) -> list[list]:
     rows = []
     for r in job.get("runs", []):
+        if "share_of_ceiling" in r.get("submit", {}):
+            rows += _ceiling_targets(r)
         ok = r["ratio"] >= BATCH_TARGET_RATIO and r["identical"] >= IDENTICAL_TARGET
         rows.append([f"Batch job ({r['arch']}): mask-submit ≥ {BATCH_TARGET_RATIO:g}× baseline img/s, "
                      f"≥ {IDENTICAL_TARGET:.1%} identical",
@@ -280,27 +304,36 @@ def batch_section(job: dict | None) -> str:
              "cache (files read and libraries imported once before timing), interleaved "
              f"{job.get('config', {}).get('repeats', 1)}× with the fastest run of each counting. *End to end* includes "
              "interpreter start, imports and model load; "
-             "*loop* is each job's own decode+infer+write time. The baseline is `bench/baseline.py`: "
-             "`Image.open` → `Resize((H, W), BILINEAR)` → `ToTensor()` → `Normalize()` per image in a "
-             "`Dataset`, `DataLoader(batch_size=64, shuffle=False)` with every other argument at its default "
-             "(`num_workers=0`: loading runs in the main process, in series with the model), eager PyTorch in "
-             "`eval()` under `no_grad`. `mask-submit` runs with its defaults (2 decode threads, batch 64, JPEG "
-             "draft decoding, ONNX Runtime). Predictions can differ where the two resizes differ (full decode + "
+             "*loop* is each job's own decode+infer+write time. The baseline is `bench/baseline.py`, written "
+             "the way the competition's starter `inference.py` is: `Image.open` → `Resize((H, W), BILINEAR)` → "
+             "`ToTensor()` → `Normalize()` per image in a `Dataset`, `DataLoader(batch_size=1000, "
+             "num_workers=cpu_count() // 2, shuffle=False)` (its defaults: decoding in worker processes beside "
+             "the model), eager PyTorch in `eval()` under `no_grad`; batch 1000 is the headline, batch 64 is "
+             "shown beside it. `mask-submit` runs with its defaults (decode threads, batch 64, JPEG draft "
+             "decoding, ONNX Runtime). *Ceiling* = 1 / (1/model-only + 1/decode-only), both measured on all "
+             "cores in the same run after the commands; *share* is `mask-submit`'s end-to-end img/s over it. "
+             "Predictions can differ where the two resizes differ (full decode + "
              "PIL resize vs draft decode + PIL resize); the share of identical predictions is measured, not assumed.",
              ""]
     rows = []
     for r in job["runs"]:
-        acc = r.get("accuracy", {})
+        acc, c = r.get("accuracy", {}), r["ceilings"]
+        b64, i8 = r.get("baseline_b64", {}), r.get("submit_int8", {})
+        base = r["baseline"]["img_per_s"]
         rows.append([f"{r['arch']} ({r.get('trained_epochs', '?')} ep., val F1 {_f(r.get('val_f1'), 2)})",
                      f"{r['input_size'][0]}×{r['input_size'][1]}", r["images"],
-                     f"{_f(r['baseline']['img_per_s'])} / {_f(r['baseline'].get('loop_img_per_s'))}",
-                     f"{_f(r['submit']['img_per_s'])} / {_f(r['submit'].get('loop_img_per_s'))}",
-                     f"**{r['ratio']:.2f}×** / {_f(r.get('loop_ratio'), 2)}×", _pct(r["identical"], 2),
-                     f"{_pct(r.get('identical_without_draft'), 2)}", r["distinct_classes_predicted"],
+                     f"{_f(base)} / {_f(b64.get('img_per_s'))}",
+                     f"{_f(r['submit']['img_per_s'])} (**{r['ratio']:.2f}×**)",
+                     f"{_f(c.get('combined_img_per_s'))} ({_pct(r['submit'].get('share_of_ceiling'), 0)})",
+                     _pct(r["identical"], 2),
+                     f"{_f(i8.get('img_per_s'))} (**{_f(i8.get('ratio'), 2)}×**)",
+                     f"{_f(c.get('combined_int8_img_per_s'))} ({_pct(i8.get('share_of_ceiling'), 0)})",
+                     _pct(i8.get("identical_to_fp32"), 2),
                      f"{_pct(acc.get('baseline'))} / {_pct(acc.get('submit'))}"])
-    lines += [_table(["model", "input", "images", "baseline img/s (end to end / loop)",
-                      "mask-submit img/s (end to end / loop)", "ratio (end to end / loop)", "identical",
-                      "identical, draft off", "classes predicted", "accuracy vs truth (baseline / submit)"], rows), ""]
+    lines += [_table(["model", "input", "images", "baseline img/s (batch 1000 / 64)",
+                      "mask-submit FP32 img/s (× baseline 1000)", "FP32 ceiling (share)", "FP32 identical to baseline",
+                      "INT8 img/s (× baseline 1000)", "INT8 ceiling (share)", "INT8 identical to FP32",
+                      "accuracy vs truth (baseline / submit)"], rows), ""]
     for r in job["runs"]:
         lines += _batch_run_lines(r)
     lines += ["![stage breakdown](bench_stages.png)", ""]
@@ -416,6 +449,9 @@ def render(results: dict[str, dict], docs_dir: Path) -> str:
              targets_section(results), machine_section(results), commands_section(results),
              model_only_section(results.get("model_only")), batch_section(results.get("batch_job")),
              rest_section(results.get("rest"), results.get("model_only")),
+             budget_report.thread_budget_section(results.get("thread_budget")),
+             budget_report.int8_section(results.get("int8_calibration")),
+             budget_report.bf16_section(results.get("bf16")),
              rest_report.compare_section(results.get("rest"), docs_dir), _ray_section(results.get("ray_job"))]
     return "\n".join(parts).rstrip() + "\n"
 

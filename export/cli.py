@@ -70,8 +70,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.onnx exporter: dynamo (torch.export, recommended) or the legacy torchscript one")
     p.add_argument("--fp16", action="store_true", help="also write MODEL.fp16.onnx (for GPUs)")
     p.add_argument("--int8", action="store_true", help="also write MODEL.int8.onnx (static quantization, CPU)")
+    from export.variants import CALIBRATION_METHODS, DEFAULT_CALIBRATION, DEFAULT_CALIBRATION_IMAGES
+
     p.add_argument("--calibration-images", metavar="DIR",
-                   help="images for INT8 calibration (default: the parity images)")
+                   help="images for INT8 calibration (default: the checkpoints' training data folder, else the "
+                        "parity images)")
+    p.add_argument("--int8-calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES, metavar="N",
+                   help="INT8: calibrate on N images evenly drawn from the calibration folder (default %(default)s)")
+    p.add_argument("--int8-calibration", choices=CALIBRATION_METHODS, default=DEFAULT_CALIBRATION,
+                   help="INT8 activation-range calibration (default %(default)s; measured in docs/benchmarks.md)")
+    p.add_argument("--int8-check-images", metavar="DIR",
+                   help="INT8: held-out images to measure agreement with FP32 on (at most --int8-check-max, "
+                        "calibration images left out; default: the parity images). Use >= 1,000: on 64 images "
+                        "99%% means 64 of 64")
+    p.add_argument("--int8-check-max", type=int, default=2000, metavar="N",
+                   help="at most this many --int8-check-images, evenly sampled (default %(default)s)")
+    p.add_argument("--int8-min-agreement", type=float, default=None, metavar="X",
+                   help="refuse (exit 2, nothing written) when the INT8 model's argmax agreement with FP32 on the "
+                        "check images is below X (0..1), e.g. 0.99; default: report only")
     p.add_argument("--bento-tag", metavar="NAME[:VERSION]",
                    help="import the result into the BentoML model store ($BENTOML_HOME), e.g. mask-classifier")
     p.add_argument("--report", metavar="FILE.json", help="also write the figures as JSON")
@@ -127,14 +143,52 @@ def calibration_report(args, images, meta, onnx_path) -> dict:
     return out
 
 
+def int8_image_sets(args, ckpts: list[dict], parity: list[Path]) -> tuple[list[Path], list[Path] | None]:
+    """(calibration images, held-out check images or None for the parity batch), disjoint."""
+    from export.parity import list_images
+
+    n = args.int8_calibration_images
+    if n < 1:
+        raise ValueError(f"--int8-calibration-images must be >= 1, got {n}")
+    folder = args.calibration_images or next(
+        (c["data_dir"] for c in ckpts if c.get("data_dir") and Path(c["data_dir"]).is_dir()), None)
+    calib = list_images(folder, n) if folder else list(parity)
+    log.info("INT8 calibration: %d images from %s", len(calib), folder or "the parity images")
+    if not args.int8_check_images:
+        return calib, None
+    taken = {p.resolve() for p in calib}
+    check = [p for p in list_images(args.int8_check_images, 0) if p.resolve() not in taken]
+    from export.parity import sample_evenly
+
+    return calib, sample_evenly(check, args.int8_check_max)
+
+
+def build_int8(args, ckpts, parity, meta, fp32_path, dst, parity_set):
+    """Calibrate, quantize and measure the INT8 variant; below --int8-min-agreement raise (nothing written)."""
+    from export.parity import labels_for, load_batch
+    from export.variants import compare_variant, to_int8
+
+    calib_paths, check_paths = int8_image_sets(args, ckpts, parity)
+    to_int8(fp32_path, dst, load_batch(calib_paths, meta.preprocess), method=args.int8_calibration)
+    batch, y = parity_set if check_paths is None else (load_batch(check_paths, meta.preprocess),
+                                                      labels_for(check_paths))
+    report = compare_variant(fp32_path, dst, batch, y, timing=True, timing_images=64)
+    if report.images < 1000:
+        log.warning("INT8 agreement measured on only %d images (pass --int8-check-images DIR with >= 1,000)",
+                    report.images)
+    if args.int8_min_agreement is not None and report.argmax_agreement < args.int8_min_agreement:
+        raise ValueError(f"INT8 argmax agreement with FP32 {report.argmax_agreement:.2%} on {report.images} images "
+                         f"is below --int8-min-agreement {args.int8_min_agreement:g}; nothing written")
+    return report
+
+
 def run_export(args) -> dict:
     from dataclasses import replace
 
     from export.cam import explained_net
     from export.graph import EnsembleNet, build_metadata, describe_members, export_onnx, load_members, parse_tta
-    from export.parity import (check_parity, check_tolerances, labels_for, labels_from_csv, list_images,
-                                load_batch)
-    from export.variants import compare_variant, to_fp16, to_int8, variant_path
+    from export.parity import (check_parity, check_tolerances, labels_for, labels_from_csv, load_batch)
+    from export.variants import compare_variant, to_fp16, variant_path
     from training.checkpoint import model_from_checkpoint
 
     if not args.out:
@@ -145,6 +199,9 @@ def run_export(args) -> dict:
     if args.max_images < 1:
         raise ValueError(f"--max-images must be >= 1, got {args.max_images}")
     precisions = [p for p, on in (("fp16", args.fp16), ("int8", args.int8)) if on]
+    if args.int8_min_agreement is not None and (args.int8_min_agreement < 0 or not args.int8):
+        raise ValueError(f"--int8-min-agreement {args.int8_min_agreement:g}: needs --int8 and a fraction >= 0 "
+                         f"(1 or more: only identical answers pass)")
     for path in [out] + [variant_path(out, p) for p in precisions]:
         check_output(path)
     if args.labels and not Path(args.labels).is_file():
@@ -176,17 +233,15 @@ def run_export(args) -> dict:
             # the competition's age groups (as training's validation uses), not the training-target bins
             y_true = (labels_from_csv(images, args.labels, args.parity_images) if args.labels
                       else labels_for(images))
-            calib = batch if not args.calibration_images else load_batch(
-                list_images(args.calibration_images, args.max_images), meta.preprocess)
             result["variants"] = {}
             for precision in precisions:
                 vtmp = stack.enter_context(atomic_path(variant_path(out, precision), suffix=".onnx.tmp"))
                 if precision == "fp16":
                     to_fp16(tmp, vtmp)
+                    # FP16 is for GPUs: its CPU time says nothing, so only INT8 is timed
+                    report = compare_variant(tmp, vtmp, batch, y_true, timing=False)
                 else:
-                    to_int8(tmp, vtmp, calib)
-                # FP16 is for GPUs: its CPU time says nothing, so only INT8 is timed here
-                report = compare_variant(tmp, vtmp, batch, y_true, timing=precision == "int8")
+                    report = build_int8(args, ckpts, images, meta, tmp, vtmp, (batch, y_true))
                 result["variants"][precision] = report.to_dict() | {"path": str(variant_path(out, precision))}
                 print(report.summary())
     print(f"wrote {out}" + "".join(f", {variant_path(out, p)}" for p in precisions))

@@ -29,8 +29,11 @@ from export.parity import compare, onnx_probs, onnx_session
 log = logging.getLogger(__name__)
 
 # Conv/Gemm/MatMul carry the compute; quantizing the small float tail (softmax, joint log-probs,
-# ensemble mean) would cost accuracy for no speed.
+# ensemble mean) would cost accuracy for no speed. The classifier heads (Gemm/MatMul) stay float by
+# default too: on a trained resnet18 that kept 99.38 % of FP32's answers instead of 99.00 %, at no
+# measurable speed cost (docs/benchmarks.md, INT8 calibration).
 INT8_OP_TYPES = ("Conv", "Gemm", "MatMul")
+HEAD_OP_TYPES = ("Gemm", "MatMul")
 
 
 def variant_path(path: str | os.PathLike, precision: str) -> Path:
@@ -58,7 +61,7 @@ def to_fp16(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
 class _BatchReader(CalibrationDataReader):
     """onnxruntime CalibrationDataReader over an in-memory uint8 batch."""
 
-    def __init__(self, batch: np.ndarray, batch_size: int = 16):
+    def __init__(self, batch: np.ndarray, batch_size: int = 16):  # CALIBRATION_CHUNK
         self.chunks = [np.ascontiguousarray(batch[i:i + batch_size]) for i in range(0, len(batch), batch_size)]
         self.index = 0
 
@@ -72,25 +75,43 @@ class _BatchReader(CalibrationDataReader):
         self.index = 0
 
 
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+DEFAULT_CALIBRATION = "percentile"   # measured best by bench/int8_calibration.py (docs/benchmarks.md)
+DEFAULT_CALIBRATION_IMAGES = 300
+CALIBRATION_CHUNK = 16               # images per calibration call
+
+
 def to_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: np.ndarray,
-            per_channel: bool = True) -> Path:
-    """Static INT8 quantization (QDQ, uint8 activations / int8 weights, MinMax ranges on ``calibration``).
+            per_channel: bool = True, method: str = DEFAULT_CALIBRATION, quantize_heads: bool = False) -> Path:
+    """Static INT8 quantization (QDQ, uint8 activations / int8 weights, ranges from ``calibration``).
+
+    ``method`` is ORT's activation-range calibration: ``minmax`` (the observed extremes),
+    ``percentile`` (99.999th percentile of |x|) or ``entropy`` (KL-divergence optimal threshold).
 
     ``quant_pre_process`` runs first, as ORT recommends: it folds BatchNorm into Conv and infers
     shapes, without which fewer tensors can be quantized. It drops metadata, so it is set again.
     """
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if calibration is None or len(calibration) == 0:
         raise ValueError("INT8 quantization needs calibration images")
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"unknown INT8 calibration method {method!r}; expected one of {', '.join(CALIBRATION_METHODS)}")
+    calibrate = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                 "entropy": CalibrationMethod.Entropy}[method]
+    if method != "minmax" and len(calibration) > CALIBRATION_CHUNK:
+        # ORT's histogram calibrators stack every chunk's tensors into one array (calibrate.py,
+        # HistogramCollector), which fails on a short last chunk: keep whole chunks only
+        calibration = calibration[:len(calibration) - len(calibration) % CALIBRATION_CHUNK]
     meta = read_metadata(src)
     with tempfile.TemporaryDirectory(prefix="mask-int8-") as tmp:
         pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        quantize_static(str(pre), str(out), _BatchReader(calibration), quant_format=QuantFormat.QDQ,
+        quantize_static(str(pre), str(out), _BatchReader(calibration, CALIBRATION_CHUNK), quant_format=QuantFormat.QDQ,
                         per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        op_types_to_quantize=list(INT8_OP_TYPES))
+                        op_types_to_quantize=[t for t in INT8_OP_TYPES if quantize_heads or t not in HEAD_OP_TYPES],
+                        calibrate_method=calibrate)
         model = _load(out)
     set_metadata(model, replace(meta, precision="int8"))
     return save_checked(model, dst)
@@ -122,6 +143,7 @@ class VariantReport:
     fp32_seconds: float | None       # median time of one batch on ``provider`` (interleaved runs)
     variant_seconds: float | None
     provider: str = "CPUExecutionProvider"
+    timed_images: int | None = None  # images in the timed batch (default: all of them)
 
     @property
     def f1_delta(self) -> float | None:
@@ -140,7 +162,7 @@ class VariantReport:
         else:
             parts.append("macro F1 delta: n/a (images have no labels)")
         if self.speedup is not None:
-            parts.append(f"{self.provider} batch of {self.images}: {self.variant_seconds * 1e3:.1f} ms vs "
+            parts.append(f"{self.provider} batch of {self.timed_images or self.images}: {self.variant_seconds * 1e3:.1f} ms vs "
                          f"{self.fp32_seconds * 1e3:.1f} ms fp32 (speed ratio {self.precision}/fp32 = {self.speedup:.2f}x)")
         return "; ".join(parts)
 
@@ -150,8 +172,9 @@ class VariantReport:
 
 def compare_variant(fp32_path: str | os.PathLike, variant: str | os.PathLike, batch: np.ndarray,
                     y_true: np.ndarray | None = None, *, timing: bool = True,
-                    providers: list[str] | None = None) -> VariantReport:
-    """Agreement, macro-F1 delta (when ``y_true`` is known) and speed of ``variant`` against FP32."""
+                    providers: list[str] | None = None, timing_images: int | None = None) -> VariantReport:
+    """Agreement, macro-F1 delta (when ``y_true`` is known) and speed of ``variant`` against FP32
+    (timed on the first ``timing_images`` of ``batch``, default all)."""
     s32, svar = onnx_session(fp32_path, providers), onnx_session(variant, providers)
     p32, pvar = onnx_probs(s32, batch), onnx_probs(svar, batch)
     diff, agree = compare(p32, pvar)
@@ -161,6 +184,6 @@ def compare_variant(fp32_path: str | os.PathLike, variant: str | os.PathLike, ba
         f1_var = metrics.macro_f1(y_true, pvar.argmax(1))
     t32 = tvar = None
     if timing:
-        t32, tvar = time_sessions([s32, svar], batch)
+        t32, tvar = time_sessions([s32, svar], batch[:timing_images])
     return VariantReport(read_metadata(variant).precision, len(batch), agree, diff, f1_32, f1_var, t32, tvar,
-                         svar.get_providers()[0])
+                         svar.get_providers()[0], len(batch[:timing_images]))

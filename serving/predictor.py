@@ -37,6 +37,7 @@ from serving.settings import Settings
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
+SPINNING_KEY = "session.intra_op.allow_spinning"   # ORT's documented session config key
 CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 
 
@@ -102,6 +103,9 @@ def choose_variant(path: Path, precision: str, gpu: bool) -> Path:
     ``auto`` takes FP16 on a GPU when the export wrote it (half the memory traffic; export checked
     its agreement) and FP32 otherwise: INT8 is a CPU speed/accuracy trade a user opts into.
     """
+    if precision == "bf16":
+        raise ValueError("precision bf16 runs on the PyTorch backend: pass the .pt checkpoint as the model "
+                         "(ONNX Runtime's CPU provider has no bf16 path here)")
     if precision in ("auto", "fp32"):
         sibling = path.with_name(f"{path.stem}.fp16{path.suffix}")
         return sibling if precision == "auto" and gpu and sibling.is_file() else path
@@ -140,6 +144,9 @@ class OnnxBackend:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.intra_op_num_threads = settings.threads
         opts.inter_op_num_threads = 1
+        # spinning intra-op threads busy-wait between ops; beside decode workers on few cores that
+        # steals the CPU they need (measured: docs/benchmarks.md, thread budget)
+        opts.add_session_config_entry(SPINNING_KEY, "1" if settings.ort_spinning else "0")
         self.session = self._session(ort, opts, requested)
         self.providers = list(self.session.get_providers())
         if self.providers[0] == CPU and settings.precision == "auto" and self.path.stem.endswith(".fp16"):
@@ -180,7 +187,7 @@ def _torch_backend(model: Any, settings: Settings):
         raise ValueError(f"the PyTorch backend needs torch and training/ installed ({e}); the bento and the "
                          "Docker image are ONNX-only: export the checkpoint with mask-export") from None
 
-    return TorchBackend(model)
+    return TorchBackend(model, precision=settings.precision)
 
 
 def effective_preprocess(recorded: Preprocess, settings: Settings) -> Preprocess:

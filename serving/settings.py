@@ -13,10 +13,11 @@ changed without touching code, e.g. ``MASK_MAX_UPLOAD_BYTES=2000000 bentoml serv
 | ``MASK_BACKEND`` | ``onnx`` | ``onnx`` or ``torch`` (then ``MASK_CHECKPOINT`` is the model) |
 | ``MASK_CHECKPOINT`` | – | ``best.pt`` for the PyTorch backend |
 | ``MASK_PROVIDERS`` | auto | comma list of ONNX Runtime providers, e.g. ``CPUExecutionProvider`` |
-| ``MASK_PRECISION`` | ``auto`` | ``auto`` (the FP16 sibling ``model.fp16.onnx`` on a GPU when exported, else FP32), ``fp32``, ``fp16``, ``int8`` |
+| ``MASK_PRECISION`` | ``auto`` | ``auto`` (the FP16 sibling ``model.fp16.onnx`` on a GPU when exported, else FP32), ``fp32``, ``fp16``, ``int8``, ``bf16`` (PyTorch backend on a ``.pt`` checkpoint: CPU bf16 autocast) |
 | ``MASK_TENSORRT`` | ``0`` | ``1`` puts TensorRT (FP16, engine cache) before CUDA when a GPU is present |
 | ``MASK_TRT_CACHE`` | ``~/.cache/mask-classifier/trt`` | TensorRT engine cache folder |
 | ``MASK_THREADS`` | ``0`` | ONNX Runtime intra-op threads on CPU (0: one per physical core) |
+| ``MASK_ORT_SPINNING`` | ``0`` | ``1`` lets ONNX Runtime's intra-op threads spin between ops (``session.intra_op.allow_spinning``); off by default: spinning threads take the cores decode workers need (docs/benchmarks.md) |
 | ``MASK_MAX_UPLOAD_BYTES`` | ``10485760`` | largest accepted file, and largest image inside a ``/submission`` archive (larger: HTTP 413) |
 | ``MASK_MAX_PIXELS`` | ``40000000`` | largest accepted width × height (decompression bombs) |
 | ``MASK_MAX_ARCHIVE_BYTES`` | ``2147483648`` | largest ``/submission`` archive upload |
@@ -46,7 +47,7 @@ from maskdata.artifact import STORE_NAME
 
 DEFAULT_MODEL = f"{STORE_NAME}:latest"
 BACKENDS = ("onnx", "torch")
-PRECISIONS = ("auto", "fp32", "fp16", "int8")
+PRECISIONS = ("auto", "fp32", "fp16", "int8", "bf16")   # bf16: PyTorch backend, CPU autocast
 ENV_PREFIX = "MASK_"
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 ASPECTS = ("", "stretch", "crop", "pad")       # "" = the policy recorded in the model
@@ -68,6 +69,7 @@ class Settings(BaseSettings):
     tensorrt: bool = False
     trt_cache: str = str(Path.home() / ".cache" / "mask-classifier" / "trt")
     threads: int = Field(0, ge=0)
+    ort_spinning: bool = False
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
     max_pixels: int = Field(40_000_000, ge=1)
     max_archive_bytes: int = Field(2 * 1024 ** 3, ge=1)
@@ -102,7 +104,7 @@ class Settings(BaseSettings):
             return tuple(p.strip() for p in value.split(",") if p.strip())
         return value
 
-    @field_validator("tensorrt", "batching", mode="before")
+    @field_validator("tensorrt", "batching", "ort_spinning", mode="before")
     @classmethod
     def _bool(cls, value, info: ValidationInfo):
         if not isinstance(value, str):

@@ -27,22 +27,22 @@ from serving.submission import default_workers
 log = logging.getLogger("mask-submit")
 
 
-def load_predictor(model: str, precision: str | None = None, aspect: str | None = None):
+def load_predictor(model: str, precision: str | None = None, threads: int | None = None,
+                   spinning: bool | None = None, aspect: str | None = None):
     """A Predictor for a store tag / .onnx file (ONNX Runtime) or a .pt checkpoint (PyTorch).
 
-    ``precision`` picks the exporter's variant beside the model (``model.int8.onnx`` …); None keeps
-    ``MASK_PRECISION`` / the default. ``aspect`` overrides the recorded aspect policy exactly as
-    ``MASK_ASPECT`` does for the REST service (None keeps ``MASK_ASPECT`` / the recorded one).
+    ``precision`` picks the exporter's variant beside the model (``model.int8.onnx`` …); ``threads``
+    is ONNX Runtime's intra-op thread count and ``spinning`` its intra-op spinning; ``aspect``
+    overrides the recorded aspect policy exactly as ``MASK_ASPECT`` does for the REST service. None
+    keeps ``MASK_PRECISION`` / ``MASK_THREADS`` / ``MASK_ORT_SPINNING`` / ``MASK_ASPECT`` / the defaults.
     """
     from serving.predictor import Predictor
     from serving.settings import Settings
 
     backend = "torch" if model.endswith(".pt") else "onnx"
     settings = Settings.from_env()
-    if precision is not None:
-        settings = settings.replace(precision=precision)
-    if aspect is not None:
-        settings = settings.replace(aspect=aspect)
+    changes = {"precision": precision, "threads": threads, "ort_spinning": spinning, "aspect": aspect}
+    settings = settings.replace(**{k: v for k, v in changes.items() if v is not None})
     return Predictor(model, backend=backend, settings=settings)
 
 
@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="BentoML store tag, .onnx file, or .pt checkpoint (PyTorch backend); default %(default)s")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="ONNX variant to run: fp32, int8 (model.int8.onnx from mask-export --int8: the fastest on "
-                        "CPU for conv nets, see docs/benchmarks.md), fp16 (GPU), or auto (FP16 on a GPU when "
+                        "CPU for conv nets, see docs/benchmarks.md), fp16 (GPU), bf16 (a .pt checkpoint "
+                        "under CPU bf16 autocast: fast with avx512_bf16/amx_bf16), or auto (FP16 on a GPU when "
                         "exported, else FP32); default: $MASK_PRECISION or auto")
     p.add_argument("--aspect", choices=("stretch", "crop", "pad"), default=None,
                    help="override the model's recorded aspect policy, as MASK_ASPECT does for the REST service "
@@ -80,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive, default=64, help="images per model call (default %(default)s)")
     p.add_argument("--workers", type=_positive, default=default_workers(),
                    help="parallel decode workers (default: one per CPU core, at most 8: %(default)s)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="ONNX Runtime intra-op threads (0: one per physical core); default: $MASK_THREADS or 0. "
+                        "Decode workers and these threads share the cores: docs/benchmarks.md, thread budget")
+    p.add_argument("--ort-spinning", choices=["on", "off"], default=None,
+                   help="let ONNX Runtime's threads spin between ops; default: $MASK_ORT_SPINNING or off "
+                        "(spinning takes CPU from the decode workers)")
     p.add_argument("--worker-kind", choices=["thread", "process"], default="thread",
                    help="decode in threads (default; PIL releases the GIL) or processes")
     p.add_argument("--on-error", choices=["fail", "skip"], default="fail",
@@ -160,7 +167,11 @@ def _run(args: argparse.Namespace) -> int:
         return _score(args, result)
     if args.probs_dir:
         raise ValueError("--probs-dir needs --engine ray; the local engine writes --probs FILE")
-    predictor = load_predictor(args.model, args.precision, args.aspect)
+    if args.threads is not None and args.threads < 0:
+        raise ValueError(f"--threads must be 0 (one per core) or more, got {args.threads}")
+    spinning = None if args.ort_spinning is None else args.ort_spinning == "on"
+    predictor = load_predictor(args.model, args.precision, threads=args.threads, spinning=spinning,
+                               aspect=args.aspect)
     log.info("model %s (%s, %s) on %s", args.model, predictor.metadata.arch,
              "x".join(map(str, predictor.input_shape[:2])), predictor.provider)
     result = run_submission(predictor, args.info, args.images, args.out, batch_size=args.batch_size,

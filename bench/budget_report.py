@@ -1,0 +1,82 @@
+"""docs/benchmarks.md sections for the thread budget, INT8 calibration and bf16 parts (bench.report calls them)."""
+from __future__ import annotations
+
+
+def _f(x, digits: int = 1) -> str:
+    return "–" if x is None else f"{x:,.{digits}f}"
+
+
+def _pct(x, digits: int = 1) -> str:
+    return "–" if x is None else f"{100 * x:.{digits}f} %"
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def _flags(result: dict) -> str:
+    return ", ".join(result.get("machine", {}).get("cpu_flags") or []) or "unknown"
+
+
+def _load(result: dict) -> str:
+    m = result.get("cpu_monitor", {})
+    return (f"load average {m.get('loadavg_start', ['–'])[0]} → {m.get('loadavg_end', ['–'])[0]}, "
+            f"other processes used {m.get('other_cores', '–')} cores on average")
+
+
+def thread_budget_section(result: dict | None) -> str:
+    if not result:
+        return "## Thread budget\n\nNot measured yet: `python -m bench.thread_budget`.\n"
+    lines = ["## Thread budget: decode workers × ONNX Runtime threads × spinning", "",
+             f"`{result['command']}` — SIMD: {_flags(result)}; {_load(result)}. Each cell is one `mask-submit` "
+             "run end to end over the eval set (interpreter start and model load included; *loop* is its own "
+             "summary time). Ceiling = 1 / (1/model-only + 1/decode-only), both on all cores in the same run "
+             "(model only: ORT on in-memory uint8 batches of 64, its fastest call, the better of spinning off/on "
+             "and of one measurement before and one after the grid; decode only: read + draft decode + resize "
+             "in one thread per core, the better of before/after).", ""]
+    for m in result["models"]:
+        mo = m["model_only_img_per_s"]
+        lines += [f"**{m['model']}** ({m['images']} images): model only {_f(mo['spinning_off'])} img/s "
+                  f"(spinning off) / {_f(mo['spinning_on'])} (on); decode only {_f(m['decode_only_img_per_s'])}; "
+                  f"combined ceiling **{_f(m['combined_ceiling_img_per_s'])}** img/s.", ""]
+        rows = [[r["workers"], r["threads"], r["spinning"], _f(r["img_per_s"]), _f(r["loop_img_per_s"]),
+                 _pct(r["share_of_ceiling"], 0), _pct(r["loop_share_of_ceiling"], 0)] for r in m["rows"]]
+        lines += [_table(["--workers", "--threads", "--ort-spinning", "img/s end to end", "img/s loop",
+                          "share of ceiling", "loop share"], rows), ""]
+    return "\n".join(lines)
+
+
+def int8_section(result: dict | None) -> str:
+    if not result:
+        return "## INT8 calibration\n\nNot measured yet: `python -m bench.int8_calibration`.\n"
+    rows = [[r["method"], "per channel" if r["per_channel"] else "per tensor",
+             "int8" if r.get("quantize_heads", True) else "float", r["calibration_images"],
+             r["check_images"], f"**{_pct(r['argmax_agreement'], 2)}**",
+             f"{_f(r['f1_int8'], 4)} vs {_f(r['f1_fp32'], 4)}", f"{_f(r['speedup_batch_256'], 2)}×",
+             f"{_f(r['quantize_s'], 0)} s"] for r in result["rows"]]
+    return "\n".join([
+        "## INT8 calibration: agreement with FP32 on held-out images", "",
+        f"`{result['command']}` — model `{result['onnx']}`; SIMD: {_flags(result)}; {_load(result)}. "
+        "Calibration images are drawn evenly from the training split; agreement is measured on the eval set "
+        "(other people). Speed: ORT INT8 vs FP32 on one batch of 256, interleaved medians.", "",
+        _table(["calibration", "weights", "Gemm/MatMul heads", "calib. images", "check images", "argmax agreement",
+                "macro F1 int8 vs fp32", "speed vs fp32", "quantize time"], rows), ""])
+
+
+def bf16_section(result: dict | None) -> str:
+    if not result:
+        return "## bf16\n\nNot measured yet: `python -m bench.bf16`.\n"
+    s = result["img_per_s"]
+    verdict = ("ships as `--precision bf16`" if result["ships"] else
+               "**not shipped**: it must be faster than every FP32 path (PyTorch eager and ONNX Runtime) at ≥ 99 % "
+               "agreement")
+    return "\n".join([
+        "## bf16: PyTorch under `torch.autocast(\"cpu\", dtype=torch.bfloat16)`", "",
+        f"`{result['command']}` — SIMD: {_flags(result)}; {_load(result)}; torch threads "
+        f"{result['torch_threads']}. Model only, {result['arch']}, batch {result['batch_size']}, in-memory uint8.", "",
+        _table(["", "img/s", "argmax agreement with FP32"],
+               [["FP32 (eager)", _f(s["fp32"]), "–"],
+                *([["FP32, ONNX Runtime (the shipped path)", _f(s["onnx_fp32"]), "–"]] if "onnx_fp32" in s else []),
+                ["bf16 autocast", _f(s["bf16"]), f"{_pct(result['argmax_agreement'], 2)} on {result['images']}"]]),
+        "", f"bf16 / FP32 speed: {_f(result['bf16_speedup'], 2)}× — {verdict}.", ""])

@@ -1,0 +1,122 @@
+"""Thread budget of ``mask-submit``: decode workers × ONNX Runtime intra-op threads × ORT spinning.
+
+On a few cores the decode workers and ORT's intra-op threads compete for the same CPUs. This runs
+``mask-submit`` over one eval set for every combination of ``--workers`` {1, 2}, ``--threads``
+{1, 2} and ``--ort-spinning`` {off, on}, per model file, beside the machine's combined ceiling
+``1 / (1/model_only + 1/decode_only)`` measured in the same run on all cores (model only: ORT on
+in-memory uint8 batches of 64, its fastest call, the better of spinning off/on and of a measurement
+before and one after the grid; decode only: read + draft decode +
+resize in as many threads as cores)::
+
+    python -m bench.thread_budget --models data/bench/bench-runs/resnet18/model.onnx \\
+        data/bench/bench-runs/resnet18/model.int8.onnx --data data/bench/eval
+
+Writes ``bench/results/thread_budget.json`` (rendered into docs/benchmarks.md).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench import common
+
+log = logging.getLogger(__name__)
+
+GRID = {"workers": (1, 2), "threads": (1, 2), "spinning": ("off", "on")}
+
+
+def submit_cmd(model: Path, data: Path, out: Path, workers: int, threads: int, spinning: str,
+               batch_size: int = 64) -> list[str]:
+    return [sys.executable, "-m", "serving.submit", "--info", str(data / "info.csv"), "--images",
+            str(data / "images"), "--out", str(out), "--model", str(model), "--no-progress", "-q",
+            "--workers", str(workers), "--threads", str(threads), "--ort-spinning", spinning,
+            "--batch-size", str(batch_size)]
+
+
+def run_submit(cmd: list[str], n: int) -> dict:
+    """img/s of one mask-submit command end to end, and of its own loop (its summary line)."""
+    from bench.batch_job import _SUBMIT_SUMMARY
+
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=common.REPO_ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise ValueError(f"mask-submit exited {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}")
+    m = _SUBMIT_SUMMARY.search(proc.stdout)
+    return {"wall_s": wall, "img_per_s": n / wall, "loop_img_per_s": n / float(m.group(2)) if m else None}
+
+
+def model_only(model: Path, batch_size: int = 64) -> dict:
+    """ORT alone on in-memory uint8 at ``batch_size``, all cores, spinning off and on (img/s)."""
+    from serving.predictor import Predictor
+    from serving.settings import Settings
+
+    out = {}
+    for spin in (False, True):
+        p = Predictor(model, settings=Settings.from_env({}).replace(ort_spinning=spin))
+        x = np.random.default_rng(0).integers(0, 256, (batch_size, *p.input_shape), dtype=np.uint8)
+        t = common.time_calls(lambda: p.infer(x), warmup=1, min_repeats=5, budget_s=3.0, cap_s=8.0)
+        # the fastest call: a ceiling is what the model can do, and a shared machine only slows calls
+        out["spinning_on" if spin else "spinning_off"] = batch_size / min(t.times)
+    return out
+
+
+def decode_only(model: Path, paths: list[Path]) -> float:
+    from bench.batch_job import decode_ceiling
+
+    return decode_ceiling(model, paths, threads=os.cpu_count() or 1)
+
+
+def bench_model(model: Path, data: Path, work: Path, grid: dict) -> dict:
+    from bench.batch_job import read_ans
+
+    ids = list(read_ans(data / "info.csv"))
+    paths = [data / "images" / i for i in ids]
+    for p in paths:  # warm page cache
+        p.read_bytes()
+    mo, do = model_only(model), decode_only(model, paths)
+    rows = []
+    for workers, threads, spin in itertools.product(grid["workers"], grid["threads"], grid["spinning"]):
+        r = run_submit(submit_cmd(model, data, work / "tb.csv", workers, threads, spin), len(ids))
+        r.update(workers=workers, threads=threads, spinning=spin)
+        log.info("%s workers=%d threads=%d spinning=%s: %.1f img/s (loop %.1f)", model.name, workers, threads,
+                 spin, r["img_per_s"], r["loop_img_per_s"] or 0)
+        rows.append(r)
+    # ceilings measured before and after the grid; the better of each (the less disturbed) counts
+    mo = {k: max(v, w) for (k, v), w in zip(mo.items(), model_only(model).values())}
+    do = max(do, decode_only(model, paths))
+    ceiling = 1.0 / (1.0 / max(mo.values()) + 1.0 / do)
+    for r in rows:
+        r.update(share_of_ceiling=r["img_per_s"] / ceiling, loop_share_of_ceiling=(r["loop_img_per_s"] or 0) / ceiling)
+    root = str(common.REPO_ROOT) + "/"
+    return {"model": str(model).replace(root, ""), "images": len(ids), "model_only_img_per_s": mo,
+            "decode_only_img_per_s": do, "combined_ceiling_img_per_s": ceiling, "rows": rows,
+            "best": max(rows, key=lambda r: r["img_per_s"])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.thread_budget", description=__doc__.split("\n")[0])
+    p.add_argument("--models", nargs="+", type=Path, required=True, help="exported .onnx files")
+    p.add_argument("--data", type=Path, required=True, help="folder with info.csv and images/")
+    p.add_argument("--out", type=Path, default=common.RESULTS_DIR / "thread_budget.json")
+    args = p.parse_args(argv)
+    common.setup_logging()
+    started = common.utc_now()
+    work = Path(os.environ.get("TMPDIR", "/tmp"))
+    with common.CpuMonitor() as monitor:
+        result = {"models": [bench_model(m, args.data, work, GRID) for m in args.models]}
+    common.save_run("thread_budget", argv, started, monitor, False,
+                    {"grid": GRID, "data": str(args.data)}, result, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,69 @@
+"""The thread budget knobs reach ONNX Runtime: --threads / MASK_THREADS and --ort-spinning /
+MASK_ORT_SPINNING end up in the live session's options (what ORT will use), not just in our settings."""
+from __future__ import annotations
+
+import pytest
+
+from serving.predictor import SPINNING_KEY
+from serving.submit import build_parser, load_predictor, main
+
+
+def _session_options(predictor):
+    return predictor.backend.session.get_session_options()
+
+
+@pytest.mark.parametrize("threads,spinning", [(1, False), (2, True), (3, False)])
+def test_threads_and_spinning_reach_the_session(onnx_model, threads, spinning):
+    opts = _session_options(load_predictor(str(onnx_model), threads=threads, spinning=spinning))
+    assert opts.intra_op_num_threads == threads, f"asked {threads} intra-op threads, ORT has {opts.intra_op_num_threads}"
+    assert opts.get_session_config_entry(SPINNING_KEY) == ("1" if spinning else "0"), \
+        f"spinning {spinning} did not reach {SPINNING_KEY}"
+
+
+def test_environment_is_the_default_and_flags_win(onnx_model, monkeypatch):
+    monkeypatch.setenv("MASK_THREADS", "1")
+    monkeypatch.setenv("MASK_ORT_SPINNING", "1")
+    opts = _session_options(load_predictor(str(onnx_model)))
+    assert (opts.intra_op_num_threads, opts.get_session_config_entry(SPINNING_KEY)) == (1, "1"), \
+        "MASK_THREADS / MASK_ORT_SPINNING were not applied"
+    opts = _session_options(load_predictor(str(onnx_model), threads=2, spinning=False))
+    assert (opts.intra_op_num_threads, opts.get_session_config_entry(SPINNING_KEY)) == (2, "0"), \
+        "explicit arguments must override the environment"
+
+
+def test_spinning_is_off_by_default(onnx_model, monkeypatch):
+    monkeypatch.delenv("MASK_ORT_SPINNING", raising=False)
+    opts = _session_options(load_predictor(str(onnx_model)))
+    assert opts.get_session_config_entry(SPINNING_KEY) == "0", "spinning must be off unless asked for"
+
+
+def test_cli_parses_the_knobs():
+    args = build_parser().parse_args(["--info", "i", "--images", "d", "--out", "o", "--threads", "1",
+                                      "--ort-spinning", "on"])
+    assert (args.threads, args.ort_spinning) == (1, "on"), f"parsed {args.threads}, {args.ort_spinning}"
+
+
+def test_negative_threads_is_a_one_line_error(onnx_model, tmp_path, capsys):
+    rc = main(["--info", str(tmp_path / "info.csv"), "--images", str(tmp_path), "--out", str(tmp_path / "o.csv"),
+               "--model", str(onnx_model), "--threads", "-1", "--no-progress"])
+    assert rc == 2, f"--threads -1 must exit 2, got {rc}"
+    assert "--threads" in capsys.readouterr().err, "the error must name the flag"
+
+
+def test_bf16_runs_the_torch_backend_and_keeps_the_answers(trained_run, onnx_model, synth_root):
+    """--precision bf16 on a .pt checkpoint runs under CPU bf16 autocast; on an .onnx it is a clear error."""
+    import numpy as np
+
+    from export.parity import list_images
+
+    paths = list_images(synth_root / "eval" / "images", 32)
+    fp32 = load_predictor(str(trained_run / "best.pt"), "fp32")
+    bf16 = load_predictor(str(trained_run / "best.pt"), "bf16")
+    assert bf16.provider == "torch:cpu:bf16", f"bf16 did not reach the torch backend: {bf16.provider}"
+    batch = np.stack([fp32.load(p) for p in paths])
+    p32, p16 = fp32.infer(batch), bf16.infer(batch)
+    assert p16.dtype == np.float32 and np.allclose(p16.sum(1), 1, atol=1e-4), "probabilities must stay float32"
+    assert np.abs(p16 - p32).max() < 0.05, f"bf16 moved probabilities by {np.abs(p16 - p32).max():.3g}"
+    assert (p16.argmax(1) == p32.argmax(1)).mean() >= 0.9, "bf16 changed too many answers"
+    with pytest.raises(ValueError, match="PyTorch backend"):
+        load_predictor(str(onnx_model), "bf16")
