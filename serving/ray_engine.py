@@ -37,7 +37,7 @@ import numpy as np
 
 from maskdata import labels
 from serving.pipeline import DecodedBatch, decode_batch
-from serving.submission import (SKIPPED, SubmitResult, check_missing, predict_batch, write_outputs, locate_images,
+from serving.submission import (SKIPPED, SubmitResult, check_missing, check_output_path, predict_batch, write_outputs, locate_images,
                                 read_info)
 
 log = logging.getLogger(__name__)
@@ -262,11 +262,7 @@ def run_ray_submission(model: str, info_csv, images: str, out_csv, *, precision:
     from serving import ray_output
 
     ray = require_ray()
-    out_csv = Path(out_csv)
-    if not out_csv.parent.is_dir():
-        raise FileNotFoundError(f"output folder {out_csv.parent} does not exist")
-    if out_csv.is_dir():
-        raise ValueError(f"output path {out_csv} is a directory; expected a file path such as {out_csv}/submission.csv")
+    out_csv = check_output_path(out_csv)
     header, rows = read_info(info_csv)
     image_ids = [r["ImageID"] for r in rows]
     fs, root = image_filesystem(str(images))

@@ -247,6 +247,16 @@ def _max_pixels(predictor) -> int:
     return getattr(settings, "max_pixels", DEFAULT_MAX_PIXELS)
 
 
+def check_output_path(out_csv) -> Path:
+    """The submission path, checked before any work: its folder exists and it is not a folder."""
+    out_csv = Path(out_csv)
+    if not out_csv.parent.is_dir():
+        raise FileNotFoundError(f"output folder {out_csv.parent} does not exist")
+    if out_csv.is_dir():
+        raise ValueError(f"output path {out_csv} is a directory; expected a file path such as {out_csv}/submission.csv")
+    return out_csv
+
+
 def check_missing(image_ids: list[str], missing: dict[str, str], on_error: str, report_path: Path,
                   images: str) -> None:
     """Before any work: with ``on_error="fail"`` a missing image stops the job (the list goes to
@@ -268,11 +278,7 @@ def run_submission(predictor, info_csv: str | Path | bytes, images_dir: str | Pa
     ``options`` are :class:`SubmitOptions` fields. Raises ValueError/FileNotFoundError on bad input.
     """
     opts = SubmitOptions(**options)
-    out_csv = Path(out_csv)
-    if not out_csv.parent.is_dir():
-        raise FileNotFoundError(f"output folder {out_csv.parent} does not exist")
-    if out_csv.is_dir():
-        raise ValueError(f"output path {out_csv} is a directory; expected a file path such as {out_csv}/submission.csv")
+    out_csv = check_output_path(out_csv)
     header, rows = read_info(info_csv)
     if opts.shard is not None:
         rows = [rows[i] for i in opts.shard.rows(len(rows))]
