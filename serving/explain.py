@@ -138,9 +138,11 @@ class Explainer:
         return [next(i for i, m in enumerate(maps) if m["head"] == h and m["value"] == prediction[h])
                 for h in ("mask", "gender", "age")]
 
-    def explain(self, source, max_pixels: int | None = None) -> Explanation:
-        """Image bytes/path → prediction + chosen maps; :class:`ImageError` for a non-image."""
-        array = self.predictor.load(source, max_pixels=max_pixels)
+    def explain(self, source, max_pixels: int | None = None, array: np.ndarray | None = None) -> Explanation:
+        """Image bytes/path → prediction + chosen maps; :class:`ImageError` for a non-image.
+        ``array``: the model input already decoded from ``source`` (the service's checks made it)."""
+        if array is None:
+            array = self.predictor.load(source, max_pixels=max_pixels)
         pre = self.predictor.preprocess
         # full resolution, no JPEG draft: crop boxes are in the upright source's own pixels
         photo = open_image(source, max_pixels=max_pixels or self.predictor.settings.max_pixels)

@@ -223,8 +223,9 @@ class MaskClassifier:
     async def _explain(self, image: Path, accept: str) -> Response:
         try:
             explainer = self._explainer()
-            await self._decode_all("image", [image])  # the same size/format checks and 4xx reasons as /predict
-            result = await anyio.to_thread.run_sync(explainer.explain, image.read_bytes())
+            # the same size/format checks and 4xx reasons as /predict; their model input is reused
+            (array,) = await self._decode_all("image", [image])
+            result = await anyio.to_thread.run_sync(lambda: explainer.explain(image.read_bytes(), array=array))
         except ExplainUnavailable as e:
             return error_response(501, f"explanations are not available: {e}")
         except RequestError as e:
