@@ -72,8 +72,9 @@ def class_report(y_true, probs, num_classes: int = labels.NUM_CLASSES) -> tuple[
     return rows, summary
 
 
-def report_csv_text(y_true, probs) -> str:
-    rows, summary = class_report(y_true, probs)
+def report_csv_text(y_true, probs, report: tuple[list[dict], dict] | None = None) -> str:
+    """The report as CSV; ``report``: :func:`class_report`'s result when the caller already has it."""
+    rows, summary = report if report is not None else class_report(y_true, probs)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(COLUMNS)

@@ -219,7 +219,8 @@ def _train_epoch(epoch: int, parts: Parts, loaders: Loaders, cfg: RunConfig, env
     val, probs = engine.evaluate(parts.model, loaders.val, loaders.y_val, device=env.device, amp_dtype=env.amp_dtype,
                                  d=env.ranks, progress=train_cfg.progress)
     parts.schedule.step_epoch(val["f1"])
-    val["roc_auc"] = class_report(loaders.y_val, probs)[1]["roc_auc_macro"]
+    val["report"] = class_report(loaders.y_val, probs)   # val_report.csv reuses it on a best epoch
+    val["roc_auc"] = val["report"][1]["roc_auc_macro"]
     row = {"epoch": epoch + 1, "lr": lr, "train_loss": tr["loss"], "val_loss": val["loss"], "val_acc": val["acc"],
            "val_f1": val["f1"], "val_f1_mask": val["f1_mask"], "val_f1_gender": val["f1_gender"],
            "val_f1_age": val["f1_age"], "train_img_s": tr["img_s"], "seconds": tr["seconds"],
@@ -236,7 +237,7 @@ def _write_epoch(out_dir: Path, parts: Parts, loaders: Loaders, progress: Progre
         save_checkpoint(out_dir / "best.pt", build_checkpoint(parts.model, metrics=best_metrics, epoch=epoch,
                                                               **common))
         atomic_write_text(out_dir / "val_predictions.csv", _predictions_text(loaders.val_samples, loaders.y_val, probs))
-        report = report_csv_text(loaders.y_val, probs)
+        report = report_csv_text(loaders.y_val, probs, val["report"])
         atomic_write_text(out_dir / "val_report.csv", report)
         tb.report(report, epoch)
         plots.save_confusion(val["confusion"], out_dir / "confusion.png",
