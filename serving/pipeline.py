@@ -5,7 +5,13 @@ decodes and resizes, and JPEG draft mode makes decoding cheap enough that shippi
 processes costs more than it saves on 2 cores — see docs/submit.md for the measurement). At most
 ``prefetch`` decoded batches wait in flight, so memory stays bounded however large the job is,
 and the caller runs inference on batch k while the workers decode batches k+1..k+prefetch.
-Batches come back in submission order, so output order is the input order. Usage::
+Batches come back in submission order, so output order is the input order.
+
+The workers run ``nice`` steps below the caller (``MASK_DECODE_NICE``, default 19): on few cores,
+decode threads at the model's priority preempt ONNX Runtime's intra-op threads mid-operator and
+every parallel op then waits for its slowest thread; niced, they take the CPU only where the model
+leaves it idle, and still get all of it when the model waits for them (measured in
+docs/benchmarks.md, thread budget: +7 % on a resnet18, +14 % on plain_cnn, 2 cores). Usage::
 
     for batch in decoded_batches(paths_per_batch, preprocess, workers=2):
         probs = predictor.infer(batch.images)         # batch.ok: which rows decoded
@@ -13,8 +19,12 @@ Batches come back in submission order, so output order is the input order. Usage
 from __future__ import annotations
 
 import collections
+import functools
 import logging
+import os
 import signal
+import sys
+import threading
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
@@ -25,23 +35,46 @@ from maskdata.preprocess import ImageError, Preprocess
 
 log = logging.getLogger(__name__)
 
-def _ignore_sigint() -> None:
+
+def lower_priority(increment: int) -> None:
+    """Make the calling thread ``increment`` nice steps lower in priority (at most nice 19).
+
+    Linux only, on purpose: there the nice value belongs to each thread (setpriority(2), "BUGS":
+    NPTL threads do not share it), so ``os.setpriority(PRIO_PROCESS, <native thread id>)`` lowers
+    just this worker; on other systems the same call names a process, so it is skipped. Lowering
+    needs no privilege; nothing raises it back (the workers end with their pool).
+    tests/test_threads.py pins the per-thread effect.
+    """
+    if increment <= 0 or not sys.platform.startswith("linux"):
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + increment))
+    except OSError as e:   # e.g. a seccomp sandbox without setpriority: decoding still works
+        log.debug("could not lower decode worker priority: %s", e)
+
+
+def _process_worker_init(nice: int) -> None:
     """Ctrl-C reaches the whole process group; only the parent should act on it (and stop the pool)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    lower_priority(nice)
 
 
-EXECUTORS: dict[str, Callable[[int], Executor]] = {
-    "thread": lambda n: ThreadPoolExecutor(n, thread_name_prefix="decode"),
-    "process": lambda n: ProcessPoolExecutor(n, initializer=_ignore_sigint),
+EXECUTORS: dict[str, Callable[[int, int], Executor]] = {
+    "thread": lambda n, nice: ThreadPoolExecutor(n, thread_name_prefix="decode",
+                                                 initializer=functools.partial(lower_priority, nice)),
+    "process": lambda n, nice: ProcessPoolExecutor(n, initializer=functools.partial(_process_worker_init, nice)),
 }
 
 
-def create_executor(kind: str, workers: int) -> Executor:
+def create_executor(kind: str, workers: int, nice: int = 0) -> Executor:
     if kind not in EXECUTORS:
         raise ValueError(f"unknown worker kind {kind!r}; expected one of {sorted(EXECUTORS)}")
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
-    return EXECUTORS[kind](workers)
+    if not 0 <= nice <= 19:
+        raise ValueError(f"decode nice must be 0..19, got {nice}")
+    return EXECUTORS[kind](workers, nice)
 
 
 @dataclass
@@ -75,15 +108,16 @@ def decode_batch(preprocess: Preprocess, max_pixels: int, paths: Sequence[str]) 
 
 def decoded_batches(batches: Sequence[Sequence[str]], preprocess: Preprocess, *, max_pixels: int,
                     workers: int = 2, kind: str = "thread", prefetch: int | None = None,
-                    indices: Sequence[int] | None = None) -> Iterator[DecodedBatch]:
+                    indices: Sequence[int] | None = None, nice: int = 0) -> Iterator[DecodedBatch]:
     """Yield each batch of ``batches`` decoded, in order, decoding up to ``prefetch`` ahead.
 
-    ``indices`` labels the batches (defaults to 0..len-1; resume passes the batches still to do).
+    ``indices`` labels the batches (defaults to 0..len-1; resume passes the batches still to do);
+    ``nice`` lowers the workers' priority by that many steps (see the module docstring).
     Leaving the loop early (exception, Ctrl-C) cancels the batches not yet started.
     """
     indices = list(range(len(batches))) if indices is None else list(indices)
     prefetch = max(prefetch or 2 * workers, 1)
-    executor = create_executor(kind, workers)
+    executor = create_executor(kind, workers, nice)
     pending: collections.deque[tuple[int, Future]] = collections.deque()
     todo = iter(zip(indices, batches))
     try:

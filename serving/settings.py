@@ -18,6 +18,7 @@ changed without touching code, e.g. ``MASK_MAX_UPLOAD_BYTES=2000000 bentoml serv
 | ``MASK_TRT_CACHE`` | ``~/.cache/mask-classifier/trt`` | TensorRT engine cache folder |
 | ``MASK_THREADS`` | ``0`` | ONNX Runtime intra-op threads on CPU (0: one per physical core) |
 | ``MASK_ORT_SPINNING`` | ``0`` | ``1`` lets ONNX Runtime's intra-op threads spin between ops (``session.intra_op.allow_spinning``); off by default: spinning threads take the cores decode workers need (docs/benchmarks.md) |
+| ``MASK_DECODE_NICE`` | ``19`` | ``mask-submit``'s decode workers run this much nicer than the model (0–19; 0: same priority), so ONNX Runtime's threads are not preempted by decoding and decoding fills their idle gaps (Linux; docs/benchmarks.md, thread budget) |
 | ``MASK_MAX_UPLOAD_BYTES`` | ``10485760`` | largest accepted file, and largest image inside a ``/submission`` archive (larger: HTTP 413) |
 | ``MASK_MAX_PIXELS`` | ``40000000`` | largest accepted width × height (decompression bombs) |
 | ``MASK_MAX_ARCHIVE_BYTES`` | ``2147483648`` | largest ``/submission`` archive upload |
@@ -48,6 +49,7 @@ from maskdata.artifact import STORE_NAME
 DEFAULT_MODEL = f"{STORE_NAME}:latest"
 BACKENDS = ("onnx", "torch")
 PRECISIONS = ("auto", "fp32", "fp16", "int8", "bf16")   # bf16: PyTorch backend, CPU autocast
+MAX_NICE = 19   # the largest nice value on Linux (and POSIX systems generally)
 ENV_PREFIX = "MASK_"
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 ASPECTS = ("", "stretch", "crop", "pad")       # "" = the policy recorded in the model
@@ -70,6 +72,7 @@ class Settings(BaseSettings):
     trt_cache: str = str(Path.home() / ".cache" / "mask-classifier" / "trt")
     threads: int = Field(0, ge=0)
     ort_spinning: bool = False
+    decode_nice: int = Field(19, ge=0)
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
     max_pixels: int = Field(40_000_000, ge=1)
     max_archive_bytes: int = Field(2 * 1024 ** 3, ge=1)
@@ -115,7 +118,7 @@ class Settings(BaseSettings):
         raise ValueError(f"{env_name(info.field_name)}={raw!r} is not a boolean; "
                          f"expected 1/0, true/false, yes/no, on/off")
 
-    @field_validator("threads", "max_upload_bytes", "max_pixels", "max_archive_bytes", "max_archive_total_bytes",
+    @field_validator("threads", "decode_nice", "max_upload_bytes", "max_pixels", "max_archive_bytes", "max_archive_total_bytes",
                      "max_archive_members", "max_files", "max_infer_bytes", "max_body_bytes", "max_batch_size",
                      "batch_wait_ms", "max_queue", "workers", mode="before")
     @classmethod
@@ -133,6 +136,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _choices(self):
+        if self.decode_nice > MAX_NICE:
+            raise ValueError(f"{env_name('decode_nice')}={self.decode_nice} must be at most {MAX_NICE} (the largest nice value)")
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}; expected one of {sorted(BACKENDS)}")
         if self.precision not in PRECISIONS:

@@ -59,6 +59,7 @@ class SubmitOptions:
     workers: int = field(default_factory=lambda: default_workers())
     worker_kind: str = "thread"
     prefetch: int | None = None          # decoded batches in flight; default 2 * workers
+    decode_nice: int | None = None       # decode workers' nice steps below the model; None: MASK_DECODE_NICE
     on_error: str = "fail"               # fail | skip
     resume: bool = False
     probs_csv: str | Path | None = None
@@ -75,6 +76,8 @@ class SubmitOptions:
             raise ValueError(f"unknown worker kind {self.worker_kind!r}; expected one of {sorted(EXECUTORS)}")
         if self.on_error not in ON_ERROR:
             raise ValueError(f"unknown on-error policy {self.on_error!r}; expected one of {sorted(ON_ERROR)}")
+        if self.decode_nice is not None and not 0 <= self.decode_nice <= 19:
+            raise ValueError(f"decode nice must be 0..19, got {self.decode_nice}")
 
 
 @dataclass
@@ -247,6 +250,14 @@ def _max_pixels(predictor) -> int:
     return getattr(settings, "max_pixels", DEFAULT_MAX_PIXELS)
 
 
+def _decode_nice(opts: SubmitOptions) -> int:
+    if opts.decode_nice is not None:
+        return opts.decode_nice
+    from serving.settings import Settings
+
+    return Settings.from_env().decode_nice
+
+
 def check_output_path(out_csv) -> Path:
     """The submission path, checked before any work: its folder exists and it is not a folder."""
     out_csv = Path(out_csv)
@@ -278,6 +289,7 @@ def run_submission(predictor, info_csv: str | Path | bytes, images_dir: str | Pa
     ``options`` are :class:`SubmitOptions` fields. Raises ValueError/FileNotFoundError on bad input.
     """
     opts = SubmitOptions(**options)
+    nice = _decode_nice(opts)   # a bad MASK_DECODE_NICE fails here, before any output exists
     out_csv = check_output_path(out_csv)
     header, rows = read_info(info_csv)
     if opts.shard is not None:
@@ -313,7 +325,8 @@ def run_submission(predictor, info_csv: str | Path | bytes, images_dir: str | Pa
                dynamic_ncols=True, smoothing=0.1)
     try:
         batches = decoded_batches(to_decode, predictor.preprocess, max_pixels=_max_pixels(predictor),
-                                  workers=opts.workers, kind=opts.worker_kind, prefetch=opts.prefetch, indices=todo)
+                                  workers=opts.workers, kind=opts.worker_kind, prefetch=opts.prefetch, indices=todo,
+                                  nice=nice)
         with contextlib.closing(batches):
             for batch in batches:
                 rows_b = grid[batch.index]

@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ort-spinning", choices=["on", "off"], default=None,
                    help="let ONNX Runtime's threads spin between ops; default: $MASK_ORT_SPINNING or off "
                         "(spinning takes CPU from the decode workers)")
+    p.add_argument("--decode-nice", type=int, default=None, metavar="N",
+                   help="run the decode workers N nice steps below the model (0-19; 0: same priority) so "
+                        "decoding fills the model's idle gaps instead of preempting its threads; default: "
+                        "$MASK_DECODE_NICE or 19 (Linux; elsewhere ignored)")
     p.add_argument("--worker-kind", choices=["thread", "process"], default="thread",
                    help="decode in threads (default; PIL releases the GIL) or processes")
     p.add_argument("--on-error", choices=["fail", "skip"], default="fail",
@@ -169,13 +173,16 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError("--probs-dir needs --engine ray; the local engine writes --probs FILE")
     if args.threads is not None and args.threads < 0:
         raise ValueError(f"--threads must be 0 (one per core) or more, got {args.threads}")
+    if args.decode_nice is not None and not 0 <= args.decode_nice <= 19:
+        raise ValueError(f"--decode-nice must be 0..19, got {args.decode_nice}")
     spinning = None if args.ort_spinning is None else args.ort_spinning == "on"
     predictor = load_predictor(args.model, args.precision, threads=args.threads, spinning=spinning,
                                aspect=args.aspect)
     log.info("model %s (%s, %s) on %s", args.model, predictor.metadata.arch,
              "x".join(map(str, predictor.input_shape[:2])), predictor.provider)
     result = run_submission(predictor, args.info, args.images, args.out, batch_size=args.batch_size,
-                            workers=args.workers, worker_kind=args.worker_kind, on_error=args.on_error,
+                            workers=args.workers, worker_kind=args.worker_kind, decode_nice=args.decode_nice,
+                            on_error=args.on_error,
                             resume=args.resume, probs_csv=args.probs, shard=shard,
                             progress=not args.no_progress)
     print(f"wrote {result.out_csv}: {result.summary()}")

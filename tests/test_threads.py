@@ -67,3 +67,58 @@ def test_bf16_runs_the_torch_backend_and_keeps_the_answers(trained_run, onnx_mod
     assert (p16.argmax(1) == p32.argmax(1)).mean() >= 0.9, "bf16 changed too many answers"
     with pytest.raises(ValueError, match="PyTorch backend"):
         load_predictor(str(onnx_model), "bf16")
+
+
+def _worker_nice(executor) -> int:
+    import os
+    import threading
+
+    return executor.submit(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())).result()
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="per-thread nice is Linux's")
+@pytest.mark.parametrize("nice", [0, 5, 19])
+def test_decode_workers_run_nicer_than_the_caller_and_only_they(nice):
+    """os.setpriority on a native thread id lowers that thread alone (Linux NPTL): the caller, which
+    runs the model, and ONNX Runtime's threads it starts keep their priority."""
+    import os
+
+    from serving.pipeline import create_executor
+
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    with create_executor("thread", 1, nice) as pool:
+        got = _worker_nice(pool)
+    assert got == min(19, before + nice), f"decode worker nice {got}, expected {min(19, before + nice)}"
+    assert os.getpriority(os.PRIO_PROCESS, 0) == before, "lowering a decode worker changed the caller's priority"
+
+
+def test_decode_nice_default_comes_from_the_settings(monkeypatch):
+    from serving.settings import Settings
+    from serving.submission import SubmitOptions, _decode_nice
+
+    monkeypatch.delenv("MASK_DECODE_NICE", raising=False)
+    assert _decode_nice(SubmitOptions()) == Settings.model_fields["decode_nice"].default == 19
+    monkeypatch.setenv("MASK_DECODE_NICE", "3")
+    assert _decode_nice(SubmitOptions()) == 3, "MASK_DECODE_NICE is the default"
+    assert _decode_nice(SubmitOptions(decode_nice=0)) == 0, "an explicit value wins over the environment"
+    monkeypatch.setenv("MASK_DECODE_NICE", "40")
+    with pytest.raises(ValueError, match="MASK_DECODE_NICE=40 must be at most 19"):
+        _decode_nice(SubmitOptions())
+
+
+def test_decode_nice_reaches_the_pipeline(onnx_model, synth_root, tmp_path, monkeypatch):
+    from serving import pipeline
+
+    seen = []
+    real = pipeline.create_executor
+    monkeypatch.setattr(pipeline, "create_executor", lambda kind, workers, nice=0: seen.append(nice) or
+                        real(kind, workers, nice))
+    rc = main(["--info", str(synth_root / "eval" / "info.csv"), "--images", str(synth_root / "eval" / "images"),
+               "--out", str(tmp_path / "o.csv"), "--model", str(onnx_model), "--decode-nice", "7", "--no-progress"])
+    assert rc == 0 and seen == [7], f"--decode-nice 7 should reach the decode pool, saw {seen} (rc {rc})"
+
+
+def test_bad_decode_nice_is_a_one_line_error(onnx_model, tmp_path, capsys):
+    rc = main(["--info", str(tmp_path / "info.csv"), "--images", str(tmp_path), "--out", str(tmp_path / "o.csv"),
+               "--model", str(onnx_model), "--decode-nice", "20", "--no-progress"])
+    assert rc == 2 and "--decode-nice" in capsys.readouterr().err, "--decode-nice 20 must exit 2 naming the flag"
