@@ -2,24 +2,27 @@
 
 For each architecture: make (or reuse) a synthetic data set with >= 2,000 eval JPEGs of 384×512,
 train a checkpoint briefly with ``mask-train`` (or take ``--checkpoint``), export it with
-``mask-export``, then run as commands, one after the other on a warm page cache:
+``mask-export --int8``, then run as commands, one after the other on a warm page cache:
 
-* ``python -m bench.baseline`` — the baseline loop (PIL full decode, torchvision Resize/ToTensor/
-  Normalize, DataLoader defaults, batch 64, eager PyTorch in eval mode) on the checkpoint;
+* ``python -m bench.baseline`` — the baseline loop as the competition's ``inference.py`` writes it
+  (PIL full decode, torchvision Resize/ToTensor/Normalize in a Dataset, ``DataLoader(batch_size=1000,
+  num_workers=cpu_count() // 2)``, eager PyTorch in eval mode) on the checkpoint, and at batch 64;
 * ``mask-submit`` with its defaults on the exported ONNX model; then, for reference, on the same
   graph with its recorded preprocessing changed (JPEG draft off; the other draft scale) and on the
   INT8 export.
 
 Reported: img/s of each command end to end (interpreter start and model load included) and of each
 job's own loop, their ratio, the share of identical predictions, accuracy of both against the
-synthetic ground truth, and a stage breakdown (read, decode, resize, to-tensor, infer, write) from
-an instrumented serial pass of each pipeline over a subset, next to two ceilings: ONNX Runtime
-inference alone on pre-decoded batches and a pure decode+resize loop with mask-submit's 2 threads.
+synthetic ground truth, the combined ceiling 1 / (1/model-only + 1/decode-only) measured on all
+cores and each precision's share of it, and a stage breakdown (read, decode, resize, to-tensor,
+infer, write) from an instrumented serial pass of each pipeline over a subset. Each row records how
+busy the machine was apart from the benchmark while it ran.
 
     python -m bench.batch_job --checkpoint runs/default/best.pt   # the default recipe's model (make bench)
-    python -m bench.batch_job                       # small_cnn and resnet18, each trained briefly here
-    python -m bench.batch_job --archs small_cnn --quick
-    python -m bench.batch_job --checkpoint runs/x/best.pt
+    python -m bench.batch_job                       # resnet18, efficientnet_b0, plain_cnn, each trained briefly here
+    python -m bench.batch_job --archs efficientnet_b0 --epochs 24 --train-args='--lr 0.001' --retrain --append
+    python -m bench.batch_job --archs resnet18 --size 224 224 --train-args='--aspect stretch' --append
+    python -m bench.batch_job --quick
 
 Writes ``bench/results/batch_job.json`` and re-renders ``docs/benchmarks.md``.
 """
@@ -30,7 +33,7 @@ import csv
 import json
 import logging
 import os
-import re
+import shlex
 import subprocess
 import sys
 import time
@@ -46,7 +49,6 @@ log = logging.getLogger(__name__)
 
 ARCHS = ("resnet18", "efficientnet_b0", "plain_cnn")
 MIN_IMAGES = 2000
-_SUBMIT_SUMMARY = re.compile(r"(\d+) images, ([\d.]+) s")
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class JobConfig:
     min_images: int = MIN_IMAGES
     retrain: bool = False
     repeats: int = 2              # runs of each command; the fastest counts
+    train_args: tuple[str, ...] = ()  # extra mask-train flags of the quick training run
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -97,7 +100,8 @@ def ensure_model(cfg: JobConfig, arch: str) -> tuple[Path, Path]:
 
             h, w = cfg.size
             argv = ["--data-dir", str(cfg.data / "train"), "--out", str(work), "--model", arch,
-                    "--epochs", str(cfg.epochs), "--resize", str(h), str(w), "--seed", "0", "--no-progress"]
+                    "--epochs", str(cfg.epochs), "--resize", str(h), str(w), "--seed", "0", "--no-progress",
+                    *cfg.train_args]
             log.info("training %s: mask-train %s", arch, " ".join(argv))
             if train_main(argv) != 0:
                 raise ValueError(f"mask-train failed for {arch}")
@@ -135,15 +139,11 @@ def read_ans(path: Path) -> dict[str, int]:
 
 # ----------------------------------------------------------------------------- the two commands
 
-def _run(cmd: list[str]) -> tuple[float, str]:
+def _run(cmd: list[str]) -> tuple[float, str, float]:
+    """(wall seconds, stdout, peak RSS MB of the command's main process) of one command."""
     log.info("running: %s", " ".join(cmd))
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=common.REPO_ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise ValueError(f"{cmd[2] if cmd[1] == '-m' else cmd[0]} exited {proc.returncode}: "
-                         f"{(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
-    return wall, proc.stdout
+    stdout, _, wall, rss = common.run_measured(cmd)
+    return wall, stdout, rss
 
 
 def run_baseline(ckpt: Path, info: Path, images: Path, out: Path, batch_size: int | None = None) -> dict:
@@ -151,18 +151,15 @@ def run_baseline(ckpt: Path, info: Path, images: Path, out: Path, batch_size: in
            "--images", str(images), "--out", str(out)]
     if batch_size:
         cmd += ["--batch-size", str(batch_size)]
-    wall, stdout = _run(cmd)
+    wall, stdout, rss = _run(cmd)
     inner = json.loads(stdout.strip().splitlines()[-1])
-    return {"command": _display(cmd), "wall_s": wall, "loop_s": inner["loop_s"], "load_s": inner["load_s"]}
+    return {"command": _display(cmd), "wall_s": wall, "loop_s": inner["loop_s"], "load_s": inner["load_s"],
+            "max_rss_mb": rss}  # the main process only: DataLoader workers are its children
 
 
 def run_submit(onnx_path: Path, info: Path, images: Path, out: Path) -> dict:
-    cmd = [sys.executable, "-m", "serving.submit", "--info", str(info), "--images", str(images), "--out", str(out),
-           "--model", str(onnx_path), "--no-progress"]
-    wall, stdout = _run(cmd)
-    m = _SUBMIT_SUMMARY.search(stdout)
-    return {"command": _display(cmd).replace(".venv/bin/python -m serving.submit", "mask-submit"), "wall_s": wall,
-            "loop_s": float(m.group(2)) if m else None}
+    r = common.timed_submit(onnx_path, info, images, out)
+    return {k: r[k] for k in ("command", "wall_s", "loop_s", "max_rss_mb")}
 
 
 def _display(cmd: list[str]) -> str:
@@ -211,7 +208,7 @@ def baseline_stages(ckpt: Path, info: Path, images: Path, out_csv: Path, limit: 
     """The baseline's per-stage seconds over the first ``limit`` images, in a fresh process like its run."""
     cmd = [sys.executable, "-m", "bench.baseline", "--checkpoint", str(ckpt), "--info", str(info),
            "--images", str(images), "--out", str(out_csv), "--stages", str(limit)]
-    _, stdout = _run(cmd)
+    _, stdout, _ = _run(cmd)
     return json.loads(stdout.strip().splitlines()[-1])["stages"]
 
 
@@ -301,9 +298,14 @@ def bench_arch(cfg: JobConfig, arch: str, info: Path, images: Path, answers: Pat
     identical = sum(pred_b[i] == pred_s[i] for i in ids) / n
     meta = load_checkpoint(ckpt)
     root = str(common.REPO_ROOT) + "/"
+    optim = (meta.get("config") or {}).get("optim") or {}
     row = {"arch": arch, "checkpoint": str(ckpt).replace(root, ""), "onnx": str(onnx_path).replace(root, ""),
            "images": n,
            "trained_epochs": meta.get("epoch"), "val_f1": (meta.get("metrics") or {}).get("f1"),
+           "train_lr": optim.get("lr"),
+           # the run's own record: `mask-train --config <this>` retrains it
+           "train_config": (str(ckpt.parent / "config.yaml").replace(root, "")
+                            if (ckpt.parent / "config.yaml").is_file() else None),
            "input_size": list(cfg.size), "preprocess": read_metadata(onnx_path).preprocess.to_dict(),
            "baseline": base, "submit": sub,
            "identical": identical, "distinct_classes_predicted": len(set(pred_s.values()))}
@@ -373,10 +375,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="synthetic data set (made here if missing; default: data/bench)")
     p.add_argument("--archs", nargs="+", default=list(ARCHS), help=f"architectures (default: {' '.join(ARCHS)})")
     p.add_argument("--size", nargs=2, type=int, default=[128, 96], metavar=("H", "W"),
-                   help="input size of the trained models (default 128 96)")
+                   help="input size of the trained models (default 128 96; with --checkpoint: the checkpoint's)")
     p.add_argument("--checkpoint", help="use this mask-train checkpoint instead of training (one arch: its own)")
     p.add_argument("--epochs", type=int, default=4, help="epochs of the quick training run (default: 4)")
     p.add_argument("--stage-images", type=int, default=640, help="images in the stage-breakdown passes (default: 640)")
+    p.add_argument("--train-args", default="", metavar="FLAGS",
+                   help="more mask-train flags for the quick training, one string, e.g. "
+                        "--train-args='--lr 0.001 --aspect stretch' (default: none)")
     p.add_argument("--retrain", action="store_true", help="train and export again even if a run exists")
     p.add_argument("--repeats", type=int, default=2,
                    help="runs of the baseline and mask-submit commands, interleaved; the fastest counts (default: 2)")
@@ -398,16 +403,25 @@ def main(argv: list[str] | None = None) -> int:
         if args.checkpoint:
             from training.checkpoint import load_checkpoint
 
-            archs = (load_checkpoint(args.checkpoint)["arch"],)
+            ckpt = load_checkpoint(args.checkpoint)
+            archs = (ckpt["arch"],)
+            # the row is the checkpoint's own input size (its work folder and its key in --append)
+            args.size = [ckpt["preprocess"]["height"], ckpt["preprocess"]["width"]]
         if args.epochs < 1 or args.stage_images < 64 or args.repeats < 1:
             raise ValueError("--epochs and --repeats must be >= 1 and --stage-images >= 64")
         cfg = JobConfig(data=args.data, archs=archs, checkpoint=args.checkpoint, epochs=args.epochs,
                         stage_images=args.stage_images, retrain=args.retrain, repeats=args.repeats,
-                        size=tuple(args.size))
+                        size=tuple(args.size), train_args=tuple(shlex.split(args.train_args)))
         info, images, answers = ensure_data(cfg)
         started = common.utc_now()
+        runs = []
         with common.CpuMonitor() as monitor:
-            runs = [bench_arch(cfg, arch, info, images, answers) for arch in archs]
+            for arch in archs:
+                with common.CpuMonitor() as row_monitor:  # per row: --append merges rows of other runs
+                    row = bench_arch(cfg, arch, info, images, answers)
+                row["cpu_monitor"] = row_monitor.summary
+                row["bench_command"] = common.command_line("bench.batch_job", argv)
+                runs.append(row)
         if args.append and args.out.is_file():  # rows measured in earlier runs stay, unless re-measured now
             done = {(r["arch"], tuple(r["input_size"])) for r in runs}
             runs = [r for r in json.loads(args.out.read_text()).get("runs", [])

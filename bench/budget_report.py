@@ -1,22 +1,12 @@
 """docs/benchmarks.md sections for the thread budget, INT8 calibration and bf16 parts (bench.report calls them)."""
 from __future__ import annotations
 
-
-def _f(x, digits: int = 1) -> str:
-    return "–" if x is None else f"{x:,.{digits}f}"
-
-
-def _pct(x, digits: int = 1) -> str:
-    return "–" if x is None else f"{100 * x:.{digits}f} %"
-
-
-def _table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+from bench import fmt
+from bench.fmt import f as _f, pct as _pct, table as _table
 
 
 def _flags(result: dict) -> str:
-    return ", ".join(result.get("machine", {}).get("cpu_flags") or []) or "unknown"
+    return ", ".join(fmt.flags(result)) or "unknown"
 
 
 def _load(result: dict) -> str:
@@ -32,7 +22,7 @@ def thread_budget_section(result: dict | None) -> str:
              f"`{result['command']}` — SIMD: {_flags(result)}; {_load(result)}. Each cell is one `mask-submit` "
              "run end to end over the eval set (interpreter start and model load included; *loop* is its own "
              "summary time). Ceiling = 1 / (1/model-only + 1/decode-only), both on all cores in the same run "
-             "(model only: ORT on in-memory uint8 batches of 64, its fastest call, the better of spinning off/on "
+             "(decode workers at the default `--decode-nice`; model only: ORT on in-memory uint8 batches of 64, its fastest call, the better of spinning off/on "
              "and of one measurement before and one after the grid; decode only: read + draft decode + resize "
              "in one thread per core, the better of before/after).", ""]
     for m in result["models"]:
@@ -44,6 +34,20 @@ def thread_budget_section(result: dict | None) -> str:
                  _pct(r["share_of_ceiling"], 0), _pct(r["loop_share_of_ceiling"], 0)] for r in m["rows"]]
         lines += [_table(["--workers", "--threads", "--ort-spinning", "img/s end to end", "img/s loop",
                           "share of ceiling", "loop share"], rows), ""]
+        if m.get("batch_rows"):
+            rows = [[r["batch_size"], _f(r["img_per_s"]), _f(r["loop_img_per_s"]), _pct(r["share_of_ceiling"], 0),
+                     _pct(r["loop_share_of_ceiling"], 0)] for r in m["batch_rows"]]
+            lines += ["At the defaults (`--workers` one per core, `--threads 0`: ONNX Runtime's own count, "
+                      "spinning off), by `--batch-size`:", "",
+                      _table(["--batch-size", "img/s end to end", "img/s loop", "share of ceiling", "loop share"],
+                             rows), ""]
+        if m.get("nice_rows"):
+            rows = [[r["decode_nice"], _f(r["img_per_s"]), _f(r["loop_img_per_s"]), _pct(r["share_of_ceiling"], 0),
+                     _pct(r["loop_share_of_ceiling"], 0)] for r in m["nice_rows"]]
+            lines += ["At the defaults, by `--decode-nice` (the decode workers' priority below the model's; 0: the "
+                      "same):", "",
+                      _table(["--decode-nice", "img/s end to end", "img/s loop", "share of ceiling", "loop share"],
+                             rows), ""]
     return "\n".join(lines)
 
 
@@ -79,4 +83,30 @@ def bf16_section(result: dict | None) -> str:
                [["FP32 (eager)", _f(s["fp32"]), "–"],
                 *([["FP32, ONNX Runtime (the shipped path)", _f(s["onnx_fp32"]), "–"]] if "onnx_fp32" in s else []),
                 ["bf16 autocast", _f(s["bf16"]), f"{_pct(result['argmax_agreement'], 2)} on {result['images']}"]]),
-        "", f"bf16 / FP32 speed: {_f(result['bf16_speedup'], 2)}× — {verdict}.", ""])
+        "", f"bf16 / FP32 speed: {_f(result['bf16_speedup'], 2)}× — {verdict}.", "", *_bf16_e2e(result.get("end_to_end"))])
+
+
+def _bf16_e2e(e2e: dict | None) -> list[str]:
+    if not e2e:
+        return []
+    rows = [[label, _f(r["wall_s"], 2), _f(r["img_per_s"]), _f(r["max_rss_mb"], 0), f"`{r['command']}`"]
+            for label, r in (("ONNX Runtime FP32", e2e["onnx_fp32"]), ("bf16 autocast (PyTorch)", e2e["bf16"]))]
+    return ["End to end, `mask-submit` as a command on the same images, one after the other:", "",
+            _table(["path", "wall s", "img/s", "peak RSS MB", "command"], rows), "",
+            f"bf16 / ONNX Runtime FP32 end to end: {_f(e2e['speedup'], 2)}×, "
+            f"{_pct(e2e['identical'], 2)} identical answers.", ""]
+
+
+def eval_scale_section(result: dict | None) -> str:
+    if not result:
+        return "## The real eval set's size\n\nNot measured yet: `python -m bench.eval_scale --model M.onnx`.\n"
+    rows = [[label, _f(r["images"], 0), _f(r["wall_s"], 1), _f(r["loop_s"], 1), _f(r["img_per_s"]),
+             _f(r["max_rss_mb"], 0)] for label, r in (("first rows", result["short"]), ("all rows", result["full"]))]
+    return "\n".join([
+        "## The real eval set's size: 12,600 images", "",
+        f"`{result['command']}` — model `{result['model']}`; SIMD: {_flags(result)}; {_load(result)}. Two "
+        "`mask-submit` runs one after the other on a warm page cache, each its own process (peak RSS from "
+        "`os.wait4`); the first rows' predictions are checked equal in both.", "",
+        _table(["run", "images", "wall s", "loop s", "img/s end to end", "peak RSS MB"], rows), "",
+        f"All rows / first rows: img/s {_f(result['img_per_s_ratio'], 2)}×, peak RSS "
+        f"{_f(result['max_rss_ratio'], 2)}×.", ""])

@@ -9,8 +9,10 @@ import json
 import logging
 import os
 import platform
+import re
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -200,10 +202,58 @@ def save_run(name: str, argv: list[str] | None, started: str, monitor: "CpuMonit
     return write_result(out, payload)
 
 
+# mask-submit's summary line: "wrote X: N images, S s, R img/s; ..."
+SUBMIT_SUMMARY = re.compile(r"(\d+) images, ([\d.]+) s")
+
+
+# Runs argv[1:] as a grandchild and reports its own peak RSS and wall time on stderr's last line.
+# Why not os.wait4 on a direct child: Linux carries a forked child's pre-exec RSS high-water mark
+# (the parent's whole RSS, torch included) into ru_maxrss across exec, so a big harness would report
+# its own size; forked from this small launcher instead, the job's figure is its own
+# (tests/test_bench.py pins this).
+_RUSAGE_LAUNCHER = r"""
+import os, sys, time
+t0 = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+_, status, ru = os.wait4(pid, 0)
+sys.stderr.write(f"\nrusage: maxrss_kb={ru.ru_maxrss} wall_s={time.perf_counter() - t0:.6f}\n")
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+_RUSAGE_LINE = re.compile(r"rusage: maxrss_kb=(\d+) wall_s=([\d.]+)\s*$")
+
+
+def run_measured(cmd: list[str]) -> tuple[str, str, float, float]:
+    """(stdout, stderr, wall seconds, peak RSS MB) of one command, its own figures (see above)."""
+    proc = subprocess.run([sys.executable, "-c", _RUSAGE_LAUNCHER, *cmd], cwd=REPO_ROOT, capture_output=True,
+                          text=True)
+    m = _RUSAGE_LINE.search(proc.stderr)
+    stderr = proc.stderr[:m.start()].rstrip() if m else proc.stderr
+    if proc.returncode != 0 or not m:
+        raise ValueError(f"{' '.join(cmd[:3])} exited {proc.returncode}: "
+                         f"{(stderr or proc.stdout).strip().splitlines()[-1:]}")
+    return proc.stdout, stderr, float(m.group(2)), int(m.group(1)) / 1024  # Linux: ru_maxrss in KiB
+
+
+def timed_submit(model: Path, info: Path, images: Path, out: Path, extra: list[str] = ()) -> dict:
+    """One mask-submit run as a command: wall seconds, its own loop seconds (its summary line), peak RSS."""
+    cmd = [sys.executable, "-m", "serving.submit", "--info", str(info), "--images", str(images),
+           "--out", str(out), "--model", str(model), "--no-progress", *extra]
+    log.info("running: %s", " ".join(cmd))
+    stdout, _, wall, rss = run_measured(cmd)
+    m = SUBMIT_SUMMARY.search(stdout)
+    n = int(m.group(1)) if m else None
+    return {"command": "mask-submit " + " ".join(shlex.quote(c.replace(str(REPO_ROOT) + "/", "")) for c in cmd[3:]),
+            "images": n, "wall_s": wall, "loop_s": float(m.group(2)) if m else None,
+            "img_per_s": n / wall if n else None, "max_rss_mb": rss}
+
+
 def load_results(results_dir: Path = RESULTS_DIR) -> dict[str, dict]:
     """``{"model_only": {...}, "batch_job": {...}, "rest": {...}}`` for whichever files exist."""
     out = {}
-    for name in ("model_only", "batch_job", "rest", "ray_job", "thread_budget", "int8_calibration", "bf16"):
+    for name in ("model_only", "batch_job", "rest", "ray_job", "thread_budget", "int8_calibration", "bf16",
+                 "eval_scale"):
         p = results_dir / f"{name}.json"
         if p.is_file():
             out[name] = json.loads(p.read_text())
@@ -217,6 +267,19 @@ def setup_logging(verbose: bool = False) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in ("__main__", "bench", "export", "serving", "training", "maskdata"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def run_part(body: Callable[[], None], no_report: bool = False) -> int:
+    """A bench script's exit: bad input (ValueError, FileNotFoundError) is a one-line error and
+    exit code 2; otherwise docs/benchmarks.md is re-rendered unless ``no_report``."""
+    try:
+        body()
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not no_report:
+        render_docs()
+    return 0
 
 
 def render_docs() -> None:

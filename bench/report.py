@@ -16,34 +16,15 @@ import sys
 from pathlib import Path
 
 from bench import budget_report, common, rest_report
+from bench.fmt import f as _f, pct as _pct, table as _table
+from bench.targets_report import REST_CLIENTS, model_label as _model_label, targets_section
+from bench.targets_report import rest_level as _rest_level, rest_modes as _rest_modes
 from bench.plots import plot_latency, plot_stages, plot_throughput
 from maskdata.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-BATCH_TARGET_RATIO, IDENTICAL_TARGET, REST_TARGET_RATIO, REST_CLIENTS = 3.0, 0.995, 1.5, 32
-CEILING_TARGET = 0.90
 SHARED_ABOVE = 0.2  # cores' worth of other processes' CPU time during a run that we call "shared"
-
-
-def _f(x, digits: int = 1, unit: str = "") -> str:
-    if x is None:
-        return "–"
-    return f"{x:,.{digits}f}{unit}"
-
-
-def _pct(x, digits: int = 1) -> str:
-    return "–" if x is None else f"{100 * x:.{digits}f} %"
-
-
-def _met(ok: bool | None) -> str:
-    return "not measured" if ok is None else ("**met**" if ok else "**missed**")
-
-
-def _table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- sections
@@ -83,8 +64,10 @@ def commands_section(results: dict[str, dict]) -> str:
     lines += ["```", ""]
     for r in results.get("batch_job", {}).get("runs", []):
         cmds = [r[k]["command"] for k in ("baseline", "submit", "submit_no_draft", "submit_int8") if k in r]
-        lines += [f"Batch job commands ({r['arch']}), each timed end to end by `bench.batch_job`:", "", "```",
-                  *cmds, "```", ""]
+        lines += [f"Batch job commands ({_model_label(r)}), each timed end to end by "
+                  f"`{r.get('bench_command', 'bench.batch_job')}`"
+                  + (f" (training recorded in `{r['train_config']}`)" if r.get("train_config") else "") + ":",
+                  "", "```", *cmds, "```", ""]
     for m in results.get("rest", {}).get("modes", [])[:2]:
         env = " ".join(f"{k}={v}" for k, v in (m.get("env") or {}).items())
         lines += [f"REST server ({m['mode']}): `MASK_MODEL={results['rest']['config']['model']} {env} "
@@ -92,45 +75,12 @@ def commands_section(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def _ceiling_targets(r: dict) -> list[list]:
-    """Every row at >= 90 % of its combined ceiling; the fastest precision keeping >= 99 % of FP32's
-    answers at >= 3x the faithful baseline (batch 1000)."""
-    rows = []
-    for key, label in (("submit", "FP32"), ("submit_int8", "INT8")):
-        share = r.get(key, {}).get("share_of_ceiling")
-        if share is not None:
-            rows.append([f"{r['arch']} {r['input_size'][0]}×{r['input_size'][1]} {label}: ≥ 90 % of the combined "
-                         "ceiling", _pct(share, 0), _met(share >= CEILING_TARGET)])
-    i8 = r.get("submit_int8", {})
-    keeps = i8.get("identical_to_fp32") is not None and i8["identical_to_fp32"] >= 0.99
-    fastest = i8 if keeps and i8["img_per_s"] > r["submit"]["img_per_s"] else r["submit"]
-    name = "INT8" if fastest is i8 else "FP32"
-    ratio = fastest["img_per_s"] / r["baseline"]["img_per_s"]
-    rows.append([f"{r['arch']} {r['input_size'][0]}×{r['input_size'][1]}: fastest precision keeping ≥ 99 % "
-                 "agreement ≥ 3× the faithful baseline", f"{name}: {ratio:.2f}×"
-                 + ("" if keeps else f" (INT8 kept only {_pct(i8.get('identical_to_fp32'), 2)})"),
-                 _met(ratio >= 3.0)])
-    return rows
-
-
-def _batch_targets(job: dict) -> list[list]:
-    rows = []
-    for r in job.get("runs", []):
-        if "share_of_ceiling" in r.get("submit", {}):
-            rows += _ceiling_targets(r)
-        ok = r["ratio"] >= BATCH_TARGET_RATIO and r["identical"] >= IDENTICAL_TARGET
-        rows.append([f"Batch job ({r['arch']}): mask-submit ≥ {BATCH_TARGET_RATIO:g}× baseline img/s, "
-                     f"≥ {IDENTICAL_TARGET:.1%} identical",
-                     f"{r['ratio']:.2f}× end to end ({r.get('loop_ratio', 0):.2f}× loop only), "
-                     f"{_pct(r['identical'], 2)} identical"
-                     + (f" (but only {r['distinct_classes_predicted']} distinct classes predicted: agreement says "
-                        "little)" if r["distinct_classes_predicted"] < 6 else ""), _met(ok)])
-        for key, label in _variant_labels(r):
-            v = r[key]
-            ok = v["ratio"] >= BATCH_TARGET_RATIO and v["identical"] >= IDENTICAL_TARGET
-            rows.append([f"— same, {label}", f"{v['ratio']:.2f}× end to end, {_pct(v['identical'], 2)} identical",
-                         _met(ok)])
-    return rows
+def _machine_note(r: dict) -> str:
+    """'quiet' / 'shared (x.xx)' from a batch-job row's own CPU monitor."""
+    other = (r.get("cpu_monitor") or {}).get("other_cores")
+    if other is None:
+        return "not recorded"
+    return f"shared ({other:.2f})" if other > SHARED_ABOVE else f"quiet ({other:.2f})"
 
 
 def _variant_labels(r: dict) -> list[tuple[str, str]]:
@@ -144,41 +94,6 @@ def _variant_labels(r: dict) -> list[tuple[str, str]]:
         elif key == "submit_int8":
             out.append((key, "mask-submit on the INT8 export (`mask-export --int8`)"))
     return out
-
-
-def _rest_level(mode: dict | None, clients: int) -> dict | None:
-    if not mode or mode.get("status") != "measured":
-        return None
-    return next((lv for lv in mode.get("levels", []) if lv["clients"] == clients), None)
-
-
-def _rest_modes(rest: dict) -> dict[str, dict]:
-    return {m["mode"]: m for m in rest.get("modes", [])}
-
-
-def targets_section(results: dict[str, dict]) -> str:
-    rows = _batch_targets(results["batch_job"]) if "batch_job" in results else [
-        ["Batch job ≥ 3× baseline, ≥ 99.5 % identical", "not measured", "not measured"]]
-    if "rest" in results:
-        modes = _rest_modes(results["rest"])
-        on, off = _rest_level(modes.get("batching_on"), REST_CLIENTS), _rest_level(modes.get("batching_off"), REST_CLIENTS)
-        if on and off:
-            ratio = on["req_per_s"] / off["req_per_s"] if off["req_per_s"] else None
-            ok = ratio is not None and ratio >= REST_TARGET_RATIO and on["errors"] == 0 and off["errors"] == 0
-            measured = (f"{_f(ratio, 2)}× ({_f(on['req_per_s'])} vs {_f(off['req_per_s'])} req/s), errors "
-                        f"{on['errors']} / {off['errors']}, p99 {_f(on['p99_ms'], 0)} / {_f(off['p99_ms'], 0)} ms")
-        elif on:
-            off_mode = modes.get("batching_off", {})
-            measured = (f"on: {_f(on['req_per_s'])} req/s, {on['errors']} errors, p99 {_f(on['p99_ms'], 0)} ms; "
-                        f"off: {off_mode.get('status', 'not run')} ({off_mode.get('reason', '')})")
-            ok = None
-        else:
-            measured, ok = "not measured", None
-        rows.append([f"REST at {REST_CLIENTS} clients: batching on ≥ {REST_TARGET_RATIO:g}× req/s of off, 0 errors, "
-                     "p99 reported", measured, _met(ok)])
-    else:
-        rows.append([f"REST at {REST_CLIENTS} clients ≥ 1.5× with batching", "not measured", "not measured"])
-    return "## Targets\n\n" + _table(["target (2-core CPU)", "measured", ""], rows) + "\n"
 
 
 def model_only_section(mo: dict | None) -> str:
@@ -263,7 +178,7 @@ def _batch_run_lines(r: dict) -> list[str]:
     c = r["ceilings"]
     sub_loop = r["submit"].get("loop_img_per_s")
     lines: list[str] = []
-    lines += [f"### Stages and ceilings: {r['arch']}", "",
+    lines += [f"### Stages and ceilings: {_model_label(r)}", "",
               f"Stage breakdown from an instrumented *serial* pass of each pipeline over {st['images']} of the "
               "images (each stage timed alone; the share is of the pass's total; the baseline's pass runs in a "
               "fresh process like its real run). mask-submit overlaps decoding (2 threads) with inference, so "
@@ -320,7 +235,8 @@ def batch_section(job: dict | None) -> str:
         acc, c = r.get("accuracy", {}), r["ceilings"]
         b64, i8 = r.get("baseline_b64", {}), r.get("submit_int8", {})
         base = r["baseline"]["img_per_s"]
-        rows.append([f"{r['arch']} ({r.get('trained_epochs', '?')} ep., val F1 {_f(r.get('val_f1'), 2)})",
+        lr = f", lr {r['train_lr']:g}" if r.get("train_lr") else ""
+        rows.append([f"{r['arch']} ({r.get('trained_epochs', '?')} ep.{lr}, val F1 {_f(r.get('val_f1'), 2)})",
                      f"{r['input_size'][0]}×{r['input_size'][1]}", r["images"],
                      f"{_f(base)} / {_f(b64.get('img_per_s'))}",
                      f"{_f(r['submit']['img_per_s'])} (**{r['ratio']:.2f}×**)",
@@ -329,11 +245,13 @@ def batch_section(job: dict | None) -> str:
                      f"{_f(i8.get('img_per_s'))} (**{_f(i8.get('ratio'), 2)}×**)",
                      f"{_f(c.get('combined_int8_img_per_s'))} ({_pct(i8.get('share_of_ceiling'), 0)})",
                      _pct(i8.get("identical_to_fp32"), 2),
-                     f"{_pct(acc.get('baseline'))} / {_pct(acc.get('submit'))}"])
+                     f"{_pct(acc.get('baseline'))} / {_pct(acc.get('submit'))}", _machine_note(r)])
     lines += [_table(["model", "input", "images", "baseline img/s (batch 1000 / 64)",
                       "mask-submit FP32 img/s (× baseline 1000)", "FP32 ceiling (share)", "FP32 identical to baseline",
                       "INT8 img/s (× baseline 1000)", "INT8 ceiling (share)", "INT8 identical to FP32",
-                      "accuracy vs truth (baseline / submit)"], rows), ""]
+                      "accuracy vs truth (baseline / submit)", "machine (other cores)"], rows), "",
+              "Each row is measured at its own time (`--append` keeps the others); *machine* is that row's "
+              "own CPU monitor, as in the Machine section.", ""]
     for r in job["runs"]:
         lines += _batch_run_lines(r)
     lines += ["![stage breakdown](bench_stages.png)", ""]
@@ -452,6 +370,7 @@ def render(results: dict[str, dict], docs_dir: Path) -> str:
              budget_report.thread_budget_section(results.get("thread_budget")),
              budget_report.int8_section(results.get("int8_calibration")),
              budget_report.bf16_section(results.get("bf16")),
+             budget_report.eval_scale_section(results.get("eval_scale")),
              rest_report.compare_section(results.get("rest"), docs_dir), _ray_section(results.get("ray_job"))]
     return "\n".join(parts).rstrip() + "\n"
 

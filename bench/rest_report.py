@@ -7,23 +7,17 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from bench.fmt import f as _f, met as _met
+
 NAMES = {"batching_on": "as shipped (dynamic batching)", "batching_off": "`MASK_BATCHING=0`",
          "gallery": "BentoML gallery pattern (batchable API, PIL, torch eager)", "noop": "no-op endpoint (ceiling)"}
 AFTER_BURST_RATIO, GALLERY_RATIO, CEILING_SHARE, CLIENTS = 1.5, 1.3, 0.5, 32
-
-
-def _num(x, digits: int = 1) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
 
 
 def _level(mode: dict | None, label: str) -> dict | None:
     if not mode or mode.get("status") != "measured":
         return None
     return next((lv for lv in mode["levels"] if lv.get("label", str(lv["clients"])) == label), None)
-
-
-def _verdict(ok: bool | None) -> str:
-    return "not measured" if ok is None else ("**met**" if ok else "**missed**")
 
 
 def targets(rest: dict) -> list[list[str]]:
@@ -36,13 +30,13 @@ def targets(rest: dict) -> list[list[str]]:
     if fresh and after and fresh["p50_ms"] and after["p50_ms"]:
         r = after["p50_ms"] / fresh["p50_ms"]
         rows.append([f"after a burst: 1-client p50 within {AFTER_BURST_RATIO:g}× of fresh",
-                     f"{r:.2f}× ({after['p50_ms']:.1f} vs {fresh['p50_ms']:.1f} ms)", _verdict(r <= AFTER_BURST_RATIO)])
+                     f"{r:.2f}× ({after['p50_ms']:.1f} vs {fresh['p50_ms']:.1f} ms)", _met(r <= AFTER_BURST_RATIO)])
     else:
         rows.append([f"after a burst: 1-client p50 within {AFTER_BURST_RATIO:g}× of fresh", "not measured", ""])
     burst = _level(on, "128")
     rows.append(["128 clients: 0 errors within the default queue bound",
                  f"{burst['errors']} errors ({burst['requests']} answered)" if burst else "not measured",
-                 _verdict(None if not burst else burst["errors"] == 0)])
+                 _met(None if not burst else burst["errors"] == 0)])
     at = {k: _level(modes.get(k), str(CLIENTS)) for k in NAMES}
     mine = at["batching_on"]
     for key, need, text in (("gallery", GALLERY_RATIO, f"≥ {GALLERY_RATIO:g}× the gallery pattern"),
@@ -52,7 +46,7 @@ def targets(rest: dict) -> list[list[str]]:
         if mine and other and other["req_per_s"]:
             r = mine["req_per_s"] / other["req_per_s"]
             rows.append([f"{CLIENTS} clients: {text}",
-                         f"{r:.2f}× ({mine['req_per_s']:.1f} vs {other['req_per_s']:.1f} req/s)", _verdict(r >= need)])
+                         f"{r:.2f}× ({mine['req_per_s']:.1f} vs {other['req_per_s']:.1f} req/s)", _met(r >= need)])
         else:
             rows.append([f"{CLIENTS} clients: {text}", "not measured", ""])
     return rows
@@ -63,7 +57,7 @@ def _conditions(rest: dict) -> str:
     cores = rest.get("machine", {}).get("usable_cpus")
     start, end = (mon.get("loadavg_start") or [None])[0], (mon.get("loadavg_end") or [None])[0]
     text = (f"Model `{cfg.get('model')}`, {cfg.get('warmup_s')} s warm-up + {cfg.get('duration_s')} s measured per "
-            f"level. Load average {_num(start, 2)} at the start and {_num(end, 2)} at the end on {cores} usable cores")
+            f"level. Load average {_f(start, 2)} at the start and {_f(end, 2)} at the end on {cores} usable cores")
     busy = start is not None and cores and max(start, end or 0) > cores
     return text + (": the machine was shared with other jobs during this run, so absolute figures are low and "
                    "noisy; read ratios." if busy else ".")
@@ -81,8 +75,8 @@ def compare_section(rest: dict | None, docs_dir: Path) -> str:
             continue
         for lv in m["levels"]:
             kinds = ", ".join(f"{k}: {v}" for k, v in lv["error_kinds"].items())
-            rows.append([name, lv.get("label", lv["clients"]), _num(lv["req_per_s"]), _num(lv["p50_ms"]),
-                         _num(lv["p99_ms"]), f"{lv['errors']}{' (' + kinds + ')' if kinds else ''}"])
+            rows.append([name, lv.get("label", lv["clients"]), _f(lv["req_per_s"]), _f(lv["p50_ms"]),
+                         _f(lv["p99_ms"]), f"{lv['errors']}{' (' + kinds + ')' if kinds else ''}"])
     lines = ["## 4. REST side by side (issue 16)", "",
              "One `python -m bench.rest` run, servers one after another on the same machine: "
              + "; ".join(f"*{NAMES[k]}*" for k in NAMES) + ". \"1 after 128\" is one client started the moment "

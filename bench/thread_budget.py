@@ -2,7 +2,8 @@
 
 On a few cores the decode workers and ORT's intra-op threads compete for the same CPUs. This runs
 ``mask-submit`` over one eval set for every combination of ``--workers`` {1, 2}, ``--threads``
-{1, 2} and ``--ort-spinning`` {off, on}, per model file, beside the machine's combined ceiling
+{1, 2} and ``--ort-spinning`` {off, on} (decode workers at the default ``--decode-nice``), per model
+file, then ``--batch-size`` {32, 64, 128} and ``--decode-nice`` {0, 10, 19} at the defaults, beside the machine's combined ceiling
 ``1 / (1/model_only + 1/decode_only)`` measured in the same run on all cores (model only: ORT on
 in-memory uint8 batches of 64, its fastest call, the better of spinning off/on and of a measurement
 before and one after the grid; decode only: read + draft decode +
@@ -19,9 +20,6 @@ import argparse
 import itertools
 import logging
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,27 +29,21 @@ from bench import common
 log = logging.getLogger(__name__)
 
 GRID = {"workers": (1, 2), "threads": (1, 2), "spinning": ("off", "on")}
+BATCH_SIZES = (32, 64, 128)   # swept at mask-submit's defaults after the grid
+NICES = (0, 10, 19)           # --decode-nice, swept at the defaults after the grid
 
 
-def submit_cmd(model: Path, data: Path, out: Path, workers: int, threads: int, spinning: str,
-               batch_size: int = 64) -> list[str]:
-    return [sys.executable, "-m", "serving.submit", "--info", str(data / "info.csv"), "--images",
-            str(data / "images"), "--out", str(out), "--model", str(model), "--no-progress", "-q",
-            "--workers", str(workers), "--threads", str(threads), "--ort-spinning", spinning,
-            "--batch-size", str(batch_size)]
+def submit_args(workers: int, threads: int, spinning: str, batch_size: int = 64, nice: int | None = None) -> list[str]:
+    return ["-q", "--workers", str(workers), "--threads", str(threads), "--ort-spinning", spinning,
+            "--batch-size", str(batch_size)] + ([] if nice is None else ["--decode-nice", str(nice)])
 
 
-def run_submit(cmd: list[str], n: int) -> dict:
+def run_submit(model: Path, data: Path, out: Path, args: list[str]) -> dict:
     """img/s of one mask-submit command end to end, and of its own loop (its summary line)."""
-    from bench.batch_job import _SUBMIT_SUMMARY
-
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=common.REPO_ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise ValueError(f"mask-submit exited {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}")
-    m = _SUBMIT_SUMMARY.search(proc.stdout)
-    return {"wall_s": wall, "img_per_s": n / wall, "loop_img_per_s": n / float(m.group(2)) if m else None}
+    r = common.timed_submit(model, data / "info.csv", data / "images", out, args)
+    n = r["images"]
+    return {"wall_s": r["wall_s"], "img_per_s": r["img_per_s"],
+            "loop_img_per_s": n / r["loop_s"] if r["loop_s"] else None, "max_rss_mb": r["max_rss_mb"]}
 
 
 def model_only(model: Path, batch_size: int = 64) -> dict:
@@ -75,7 +67,8 @@ def decode_only(model: Path, paths: list[Path]) -> float:
     return decode_ceiling(model, paths, threads=os.cpu_count() or 1)
 
 
-def bench_model(model: Path, data: Path, work: Path, grid: dict) -> dict:
+def bench_model(model: Path, data: Path, work: Path, grid: dict, batch_sizes: tuple[int, ...] = BATCH_SIZES,
+                nices: tuple[int, ...] = NICES) -> dict:
     from bench.batch_job import read_ans
 
     ids = list(read_ans(data / "info.csv"))
@@ -85,20 +78,37 @@ def bench_model(model: Path, data: Path, work: Path, grid: dict) -> dict:
     mo, do = model_only(model), decode_only(model, paths)
     rows = []
     for workers, threads, spin in itertools.product(grid["workers"], grid["threads"], grid["spinning"]):
-        r = run_submit(submit_cmd(model, data, work / "tb.csv", workers, threads, spin), len(ids))
+        r = run_submit(model, data, work / "tb.csv", submit_args(workers, threads, spin))
         r.update(workers=workers, threads=threads, spinning=spin)
         log.info("%s workers=%d threads=%d spinning=%s: %.1f img/s (loop %.1f)", model.name, workers, threads,
                  spin, r["img_per_s"], r["loop_img_per_s"] or 0)
         rows.append(r)
+    from serving.submission import default_workers
+
+    batch_rows = []  # the batch size, at the defaults (workers per core, ORT's own thread count, no spinning)
+    for bs in batch_sizes:
+        r = run_submit(model, data, work / "tb.csv", submit_args(default_workers(), 0, "off", bs))
+        r.update(batch_size=bs, workers=default_workers(), threads=0, spinning="off")
+        log.info("%s batch %d at the defaults: %.1f img/s (loop %.1f)", model.name, bs, r["img_per_s"],
+                 r["loop_img_per_s"] or 0)
+        batch_rows.append(r)
+    nice_rows = []   # the decode workers' priority, at the defaults
+    for nice in nices:
+        r = run_submit(model, data, work / "tb.csv", submit_args(default_workers(), 0, "off", nice=nice))
+        r.update(decode_nice=nice, workers=default_workers(), threads=0, spinning="off")
+        log.info("%s decode nice %d at the defaults: %.1f img/s (loop %.1f)", model.name, nice, r["img_per_s"],
+                 r["loop_img_per_s"] or 0)
+        nice_rows.append(r)
     # ceilings measured before and after the grid; the better of each (the less disturbed) counts
     mo = {k: max(v, w) for (k, v), w in zip(mo.items(), model_only(model).values())}
     do = max(do, decode_only(model, paths))
     ceiling = 1.0 / (1.0 / max(mo.values()) + 1.0 / do)
-    for r in rows:
+    for r in rows + batch_rows + nice_rows:
         r.update(share_of_ceiling=r["img_per_s"] / ceiling, loop_share_of_ceiling=(r["loop_img_per_s"] or 0) / ceiling)
     root = str(common.REPO_ROOT) + "/"
     return {"model": str(model).replace(root, ""), "images": len(ids), "model_only_img_per_s": mo,
             "decode_only_img_per_s": do, "combined_ceiling_img_per_s": ceiling, "rows": rows,
+            "batch_rows": batch_rows, "nice_rows": nice_rows,
             "best": max(rows, key=lambda r: r["img_per_s"])}
 
 
@@ -106,15 +116,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.thread_budget", description=__doc__.split("\n")[0])
     p.add_argument("--models", nargs="+", type=Path, required=True, help="exported .onnx files")
     p.add_argument("--data", type=Path, required=True, help="folder with info.csv and images/")
+    p.add_argument("--batch-sizes", nargs="*", type=int, default=list(BATCH_SIZES),
+                   help="--batch-size values swept at the defaults after the grid (default: %(default)s)")
     p.add_argument("--out", type=Path, default=common.RESULTS_DIR / "thread_budget.json")
     args = p.parse_args(argv)
     common.setup_logging()
     started = common.utc_now()
     work = Path(os.environ.get("TMPDIR", "/tmp"))
     with common.CpuMonitor() as monitor:
-        result = {"models": [bench_model(m, args.data, work, GRID) for m in args.models]}
+        result = {"models": [bench_model(m, args.data, work, GRID, tuple(args.batch_sizes)) for m in args.models]}
     common.save_run("thread_budget", argv, started, monitor, False,
-                    {"grid": GRID, "data": str(args.data)}, result, args.out)
+                    {"grid": GRID, "batch_sizes": args.batch_sizes, "data": str(args.data)}, result, args.out)
     return 0
 
 

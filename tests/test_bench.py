@@ -8,6 +8,7 @@ bad input with exit code 2.
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -154,7 +155,8 @@ def test_report_marks_gpu_rows_not_measured(tmp_path):
     assert (tmp_path / "bench_throughput.png").stat().st_size > 1000, "throughput plot missing"
 
 
-@pytest.mark.parametrize("module", ["model_only", "batch_job", "rest", "report", "loadgen", "baseline"])
+@pytest.mark.parametrize("module", ["model_only", "batch_job", "rest", "report", "loadgen", "baseline", "eval_scale",
+                                    "thread_budget", "int8_calibration", "bf16"])
 def test_every_script_has_help(module, capsys):
     import importlib
 
@@ -200,3 +202,77 @@ def test_rest_side_by_side_targets_follow_the_ratios(tmp_path):
     text = rest_report.compare_section(rest, tmp_path)
     assert "| as shipped (dynamic batching) | 1 after 128 |" in text and "shared with other jobs" in text, text
     assert (tmp_path / "bench_rest_compare.png").stat().st_size > 1000, "side-by-side plot missing"
+
+
+def _ceiling_row(int8_agreement: float) -> dict:
+    return {"arch": "resnet18", "input_size": [128, 96], "ratio": 2.0, "identical": 0.999,
+            "distinct_classes_predicted": 12, "baseline": {"img_per_s": 100.0},
+            "submit": {"img_per_s": 200.0, "share_of_ceiling": 0.95},
+            "submit_int8": {"img_per_s": 450.0, "share_of_ceiling": 0.92, "identical_to_fp32": int8_agreement}}
+
+
+@pytest.mark.parametrize("flags, int8_counts", [(["avx2", "avx512_vnni"], True), (["avx2", "fma"], False)])
+def test_int8_targets_count_only_where_the_cpu_has_vnni(flags, int8_counts):
+    from bench import targets_report
+
+    job = {"machine": {"cpu_flags": flags}, "runs": [_ceiling_row(0.995)]}
+    rows = {r[0]: r for r in targets_report.batch_targets(job)}
+    fastest = rows["resnet18 128×96: fastest precision keeping ≥ 99 % agreement ≥ 3× the faithful baseline"]
+    int8_ceiling = rows["resnet18 128×96 INT8: ≥ 90 % of the combined ceiling"]
+    if int8_counts:
+        assert fastest[1].startswith("INT8: 4.50×") and fastest[2] == "**met**", f"VNNI: INT8 is the fastest: {fastest}"
+        assert int8_ceiling[2] == "**met**", f"92% of the ceiling meets 90%: {int8_ceiling}"
+    else:
+        assert fastest[1].startswith("FP32: 2.00×") and fastest[2] == "**missed**", \
+            f"without VNNI INT8 must not count toward the target: {fastest}"
+        assert int8_ceiling[2].startswith("not applicable"), f"INT8 ceiling target without VNNI: {int8_ceiling}"
+
+
+def test_int8_below_agreement_never_counts_as_the_fast_precision():
+    from bench import targets_report
+
+    job = {"machine": {"cpu_flags": ["avx512_vnni"]}, "runs": [_ceiling_row(0.985)]}
+    rows = {r[0]: r for r in targets_report.batch_targets(job)}
+    fastest = rows["resnet18 128×96: fastest precision keeping ≥ 99 % agreement ≥ 3× the faithful baseline"]
+    assert fastest[1].startswith("FP32: 2.00×") and "98.50 %" in fastest[1], f"INT8 at 98.5% must not count: {fastest}"
+
+
+@pytest.mark.parametrize("flags, verdict", [(["avx512_bf16"], "**met**"), (["avx2"], "not applicable")])
+def test_bf16_target_is_judged_only_with_bf16_hardware(flags, verdict):
+    from bench import targets_report
+
+    row = targets_report.bf16_target({"machine": {"cpu_flags": flags}, "bf16_speedup": 1.8,
+                                      "argmax_agreement": 0.995, "ships": True})
+    assert row[2].startswith(verdict), f"flags {flags}: {row}"
+
+
+def test_scale_target_reads_linearity_and_memory():
+    from bench import targets_report
+
+    ok = targets_report.scale_target({"short": {"images": 2100, "img_per_s": 600.0, "max_rss_mb": 280.0},
+                                      "full": {"images": 12600, "img_per_s": 590.0, "max_rss_mb": 290.0}})
+    assert ok[2] == "**met**" and "0.98×" in ok[1], f"590 vs 600 img/s, 290 vs 280 MB is linear and flat: {ok}"
+    grows = targets_report.scale_target({"short": {"images": 2100, "img_per_s": 600.0, "max_rss_mb": 280.0},
+                                         "full": {"images": 12600, "img_per_s": 590.0, "max_rss_mb": 900.0}})
+    assert grows[2] == "**missed**", f"memory tripling with 6x the images is not flat: {grows}"
+
+
+def test_eval_scale_takes_the_first_rows(tmp_path):
+    from bench import eval_scale
+
+    info = tmp_path / "info.csv"
+    info.write_text("ImageID,ans\n" + "".join(f"{i}.jpg,0\n" for i in range(10)), encoding="utf-8")
+    short = eval_scale.head_csv(info, 3, tmp_path / "short.csv")
+    assert short.read_text().splitlines() == ["ImageID,ans", "0.jpg,0", "1.jpg,0", "2.jpg,0"], short.read_text()
+    assert eval_scale.main(["--model", str(tmp_path / "missing.onnx"), "--no-report",
+                            "--out", str(tmp_path / "x.json")]) == 2, "a missing model must exit 2"
+
+
+def test_peak_rss_is_the_commands_own_not_the_harness():
+    """ru_maxrss of a direct child inherits the parent's RSS across exec on Linux; run_measured must not."""
+    ballast = bytearray(400 << 20)            # the harness holds 400 MB more than the command ever will
+    ballast[::4096] = b"\x01" * len(ballast[::4096])
+    stdout, _, wall, rss = common.run_measured([sys.executable, "-c", "x = bytearray(64 << 20); print('ok')"])
+    assert stdout.strip() == "ok" and wall > 0, (stdout, wall)
+    assert 64 <= rss < 300, f"peak RSS {rss:.0f} MB: expected the 64 MB command plus an interpreter, not the harness"
+    del ballast
