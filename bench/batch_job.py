@@ -302,7 +302,7 @@ def bench_arch(cfg: JobConfig, arch: str, info: Path, images: Path, answers: Pat
     row = {"arch": arch, "checkpoint": str(ckpt).replace(root, ""), "onnx": str(onnx_path).replace(root, ""),
            "images": n,
            "trained_epochs": meta.get("epoch"), "val_f1": (meta.get("metrics") or {}).get("f1"),
-           "train_lr": optim.get("lr"),
+           "train_lr": optim.get("lr"), "train_epochs": ((meta.get("config") or {}).get("train") or {}).get("epochs"),
            # the run's own record: `mask-train --config <this>` retrains it
            "train_config": (str(ckpt.parent / "config.yaml").replace(root, "")
                             if (ckpt.parent / "config.yaml").is_file() else None),
@@ -368,6 +368,17 @@ def bench_arch(cfg: JobConfig, arch: str, info: Path, images: Path, answers: Pat
     return row
 
 
+def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
+    """``old`` with each row re-measured in ``new`` replaced in place (same arch and input size);
+    rows of ``new`` that ``old`` lacks go at the end."""
+    def key(r: dict) -> tuple:
+        return r["arch"], tuple(r["input_size"])
+
+    fresh = {key(r): r for r in new}
+    merged = [fresh.pop(key(r), r) for r in old]
+    return merged + [r for r in new if key(r) in fresh]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.batch_job", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -423,9 +434,7 @@ def main(argv: list[str] | None = None) -> int:
                 row["bench_command"] = common.command_line("bench.batch_job", argv)
                 runs.append(row)
         if args.append and args.out.is_file():  # rows measured in earlier runs stay, unless re-measured now
-            done = {(r["arch"], tuple(r["input_size"])) for r in runs}
-            runs = [r for r in json.loads(args.out.read_text()).get("runs", [])
-                    if (r["arch"], tuple(r["input_size"])) not in done] + runs
+            runs = merge_rows(json.loads(args.out.read_text()).get("runs", []), runs)
         config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
         common.save_run("batch_job", argv, started, monitor, args.quick, config, {"runs": runs}, args.out)
     except (ValueError, FileNotFoundError) as e:

@@ -22,33 +22,39 @@ def thread_budget_section(result: dict | None) -> str:
              f"`{result['command']}` — SIMD: {_flags(result)}; {_load(result)}. Each cell is one `mask-submit` "
              "run end to end over the eval set (interpreter start and model load included; *loop* is its own "
              "summary time). Ceiling = 1 / (1/model-only + 1/decode-only), both on all cores in the same run "
-             "(decode workers at the default `--decode-nice`; model only: ORT on in-memory uint8 batches of 64, its fastest call, the better of spinning off/on "
+             "(model only: ORT on in-memory uint8 batches of 64, its fastest call, the better of spinning off/on "
              "and of one measurement before and one after the grid; decode only: read + draft decode + resize "
              "in one thread per core, the better of before/after).", ""]
     for m in result["models"]:
         mo = m["model_only_img_per_s"]
         lines += [f"**{m['model']}** ({m['images']} images): model only {_f(mo['spinning_off'])} img/s "
                   f"(spinning off) / {_f(mo['spinning_on'])} (on); decode only {_f(m['decode_only_img_per_s'])}; "
-                  f"combined ceiling **{_f(m['combined_ceiling_img_per_s'])}** img/s.", ""]
+                  f"combined ceiling **{_f(m['combined_ceiling_img_per_s'])}** img/s. Grid cells at `--decode-nice` "
+                  f"{m.get('grid_decode_nice', 'not recorded')}.", ""]
         rows = [[r["workers"], r["threads"], r["spinning"], _f(r["img_per_s"]), _f(r["loop_img_per_s"]),
                  _pct(r["share_of_ceiling"], 0), _pct(r["loop_share_of_ceiling"], 0)] for r in m["rows"]]
         lines += [_table(["--workers", "--threads", "--ort-spinning", "img/s end to end", "img/s loop",
                           "share of ceiling", "loop share"], rows), ""]
-        if m.get("batch_rows"):
-            rows = [[r["batch_size"], _f(r["img_per_s"]), _f(r["loop_img_per_s"]), _pct(r["share_of_ceiling"], 0),
-                     _pct(r["loop_share_of_ceiling"], 0)] for r in m["batch_rows"]]
-            lines += ["At the defaults (`--workers` one per core, `--threads 0`: ONNX Runtime's own count, "
-                      "spinning off), by `--batch-size`:", "",
-                      _table(["--batch-size", "img/s end to end", "img/s loop", "share of ceiling", "loop share"],
-                             rows), ""]
-        if m.get("nice_rows"):
-            rows = [[r["decode_nice"], _f(r["img_per_s"]), _f(r["loop_img_per_s"]), _pct(r["share_of_ceiling"], 0),
-                     _pct(r["loop_share_of_ceiling"], 0)] for r in m["nice_rows"]]
-            lines += ["At the defaults, by `--decode-nice` (the decode workers' priority below the model's; 0: the "
-                      "same):", "",
-                      _table(["--decode-nice", "img/s end to end", "img/s loop", "share of ceiling", "loop share"],
-                             rows), ""]
+        lines += _sweep(m.get("batch_rows"), "batch_size", "--batch-size",
+                        "At the defaults (`--workers` one per core, `--threads 0`: ONNX Runtime's own count, "
+                        "spinning off), by `--batch-size`:")
+        lines += _sweep(m.get("nice_rows"), "decode_nice", "--decode-nice",
+                        "At the defaults, by `--decode-nice` (the decode workers' priority below the model's; "
+                        "0: the same):")
+        lines += _sweep(m.get("contended_nice_rows"), "decode_nice", "--decode-nice",
+                        f"The same, while {m.get('contention')} other processes at the default priority keep "
+                        f"{m.get('contention')} cores busy (another user's job; the ceiling is still the quiet "
+                        "one):")
     return "\n".join(lines)
+
+
+def _sweep(rows: list[dict] | None, key: str, flag: str, intro: str) -> list[str]:
+    """One knob swept at the defaults: its value, img/s end to end and loop, shares of the ceiling."""
+    if not rows:
+        return []
+    cells = [[r[key], _f(r["img_per_s"]), _f(r["loop_img_per_s"]), _pct(r["share_of_ceiling"], 0),
+              _pct(r["loop_share_of_ceiling"], 0)] for r in rows]
+    return [intro, "", _table([flag, "img/s end to end", "img/s loop", "share of ceiling", "loop share"], cells), ""]
 
 
 def int8_section(result: dict | None) -> str:

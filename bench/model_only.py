@@ -278,18 +278,15 @@ def config_from_args(args: argparse.Namespace) -> GridConfig:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     common.setup_logging()
-    try:
+
+    def body() -> None:
         cfg = config_from_args(args)
         started = common.utc_now()
         with common.CpuMonitor() as monitor:
             result = run_grid(cfg)
         common.save_run("model_only", argv, started, monitor, args.quick, asdict(cfg), result, args.out)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if not args.no_report:
-        common.render_docs()
-    return 0
+
+    return common.run_part(body, args.no_report)
 
 
 if __name__ == "__main__":

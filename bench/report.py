@@ -164,6 +164,21 @@ def _dominant(fractions: dict[str, float]) -> str:
     return f"{k} ({fractions[k]:.0%})"
 
 
+def _shortfall(r: dict) -> list[str]:
+    """Where each precision's end-to-end share of its ceiling goes: start-up vs the loop itself."""
+    out = []
+    for key, label in (("submit", "FP32"), ("submit_int8", "INT8")):
+        v = r.get(key) or {}
+        if v.get("share_of_ceiling") is None or not v.get("loop_s"):
+            continue
+        start = v["wall_s"] - v["loop_s"]
+        out.append(f"- {label}: {_pct(v['share_of_ceiling'], 0)} of its ceiling end to end, its loop "
+                   f"{_pct(v['loop_share_of_ceiling'], 0)}; the difference is start-up (interpreter, imports, "
+                   f"model load, output): {_f(start, 2)} s of {_f(v['wall_s'], 2)} s "
+                   f"({_pct(start / v['wall_s'], 0)}), which a 12,600-image run spreads six times thinner.")
+    return out
+
+
 def _batch_run_lines(r: dict) -> list[str]:
     """One batch-job run's stage breakdown, ceilings and variant rows."""
     st = r["stages"]
@@ -197,6 +212,7 @@ def _batch_run_lines(r: dict) -> list[str]:
               f"(pure read + draft decode + resize loop): {_f(c['decode_img_per_s_2_threads'])} img/s with 2 "
               f"threads, {_f(c['decode_img_per_s_1_thread'])} with 1 (loop at "
               f"{_pct(sub_loop / c['decode_img_per_s_2_threads'] if sub_loop else None, 0)} of the 2-thread figure).",
+              *_shortfall(r),
               f"- Identical predictions: {_pct(r['identical'], 2)} as shipped (preprocessing recorded in the "
               f"model: {_pre(r.get('preprocess'))}); what remains with JPEG draft off "
               f"({_pct(r.get('identical_without_draft'), 2)}) is what ONNX Runtime vs PyTorch changes.", ""]
@@ -224,7 +240,7 @@ def batch_section(job: dict | None) -> str:
              "`ToTensor()` → `Normalize()` per image in a `Dataset`, `DataLoader(batch_size=1000, "
              "num_workers=cpu_count() // 2, shuffle=False)` (its defaults: decoding in worker processes beside "
              "the model), eager PyTorch in `eval()` under `no_grad`; batch 1000 is the headline, batch 64 is "
-             "shown beside it. `mask-submit` runs with its defaults (decode threads, batch 64, JPEG draft "
+             "shown beside it. `mask-submit` runs with its defaults (decode threads niced by 10, batch 64, JPEG draft "
              "decoding, ONNX Runtime). *Ceiling* = 1 / (1/model-only + 1/decode-only), both measured on all "
              "cores in the same run after the commands; *share* is `mask-submit`'s end-to-end img/s over it. "
              "Predictions can differ where the two resizes differ (full decode + "
@@ -236,7 +252,8 @@ def batch_section(job: dict | None) -> str:
         b64, i8 = r.get("baseline_b64", {}), r.get("submit_int8", {})
         base = r["baseline"]["img_per_s"]
         lr = f", lr {r['train_lr']:g}" if r.get("train_lr") else ""
-        rows.append([f"{r['arch']} ({r.get('trained_epochs', '?')} ep.{lr}, val F1 {_f(r.get('val_f1'), 2)})",
+        of = f" of {r['train_epochs']}" if r.get("train_epochs") else ""
+        rows.append([f"{r['arch']} (best at ep. {r.get('trained_epochs', '?')}{of}{lr}, val F1 {_f(r.get('val_f1'), 2)})",
                      f"{r['input_size'][0]}×{r['input_size'][1]}", r["images"],
                      f"{_f(base)} / {_f(b64.get('img_per_s'))}",
                      f"{_f(r['submit']['img_per_s'])} (**{r['ratio']:.2f}×**)",

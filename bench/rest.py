@@ -281,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     common.setup_logging()
-    try:
+
+    def body() -> None:
         clients, duration, warmup = tuple(args.clients), args.duration, args.warmup
         if args.quick:
             clients, duration, warmup = (1, 8), 3.0, 1.0
@@ -308,12 +309,8 @@ def main(argv: list[str] | None = None) -> int:
         config = {**asdict(cfg), "images": len(cfg.images),
                   "model": cfg.model.replace(str(common.REPO_ROOT) + "/", "")}
         common.save_run("rest", argv, started, monitor, args.quick, config, result, args.out)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if not args.no_report:
-        common.render_docs()
-    return 0
+
+    return common.run_part(body, args.no_report)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ Writes ``bench/results/thread_budget.json`` (rendered into docs/benchmarks.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import logging
 import os
@@ -67,48 +68,83 @@ def decode_only(model: Path, paths: list[Path]) -> float:
     return decode_ceiling(model, paths, threads=os.cpu_count() or 1)
 
 
+def _spin(stop) -> None:
+    while not stop.is_set():
+        pass
+
+
+@contextlib.contextmanager
+def busy_cores(n: int):
+    """``n`` processes at the default priority spinning the whole time: another user's job."""
+    import multiprocessing as mp
+
+    stop = mp.Event()
+    procs = [mp.Process(target=_spin, args=(stop,), daemon=True) for _ in range(n)]
+    for proc in procs:
+        proc.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for proc in procs:
+            proc.join()
+
+
+def _sweep(model: Path, data: Path, work: Path, key: str, values, args_for, label: str) -> list[dict]:
+    """One mask-submit run per value of one knob at the defaults (workers per core, ORT's own thread
+    count, no spinning); ``args_for(value)`` gives the mask-submit flags."""
+    from serving.submission import default_workers
+
+    rows = []
+    for value in values:
+        r = run_submit(model, data, work / "tb.csv", args_for(value))
+        r.update({key: value, "workers": default_workers(), "threads": 0, "spinning": "off"})
+        log.info("%s %s %s: %.1f img/s (loop %.1f)", model.name, label, value, r["img_per_s"], r["loop_img_per_s"] or 0)
+        rows.append(r)
+    return rows
+
+
 def bench_model(model: Path, data: Path, work: Path, grid: dict, batch_sizes: tuple[int, ...] = BATCH_SIZES,
-                nices: tuple[int, ...] = NICES) -> dict:
+                nices: tuple[int, ...] = NICES, contention: int = 0) -> dict:
     from bench.batch_job import read_ans
+    from serving.settings import Settings
+    from serving.submission import default_workers
 
     ids = list(read_ans(data / "info.csv"))
     paths = [data / "images" / i for i in ids]
     for p in paths:  # warm page cache
         p.read_bytes()
     mo, do = model_only(model), decode_only(model, paths)
+    grid_nice = Settings.model_fields["decode_nice"].default   # the grid runs at the shipped default
     rows = []
     for workers, threads, spin in itertools.product(grid["workers"], grid["threads"], grid["spinning"]):
-        r = run_submit(model, data, work / "tb.csv", submit_args(workers, threads, spin))
-        r.update(workers=workers, threads=threads, spinning=spin)
+        r = run_submit(model, data, work / "tb.csv", submit_args(workers, threads, spin, nice=grid_nice))
+        r.update(workers=workers, threads=threads, spinning=spin, decode_nice=grid_nice)
         log.info("%s workers=%d threads=%d spinning=%s: %.1f img/s (loop %.1f)", model.name, workers, threads,
                  spin, r["img_per_s"], r["loop_img_per_s"] or 0)
         rows.append(r)
-    from serving.submission import default_workers
-
-    batch_rows = []  # the batch size, at the defaults (workers per core, ORT's own thread count, no spinning)
-    for bs in batch_sizes:
-        r = run_submit(model, data, work / "tb.csv", submit_args(default_workers(), 0, "off", bs))
-        r.update(batch_size=bs, workers=default_workers(), threads=0, spinning="off")
-        log.info("%s batch %d at the defaults: %.1f img/s (loop %.1f)", model.name, bs, r["img_per_s"],
-                 r["loop_img_per_s"] or 0)
-        batch_rows.append(r)
-    nice_rows = []   # the decode workers' priority, at the defaults
-    for nice in nices:
-        r = run_submit(model, data, work / "tb.csv", submit_args(default_workers(), 0, "off", nice=nice))
-        r.update(decode_nice=nice, workers=default_workers(), threads=0, spinning="off")
-        log.info("%s decode nice %d at the defaults: %.1f img/s (loop %.1f)", model.name, nice, r["img_per_s"],
-                 r["loop_img_per_s"] or 0)
-        nice_rows.append(r)
+    workers = default_workers()
+    batch_rows = _sweep(model, data, work, "batch_size", batch_sizes,
+                        lambda bs: submit_args(workers, 0, "off", bs, nice=grid_nice), "batch size")
+    nice_rows = _sweep(model, data, work, "decode_nice", nices,
+                       lambda n: submit_args(workers, 0, "off", nice=n), "decode nice")
+    contended_rows = []
+    if contention:   # the same sweep while other processes keep `contention` cores busy
+        with busy_cores(contention):
+            contended_rows = _sweep(model, data, work, "decode_nice", nices,
+                                    lambda n: submit_args(workers, 0, "off", nice=n),
+                                    f"decode nice ({contention} busy cores)")
     # ceilings measured before and after the grid; the better of each (the less disturbed) counts
     mo = {k: max(v, w) for (k, v), w in zip(mo.items(), model_only(model).values())}
     do = max(do, decode_only(model, paths))
     ceiling = 1.0 / (1.0 / max(mo.values()) + 1.0 / do)
-    for r in rows + batch_rows + nice_rows:
+    for r in rows + batch_rows + nice_rows + contended_rows:
         r.update(share_of_ceiling=r["img_per_s"] / ceiling, loop_share_of_ceiling=(r["loop_img_per_s"] or 0) / ceiling)
     root = str(common.REPO_ROOT) + "/"
     return {"model": str(model).replace(root, ""), "images": len(ids), "model_only_img_per_s": mo,
             "decode_only_img_per_s": do, "combined_ceiling_img_per_s": ceiling, "rows": rows,
-            "batch_rows": batch_rows, "nice_rows": nice_rows,
+            "grid_decode_nice": grid_nice, "batch_rows": batch_rows, "nice_rows": nice_rows,
+            "contention": contention, "contended_nice_rows": contended_rows,
             "best": max(rows, key=lambda r: r["img_per_s"])}
 
 
@@ -118,15 +154,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, required=True, help="folder with info.csv and images/")
     p.add_argument("--batch-sizes", nargs="*", type=int, default=list(BATCH_SIZES),
                    help="--batch-size values swept at the defaults after the grid (default: %(default)s)")
+    p.add_argument("--contention", type=int, default=0, metavar="N",
+                   help="also sweep --decode-nice while N busy processes (another user's job) hold N cores "
+                        "(default: 0, off)")
     p.add_argument("--out", type=Path, default=common.RESULTS_DIR / "thread_budget.json")
     args = p.parse_args(argv)
     common.setup_logging()
     started = common.utc_now()
     work = Path(os.environ.get("TMPDIR", "/tmp"))
     with common.CpuMonitor() as monitor:
-        result = {"models": [bench_model(m, args.data, work, GRID, tuple(args.batch_sizes)) for m in args.models]}
+        result = {"models": [bench_model(m, args.data, work, GRID, tuple(args.batch_sizes), contention=args.contention)
+                             for m in args.models]}
     common.save_run("thread_budget", argv, started, monitor, False,
-                    {"grid": GRID, "batch_sizes": args.batch_sizes, "data": str(args.data)}, result, args.out)
+                    {"grid": GRID, "batch_sizes": args.batch_sizes, "nices": list(NICES),
+                     "contention": args.contention, "data": str(args.data)}, result, args.out)
     return 0
 
 

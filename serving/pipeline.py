@@ -7,7 +7,7 @@ processes costs more than it saves on 2 cores — see docs/submit.md for the mea
 and the caller runs inference on batch k while the workers decode batches k+1..k+prefetch.
 Batches come back in submission order, so output order is the input order.
 
-The workers run ``nice`` steps below the caller (``MASK_DECODE_NICE``, default 19): on few cores,
+The workers run ``nice`` steps below the caller (``MASK_DECODE_NICE``, default 10): on few cores,
 decode threads at the model's priority preempt ONNX Runtime's intra-op threads mid-operator and
 every parallel op then waits for its slowest thread; niced, they take the CPU only where the model
 leaves it idle, and still get all of it when the model waits for them (measured in

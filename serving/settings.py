@@ -18,7 +18,7 @@ changed without touching code, e.g. ``MASK_MAX_UPLOAD_BYTES=2000000 bentoml serv
 | ``MASK_TRT_CACHE`` | ``~/.cache/mask-classifier/trt`` | TensorRT engine cache folder |
 | ``MASK_THREADS`` | ``0`` | ONNX Runtime intra-op threads on CPU (0: one per physical core) |
 | ``MASK_ORT_SPINNING`` | ``0`` | ``1`` lets ONNX Runtime's intra-op threads spin between ops (``session.intra_op.allow_spinning``); off by default: spinning threads take the cores decode workers need (docs/benchmarks.md) |
-| ``MASK_DECODE_NICE`` | ``19`` | ``mask-submit``'s decode workers run this much nicer than the model (0–19; 0: same priority), so ONNX Runtime's threads are not preempted by decoding and decoding fills their idle gaps (Linux; docs/benchmarks.md, thread budget) |
+| ``MASK_DECODE_NICE`` | ``10`` | ``mask-submit``'s decode workers run this much nicer than the model (0–19; 0: same priority), so ONNX Runtime's threads are not preempted by decoding and decoding fills their idle gaps (Linux; docs/benchmarks.md, thread budget) |
 | ``MASK_MAX_UPLOAD_BYTES`` | ``10485760`` | largest accepted file, and largest image inside a ``/submission`` archive (larger: HTTP 413) |
 | ``MASK_MAX_PIXELS`` | ``40000000`` | largest accepted width × height (decompression bombs) |
 | ``MASK_MAX_ARCHIVE_BYTES`` | ``2147483648`` | largest ``/submission`` archive upload |
@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     trt_cache: str = str(Path.home() / ".cache" / "mask-classifier" / "trt")
     threads: int = Field(0, ge=0)
     ort_spinning: bool = False
-    decode_nice: int = Field(19, ge=0)
+    decode_nice: int = Field(10, ge=0)
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
     max_pixels: int = Field(40_000_000, ge=1)
     max_archive_bytes: int = Field(2 * 1024 ** 3, ge=1)

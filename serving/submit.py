@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-nice", type=int, default=None, metavar="N",
                    help="run the decode workers N nice steps below the model (0-19; 0: same priority) so "
                         "decoding fills the model's idle gaps instead of preempting its threads; default: "
-                        "$MASK_DECODE_NICE or 19 (Linux; elsewhere ignored)")
+                        "$MASK_DECODE_NICE or 10 (Linux; elsewhere ignored)")
     p.add_argument("--worker-kind", choices=["thread", "process"], default="thread",
                    help="decode in threads (default; PIL releases the GIL) or processes")
     p.add_argument("--on-error", choices=["fail", "skip"], default="fail",

@@ -276,3 +276,16 @@ def test_peak_rss_is_the_commands_own_not_the_harness():
     assert stdout.strip() == "ok" and wall > 0, (stdout, wall)
     assert 64 <= rss < 300, f"peak RSS {rss:.0f} MB: expected the 64 MB command plus an interpreter, not the harness"
     del ballast
+
+
+def test_append_replaces_a_remeasured_row_in_place():
+    from bench.batch_job import merge_rows
+
+    def row(arch, size, tag):
+        return {"arch": arch, "input_size": size, "tag": tag}
+
+    old = [row("resnet18", [128, 96], "old"), row("plain_cnn", [128, 96], "old"), row("resnet18", [224, 224], "old")]
+    new = [row("resnet18", [128, 96], "new"), row("small_cnn", [128, 96], "new")]
+    got = [(r["arch"], r["input_size"][0], r["tag"]) for r in merge_rows(old, new)]
+    assert got == [("resnet18", 128, "new"), ("plain_cnn", 128, "old"), ("resnet18", 224, "old"),
+                   ("small_cnn", 128, "new")], got

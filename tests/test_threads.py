@@ -97,7 +97,7 @@ def test_decode_nice_default_comes_from_the_settings(monkeypatch):
     from serving.submission import SubmitOptions, _decode_nice
 
     monkeypatch.delenv("MASK_DECODE_NICE", raising=False)
-    assert _decode_nice(SubmitOptions()) == Settings.model_fields["decode_nice"].default == 19
+    assert _decode_nice(SubmitOptions()) == Settings.model_fields["decode_nice"].default == 10
     monkeypatch.setenv("MASK_DECODE_NICE", "3")
     assert _decode_nice(SubmitOptions()) == 3, "MASK_DECODE_NICE is the default"
     assert _decode_nice(SubmitOptions(decode_nice=0)) == 0, "an explicit value wins over the environment"
