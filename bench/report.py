@@ -32,7 +32,9 @@ SHARED_ABOVE = 0.2  # cores' worth of other processes' CPU time during a run tha
 def machine_section(results: dict[str, dict]) -> str:
     if not results:
         return "## Machine\n\nNo results yet: run `make bench`.\n"
-    first = next(iter(results.values()))["machine"]
+    # the newest part's machine heads the section; each part's own CPU is in its row (parts can come
+    # from different machines: results are committed and re-run one at a time)
+    first = max(results.values(), key=lambda r: r.get("finished", ""))["machine"]
     v = first.get("versions", {})
     lines = ["## Machine", "",
              f"- CPU: {first['cpu']} ({first['usable_cpus']} usable of {first['logical_cpus']} logical CPUs), "
@@ -48,11 +50,14 @@ def machine_section(results: dict[str, dict]) -> str:
     for name, r in results.items():
         m = r.get("cpu_monitor", {})
         other = m.get("other_cores")
-        rows.append([name, r["started"], r["finished"], _f(m.get("wall_s"), 0, " s"), _f(other, 2),
+        cpu = r.get("machine", {})
+        rows.append([name, f"{cpu.get('cpu', '?')} ({cpu.get('usable_cpus', '?')} CPUs; "
+                           f"{', '.join(cpu.get('cpu_flags') or []) or 'flags unknown'})",
+                     r["started"], r["finished"], _f(m.get("wall_s"), 0, " s"), _f(other, 2),
                      "shared" if other is not None and other > SHARED_ABOVE else "quiet",
                      " / ".join(_f(x, 1) for x in m.get("loadavg_start", [])[:1] + m.get("loadavg_end", [])[:1]),
                      "yes" if r.get("quick") else "no"])
-    lines.append(_table(["part", "started (UTC)", "finished (UTC)", "wall", "other cores", "machine",
+    lines.append(_table(["part", "CPU (SIMD)", "started (UTC)", "finished (UTC)", "wall", "other cores", "machine",
                          "load avg start / end", "--quick"], rows))
     return "\n".join(lines) + "\n"
 
