@@ -302,7 +302,8 @@ def bench_arch(cfg: JobConfig, arch: str, info: Path, images: Path, answers: Pat
     row = {"arch": arch, "checkpoint": str(ckpt).replace(root, ""), "onnx": str(onnx_path).replace(root, ""),
            "images": n,
            "trained_epochs": meta.get("epoch"), "val_f1": (meta.get("metrics") or {}).get("f1"),
-           "train_lr": optim.get("lr"), "train_epochs": ((meta.get("config") or {}).get("train") or {}).get("epochs"),
+           "train_lr": optim.get("lr"),
+           "train_epochs": ((meta.get("config") or {}).get("train") or {}).get("epochs"),
            # the run's own record: `mask-train --config <this>` retrains it
            "train_config": (str(ckpt.parent / "config.yaml").replace(root, "")
                             if (ckpt.parent / "config.yaml").is_file() else None),

@@ -10,8 +10,9 @@ Batches come back in submission order, so output order is the input order.
 The workers run ``nice`` steps below the caller (``MASK_DECODE_NICE``, default 10): on few cores,
 decode threads at the model's priority preempt ONNX Runtime's intra-op threads mid-operator and
 every parallel op then waits for its slowest thread; niced, they take the CPU only where the model
-leaves it idle, and still get all of it when the model waits for them (measured in
-docs/benchmarks.md, thread budget: +7 % on a resnet18, +14 % on plain_cnn, 2 cores). Usage::
+leaves it idle, and still get all of it when the model waits for them (docs/submit.md, "Thread
+budget": +2-9 % end to end on 2 cores; 10 rather than 19 because a niced worker also yields to other
+jobs on a saturated machine, where 19 lost up to 34 %). Usage::
 
     for batch in decoded_batches(paths_per_batch, preprocess, workers=2):
         probs = predictor.infer(batch.images)         # batch.ok: which rows decoded
@@ -32,12 +33,13 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from maskdata.preprocess import ImageError, Preprocess
+from serving.settings import MAX_NICE
 
 log = logging.getLogger(__name__)
 
 
 def lower_priority(increment: int) -> None:
-    """Make the calling thread ``increment`` nice steps lower in priority (at most nice 19).
+    """Make the calling thread ``increment`` nice steps lower in priority (at most ``MAX_NICE``).
 
     Linux only, on purpose: there the nice value belongs to each thread (setpriority(2), "BUGS":
     NPTL threads do not share it), so ``os.setpriority(PRIO_PROCESS, <native thread id>)`` lowers
@@ -49,7 +51,7 @@ def lower_priority(increment: int) -> None:
         return
     tid = threading.get_native_id()
     try:
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + increment))
+        os.setpriority(os.PRIO_PROCESS, tid, min(MAX_NICE, os.getpriority(os.PRIO_PROCESS, tid) + increment))
     except OSError as e:   # e.g. a seccomp sandbox without setpriority: decoding still works
         log.debug("could not lower decode worker priority: %s", e)
 
@@ -72,8 +74,8 @@ def create_executor(kind: str, workers: int, nice: int = 0) -> Executor:
         raise ValueError(f"unknown worker kind {kind!r}; expected one of {sorted(EXECUTORS)}")
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
-    if not 0 <= nice <= 19:
-        raise ValueError(f"decode nice must be 0..19, got {nice}")
+    if not 0 <= nice <= MAX_NICE:
+        raise ValueError(f"decode nice must be 0..{MAX_NICE}, got {nice}")
     return EXECUTORS[kind](workers, nice)
 
 

@@ -118,8 +118,8 @@ class Settings(BaseSettings):
         raise ValueError(f"{env_name(info.field_name)}={raw!r} is not a boolean; "
                          f"expected 1/0, true/false, yes/no, on/off")
 
-    @field_validator("threads", "decode_nice", "max_upload_bytes", "max_pixels", "max_archive_bytes", "max_archive_total_bytes",
-                     "max_archive_members", "max_files", "max_infer_bytes", "max_body_bytes", "max_batch_size",
+    @field_validator("threads", "decode_nice", "max_upload_bytes", "max_pixels", "max_archive_bytes",
+                     "max_archive_total_bytes", "max_archive_members", "max_files", "max_infer_bytes", "max_body_bytes", "max_batch_size",
                      "batch_wait_ms", "max_queue", "workers", mode="before")
     @classmethod
     def _int(cls, value, info: ValidationInfo):
@@ -137,7 +137,8 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _choices(self):
         if self.decode_nice > MAX_NICE:
-            raise ValueError(f"{env_name('decode_nice')}={self.decode_nice} must be at most {MAX_NICE} (the largest nice value)")
+            raise ValueError(f"{env_name('decode_nice')}={self.decode_nice} must be at most {MAX_NICE} "
+                             "(the largest nice value)")
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}; expected one of {sorted(BACKENDS)}")
         if self.precision not in PRECISIONS:

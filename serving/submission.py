@@ -40,6 +40,7 @@ from maskdata.scoring import SKIPPED
 from serving.archive import ArchiveLimits, extract_images
 from serving.journal import Journal
 from serving.pipeline import EXECUTORS, decoded_batches
+from serving.settings import MAX_NICE, Settings
 from serving.shards import Shard, write_csv_text
 
 log = logging.getLogger(__name__)
@@ -76,8 +77,8 @@ class SubmitOptions:
             raise ValueError(f"unknown worker kind {self.worker_kind!r}; expected one of {sorted(EXECUTORS)}")
         if self.on_error not in ON_ERROR:
             raise ValueError(f"unknown on-error policy {self.on_error!r}; expected one of {sorted(ON_ERROR)}")
-        if self.decode_nice is not None and not 0 <= self.decode_nice <= 19:
-            raise ValueError(f"decode nice must be 0..19, got {self.decode_nice}")
+        if self.decode_nice is not None and not 0 <= self.decode_nice <= MAX_NICE:
+            raise ValueError(f"decode nice must be 0..{MAX_NICE}, got {self.decode_nice}")
 
 
 @dataclass
@@ -251,11 +252,7 @@ def _max_pixels(predictor) -> int:
 
 
 def _decode_nice(opts: SubmitOptions) -> int:
-    if opts.decode_nice is not None:
-        return opts.decode_nice
-    from serving.settings import Settings
-
-    return Settings.from_env().decode_nice
+    return opts.decode_nice if opts.decode_nice is not None else Settings.from_env().decode_nice
 
 
 def check_output_path(out_csv) -> Path:

@@ -21,7 +21,7 @@ from pathlib import Path
 from maskdata import labels
 from maskdata.io import read_csv
 from serving.shards import Shard, merge_parts
-from serving.settings import DEFAULT_MODEL, PRECISIONS
+from serving.settings import DEFAULT_MODEL, MAX_NICE, PRECISIONS
 from serving.submission import default_workers
 
 log = logging.getLogger("mask-submit")
@@ -173,8 +173,8 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError("--probs-dir needs --engine ray; the local engine writes --probs FILE")
     if args.threads is not None and args.threads < 0:
         raise ValueError(f"--threads must be 0 (one per core) or more, got {args.threads}")
-    if args.decode_nice is not None and not 0 <= args.decode_nice <= 19:
-        raise ValueError(f"--decode-nice must be 0..19, got {args.decode_nice}")
+    if args.decode_nice is not None and not 0 <= args.decode_nice <= MAX_NICE:
+        raise ValueError(f"--decode-nice must be 0..{MAX_NICE}, got {args.decode_nice}")
     spinning = None if args.ort_spinning is None else args.ort_spinning == "on"
     predictor = load_predictor(args.model, args.precision, threads=args.threads, spinning=spinning,
                                aspect=args.aspect)
