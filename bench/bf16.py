@@ -94,13 +94,20 @@ def main(argv: list[str] | None = None) -> int:
     common.setup_logging()
     if args.info and not args.onnx:
         p.error("--info needs --onnx (the FP32 path bf16 is compared with)")
-    started = common.utc_now()
-    with common.CpuMonitor() as monitor:
-        result = measure(args.checkpoint, args.check_dir, args.check_images, onnx_path=args.onnx)
-        if args.info:
-            result["end_to_end"] = end_to_end(args.checkpoint, args.onnx, args.info, args.check_dir)
-    common.save_run("bf16", argv, started, monitor, False, {"check_images": args.check_images}, result, args.out)
-    return 0
+
+    def body() -> None:
+        for path in (args.checkpoint, args.check_dir, args.onnx, args.info):
+            if path is not None and not path.exists():
+                raise FileNotFoundError(f"not found: {path}")
+        started = common.utc_now()
+        with common.CpuMonitor() as monitor:
+            result = measure(args.checkpoint, args.check_dir, args.check_images, onnx_path=args.onnx)
+            if args.info:
+                result["end_to_end"] = end_to_end(args.checkpoint, args.onnx, args.info, args.check_dir)
+        common.save_run("bf16", argv, started, monitor, False, {"check_images": args.check_images}, result,
+                        args.out)
+
+    return common.run_part(body, no_report=True)
 
 
 if __name__ == "__main__":

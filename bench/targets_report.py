@@ -60,7 +60,7 @@ def batch_targets(job: dict) -> list[list]:
             rows += _ceiling_targets(r, int8_fast)
         ok = r["ratio"] >= BATCH_TARGET_RATIO and r["identical"] >= IDENTICAL_TARGET
         rows.append([f"Batch job ({model_label(r)}): mask-submit FP32 ≥ {BATCH_TARGET_RATIO:g}× baseline img/s, "
-                     f"≥ {IDENTICAL_TARGET:.1%} identical",
+                     f"≥ {fmt.pct(IDENTICAL_TARGET, 1)} identical",
                      f"{r['ratio']:.2f}× end to end ({r.get('loop_ratio', 0):.2f}× loop only), "
                      f"{fmt.pct(r['identical'], 2)} identical"
                      + (f" (but only {r['distinct_classes_predicted']} distinct classes predicted: agreement says "

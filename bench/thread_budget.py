@@ -21,6 +21,7 @@ import contextlib
 import itertools
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -160,15 +161,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=common.RESULTS_DIR / "thread_budget.json")
     args = p.parse_args(argv)
     common.setup_logging()
-    started = common.utc_now()
-    work = Path(os.environ.get("TMPDIR", "/tmp"))
-    with common.CpuMonitor() as monitor:
-        result = {"models": [bench_model(m, args.data, work, GRID, tuple(args.batch_sizes), contention=args.contention)
-                             for m in args.models]}
-    common.save_run("thread_budget", argv, started, monitor, False,
-                    {"grid": GRID, "batch_sizes": args.batch_sizes, "nices": list(NICES),
-                     "contention": args.contention, "data": str(args.data)}, result, args.out)
-    return 0
+
+    def body() -> None:
+        for path in (*args.models, args.data / "info.csv"):
+            if not path.is_file():
+                raise FileNotFoundError(f"not found: {path}")
+        if args.contention < 0 or any(b < 1 for b in args.batch_sizes):
+            raise ValueError("--contention must be >= 0 and --batch-sizes >= 1")
+        started = common.utc_now()
+        with tempfile.TemporaryDirectory(prefix="thread-budget-") as work, common.CpuMonitor() as monitor:
+            result = {"models": [bench_model(m, args.data, Path(work), GRID, tuple(args.batch_sizes),
+                                             contention=args.contention) for m in args.models]}
+        common.save_run("thread_budget", argv, started, monitor, False,
+                        {"grid": GRID, "batch_sizes": args.batch_sizes, "nices": list(NICES),
+                         "contention": args.contention, "data": str(args.data)}, result, args.out)
+
+    return common.run_part(body, no_report=True)
 
 
 if __name__ == "__main__":

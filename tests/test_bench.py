@@ -289,3 +289,18 @@ def test_append_replaces_a_remeasured_row_in_place():
     got = [(r["arch"], r["input_size"][0], r["tag"]) for r in merge_rows(old, new)]
     assert got == [("resnet18", 128, "new"), ("plain_cnn", 128, "old"), ("resnet18", 224, "old"),
                    ("small_cnn", 128, "new")], got
+
+
+@pytest.mark.parametrize("module, argv", [
+    ("thread_budget", ["--models", "missing.onnx", "--data", "nowhere"]),
+    ("int8_calibration", ["--onnx", "missing.onnx", "--calibration-dir", "a", "--check-dir", "b"]),
+    ("bf16", ["--checkpoint", "missing.pt", "--check-dir", "nowhere"]),
+])
+def test_budget_scripts_refuse_missing_inputs_in_one_line(module, argv, tmp_path, capsys):
+    import importlib
+
+    mod = importlib.import_module(f"bench.{module}")
+    assert mod.main([*argv, "--out", str(tmp_path / "x.json")]) == 2, f"bench.{module}: a missing input must exit 2"
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: not found:") and "\n" not in err, f"bench.{module}: {err!r}"
+    assert not (tmp_path / "x.json").exists(), f"bench.{module} wrote a result for a failed run"
