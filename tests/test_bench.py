@@ -241,9 +241,13 @@ def test_int8_below_agreement_never_counts_as_the_fast_precision():
 def test_bf16_target_is_judged_only_with_bf16_hardware(flags, verdict):
     from bench import targets_report
 
-    row = targets_report.bf16_target({"machine": {"cpu_flags": flags}, "bf16_speedup": 1.8,
-                                      "argmax_agreement": 0.995, "ships": True})
+    row = targets_report.bf16_target({"machine": {"cpu_flags": flags}, "img_per_s": {"fp32": 250.0, "onnx_fp32": 340.0,
+                                      "bf16": 800.0}, "argmax_agreement": 0.995, "ships": True})
     assert row[2].startswith(verdict), f"flags {flags}: {row}"
+    assert "3.20× PyTorch FP32, 2.35× ONNX Runtime FP32" in row[1], row[1]
+    slower = targets_report.bf16_target({"machine": {"cpu_flags": ["amx_bf16"]}, "img_per_s": {"bf16": 300.0},
+                                         "argmax_agreement": 0.999, "ships": False})
+    assert slower[2] == "**missed**", f"bf16 that does not ship must not meet the target: {slower}"
 
 
 def test_scale_target_reads_linearity_and_memory():
