@@ -1,4 +1,4 @@
-"""The BentoML gallery pattern, for ``bench.rest`` to compare against (issue 16): the service shape
+"""The BentoML gallery pattern, for ``bench.rest`` to compare against: the service shape
 BentoML's examples use (bentoml/BentoResnet and friends) — a ``batchable=True`` API on PIL images,
 so BentoML's adaptive dispatcher forms the batches, and the model in torch eager. Same checkpoint
 and the same artifact preprocessing as the real service; not part of the product.

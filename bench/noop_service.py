@@ -1,4 +1,4 @@
-"""The framework's ceiling, for ``bench.rest`` (issue 16): a BentoML endpoint that takes the same
+"""The framework's ceiling, for ``bench.rest``: a BentoML endpoint that takes the same
 multipart upload as ``/predict`` (BentoML parses it and writes its temporary file) and answers a
 constant, so the gap between this and the service is what decoding, the model and our code cost.
 

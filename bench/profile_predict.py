@@ -1,4 +1,4 @@
-"""Where one ``POST /predict`` spends its time, stage by stage, in-process (issue 16 item 2).
+"""Where one ``POST /predict`` spends its time, stage by stage, in-process.
 
 The service's ASGI app (the one a ``bentoml serve`` worker runs, guard included) is served by
 uvicorn in this process and loaded by one closed-loop ``bench.loadgen`` client in a subprocess;

@@ -1,5 +1,5 @@
 """REST: ``bentoml serve`` on loopback under 1, 8, 32 and 128 concurrent clients posting real JPEGs
-to ``/predict``, then 1 client right after the 128-client burst, side by side in one run (issue 16):
+to ``/predict``, then 1 client right after the 128-client burst, side by side in one run:
 
 - ``batching_on``: the service as shipped (dynamic batching, ``serving/batching.py``);
 - ``batching_off``: the same with ``MASK_BATCHING=0`` (every request is its own model call);

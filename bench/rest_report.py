@@ -1,4 +1,4 @@
-"""The side-by-side REST comparison of issue 16 for docs/benchmarks.md: the service as shipped,
+"""The side-by-side REST comparison for docs/benchmarks.md: the service as shipped,
 ``MASK_BATCHING=0``, BentoML's gallery pattern and the no-op ceiling, each at 1, 8, 32, 128
 clients and 1 client right after the burst, with the issue's targets judged on ratios from the
 same run. Called by :mod:`bench.report`; reads what :mod:`bench.rest` wrote."""
@@ -77,7 +77,7 @@ def compare_section(rest: dict | None, docs_dir: Path) -> str:
             kinds = ", ".join(f"{k}: {v}" for k, v in lv["error_kinds"].items())
             rows.append([name, lv.get("label", lv["clients"]), _f(lv["req_per_s"]), _f(lv["p50_ms"]),
                          _f(lv["p99_ms"]), f"{lv['errors']}{' (' + kinds + ')' if kinds else ''}"])
-    lines = ["## 4. REST side by side (issue 16)", "",
+    lines = ["## 4. REST side by side", "",
              "One `python -m bench.rest` run, servers one after another on the same machine: "
              + "; ".join(f"*{NAMES[k]}*" for k in NAMES) + ". \"1 after 128\" is one client started the moment "
              "the 128-client level ends (no warm-up). " + _conditions(rest), "",

@@ -11,7 +11,7 @@ logit ``k`` is ``mean_{i,j}(sum_c W[k, c] F[c, i, j]) + b[k]``, so the map
 Maps: the single head gives one per class (18); the multi head one per head value (mask 3, gender 2,
 age 3, in that order). A TTA view's maps are un-flipped before averaging; an ensemble averages its
 members' maps (and ``explain["bias"]`` is the members' mean bias). The graph's ``cam`` output is
-float32 ``(N, K, h, w)``; ``explain`` in the metadata says what each map is (SPEC §4).
+float32 ``(N, K, h, w)``; ``explain`` in the metadata says what each map is (docs/ARCHITECTURE.md).
 """
 from __future__ import annotations
 

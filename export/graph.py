@@ -119,7 +119,7 @@ def mean_metrics(ckpts: list[dict]) -> dict[str, float]:
 
 def build_metadata(ckpts: list[dict], paths: list[str | os.PathLike], tta: tuple[str, ...] = (),
                    precision: str = "fp32") -> ModelMetadata:
-    """The self-description stored in the ONNX file (SPEC §4)."""
+    """The self-description stored in the ONNX file (docs/ARCHITECTURE.md)."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:

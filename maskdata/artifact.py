@@ -1,4 +1,4 @@
-"""Schema of the model artifact's metadata (SPEC §4): written by export, read by serving.
+"""Schema of the model artifact's metadata (docs/ARCHITECTURE.md): written by export, read by serving.
 
 Stored in the ONNX file's ``metadata_props`` as one JSON value per ``mask.<field>`` key, so
 ``onnx``, ONNX Runtime (``get_modelmeta().custom_metadata_map``) and Netron all show it.

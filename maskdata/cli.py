@@ -1,4 +1,4 @@
-"""mask-data: make, check and look at data sets in the competition layout (SPEC §2).
+"""mask-data: make, check and look at data sets in the competition layout (docs/data.md).
 
     mask-data synth --out data/synth --people 300 --eval-people 100 --seed 0
     mask-data check data/synth/train [--strict]

@@ -1,6 +1,6 @@
 """Crop and aspect-policy geometry of the eval preprocessing (torch-free, pure arithmetic).
 
-The order is decode → EXIF orientation → **crop** → **aspect policy** → resize (SPEC §4). Every box
+The order is decode → EXIF orientation → **crop** → **aspect policy** → resize (docs/ARCHITECTURE.md). Every box
 here is in the pixels of the *upright, full-resolution* source image; ``maskdata.preprocess``
 scales them when a JPEG was draft-decoded at 1/2, 1/4 or 1/8.
 

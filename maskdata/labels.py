@@ -1,4 +1,4 @@
-"""Label schema (SPEC §1): mask × gender × age ↔ 18 classes.
+"""Label schema (docs/data.md): mask × gender × age ↔ 18 classes.
 
 ``class = mask * 6 + gender * 3 + age``. Pure Python: used by the data reader, training, export
 metadata and serving alike.

@@ -1,4 +1,4 @@
-"""Reader for the competition data layout (SPEC §2), without torch.
+"""Reader for the competition data layout (docs/data.md), without torch.
 
 ``read_train_dir(DIR/train)`` turns a ``train/`` folder into a list of :class:`Sample` rows and a
 :class:`Report` of every problem found. Strict mode raises on the first kind of problem; lenient

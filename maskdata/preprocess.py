@@ -1,4 +1,4 @@
-"""The ONE eval preprocessing (SPEC §4), torch-free: decode → EXIF orientation → RGB → crop → aspect
+"""The ONE eval preprocessing (docs/ARCHITECTURE.md), torch-free: decode → EXIF orientation → RGB → crop → aspect
 policy → resize → uint8 (the crop/aspect arithmetic is in ``maskdata.geometry``).
 
 It is recorded in every checkpoint and every ONNX model (``Preprocess.to_dict``) and used by

@@ -1,4 +1,4 @@
-"""Person-level splits stratified on the person's gender×age class (SPEC §2).
+"""Person-level splits stratified on the person's gender×age class (docs/data.md).
 
 Each person carries one stratum (gender×age), so stratified *group* k-fold reduces to stratified
 k-fold over people: within each stratum, people are shuffled by seed and dealt round-robin to

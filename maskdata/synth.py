@@ -1,4 +1,4 @@
-"""Deterministic synthetic data in the competition layout (SPEC §2), quirks included.
+"""Deterministic synthetic data in the competition layout (docs/data.md), quirks included.
 
 Draws cartoon portraits with PIL whose labels are visible but not trivial to read:
 
@@ -197,7 +197,7 @@ def _check_out(out_dir: Path, overwrite: bool) -> None:
 def generate(out_dir: str | os.PathLike, people: int = 300, eval_people: int = 100, seed: int = 0,
              label_noise: float = 0.01, workers: int | None = None, overwrite: bool = False,
              progress: bool = False) -> dict:
-    """Write ``out_dir/train`` and ``out_dir/eval`` in the SPEC §2 layout; return a summary dict.
+    """Write ``out_dir/train`` and ``out_dir/eval`` in the competition layout; return a summary dict.
 
     Everything is built in a temporary folder inside ``out_dir`` and moved into place at the end,
     so an interrupted run leaves no half-written data set. ``workers`` (default: all CPUs) only

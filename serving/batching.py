@@ -9,7 +9,7 @@ dropped before it reaches the model. Nothing is learned from past latencies, so 
 trace: once it has drained, a lone request waits at most one window.
 
 BentoML's adaptive dispatcher, which this replaces, fits batch latency online; a burst's queueing
-time poisoned that fit and kept later requests waiting hundreds of milliseconds (issue 16).
+time poisoned that fit and kept later requests waiting hundreds of milliseconds.
 
     batcher = Batcher(predictor.infer, settings)      # one per event loop
     probs = await batcher.submit([image_a, image_b])  # -> [row_a, row_b], in order

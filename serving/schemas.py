@@ -1,4 +1,4 @@
-"""Pydantic models of every REST response (SPEC §5), with examples so the Swagger UI (``/``) shows real bodies.
+"""Pydantic models of every REST response (docs/serving.md), with examples so the Swagger UI (``/``) shows real bodies.
 
 Examples use OpenAPI 3.0's singular ``example``: BentoML 1.4's OpenAPI generator rejects ``examples``.
 """
@@ -41,7 +41,7 @@ class Prediction(BaseModel):
     label: str = Field(description="mask/gender/age names of the class")
     mask: str = Field(description="wear | incorrect | not_wear")
     gender: str = Field(description="male | female")
-    age: str = Field(description="<30 | 30-59 | >=60: the age group's name (SPEC §1); a model trained "
+    age: str = Field(description="<30 | 30-59 | >=60: the age group's name (docs/data.md); a model trained "
                      "with other age_bins keeps these names, GET /model reports its bins")
     confidence: float = Field(ge=0.0, le=1.0, description="probability of the predicted class")
     uncertain: bool = Field(default=False, description="calibrated confidence below the artifact's threshold "

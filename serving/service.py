@@ -1,4 +1,4 @@
-"""The REST service (SPEC §5): the routes, a thin BentoML layer over :class:`serving.predictor.Predictor`.
+"""The REST service (docs/serving.md): the routes, a thin BentoML layer over :class:`serving.predictor.Predictor`.
 
 Run it from the repository root (``bentofile.yaml`` points here)::
 
@@ -123,7 +123,7 @@ class MaskClassifier:
         ``input.shape``); the answer is its class probabilities (``labels.NUM_CLASSES``), or ``null`` for an image of the
         wrong size (so it cannot fail its batch-mates). Base64, not nested JSON arrays: pydantic needs
         ~300 ms to validate one 128x96x3 array given as lists, base64 takes well under a millisecond.
-        Not ``batchable=True``: that would queue it on BentoML's adaptive dispatcher (issue 16)."""
+        Not ``batchable=True``: that would queue it on BentoML's adaptive dispatcher."""
         shape = self.predictor.input_shape
         arrays: list[np.ndarray | None] = [_unpack(x, shape) for x in images]
         ok = [i for i, a in enumerate(arrays) if a is not None]

@@ -1,4 +1,4 @@
-"""Serving knobs, read from the environment once at start-up (SPEC §5): a pydantic-settings
+"""Serving knobs, read from the environment once at start-up (docs/serving.md): a pydantic-settings
 ``BaseSettings`` with ``env_prefix="MASK_"``, the one place every serving default is written.
 
 Every limit the REST service enforces and every choice the predictor makes at load time can be

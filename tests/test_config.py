@@ -1,4 +1,4 @@
-"""One source for every default (issue 11 items 4-6): parser defaults == dataclass fields, --config
+"""One source for every default: parser defaults == dataclass fields, --config
 YAML for mask-train and mask-export, RUN/config.yaml reruns a run, and OMP_WAIT_POLICY set by the
 console-script entry point before torch is imported (``import training`` itself has no side effect)."""
 from __future__ import annotations

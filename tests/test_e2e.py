@@ -48,8 +48,8 @@ def test_synth_train_export_submit_score(tmp_path):
     majority = Counter(truth).most_common(1)[0][1] / len(truth)
     seen = f"macro F1 {f1}, accuracy {acc}, mask F1 {f1_mask}, majority-class rate {majority:.3f}"
     print(f"e2e figures: {seen}")
-    # Two folds of 80 people at 96x72 for 10 epochs (80-250 s here, depending on load). Issue 10
-    # item 1: the old recipe (40 people a fold, 20 epochs of batch 8) reached only accuracy 0.238 on
+    # Two folds of 80 people at 96x72 for 10 epochs (80-250 s here, depending on load).
+    # The old recipe (40 people a fold, 20 epochs of batch 8) reached only accuracy 0.238 on
     # an AVX2-only CPU. This one, run under six numeric paths (ATEN_CPU_CAPABILITY default/avx2/
     # avx512, OMP_NUM_THREADS 1/2, data seeds 3/5), was never closer to a bar than: accuracy +0.211
     # (0.561 vs majority 0.250 + 0.1; avx2, seed 5), macro F1 +0.259 (0.425 vs 0.167; default

@@ -1,4 +1,4 @@
-"""GPU checks (issue 10 item 11), skipped without CUDA; the same functions ``make gpu-check`` runs
+"""GPU checks, skipped without CUDA; the same functions ``make gpu-check`` runs
 (bench/gpu_check.py) so the lent GPU machine, which has no pytest, runs exactly these."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Label schema (SPEC §1): the 18 classes, their names, age groups and file name → mask state."""
+"""Label schema: the 18 classes, their names, age groups and file name → mask state."""
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,4 @@
-"""Data reader (SPEC §2): the generator's layout reads back clean; each problem kind is reported
+"""Data reader: the generator's layout reads back clean; each problem kind is reported
 with its path and count in lenient mode and raises in strict mode."""
 from __future__ import annotations
 

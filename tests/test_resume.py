@@ -1,4 +1,4 @@
-"""Exact resume (issue 10 item 2): finished and early-stopped runs stay finished, --epochs N extends
+"""Exact resume: finished and early-stopped runs stay finished, --epochs N extends
 every schedule without an LR jump (or refuses: onecycle), last.pt holds the last epoch's metrics and
 the best ones apart, the recorded split is the one resumed, and no unused RNG state is saved.
 

@@ -262,7 +262,7 @@ def test_journal_torn_header_and_foreign_file(tmp_path):
 
 
 def test_default_path_is_torch_free(eval_dir, onnx_model, tmp_path):
-    """An ONNX run of mask-submit never imports torch or the training package (SPEC §4)."""
+    """An ONNX run of mask-submit never imports torch or the training package."""
     code = ("import sys; from serving.submit import main; "
             f"rc = main(['--info', {str(eval_dir / 'info.csv')!r}, '--images', {str(eval_dir / 'images')!r}, "
             f"'--out', {str(tmp_path / 'o.csv')!r}, '--model', {str(onnx_model)!r}, '--no-progress', '-q']); "

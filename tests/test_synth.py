@@ -1,4 +1,4 @@
-"""Synthetic generator: byte-identical by seed (whatever the worker count), the SPEC §2 layout and
+"""Synthetic generator: byte-identical by seed (whatever the worker count), the competition layout and
 its quirks, skewed ages, label noise, and refusal to overwrite by accident."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Checkpoints (SPEC §4, docs/ARCHITECTURE.md): plain-typed dicts that load with ``weights_only=True``.
+"""Checkpoints (docs/ARCHITECTURE.md): plain-typed dicts that load with ``weights_only=True``.
 
     ckpt = load_checkpoint("runs/x/best.pt")        # validated; one-line errors
     model = model_from_checkpoint(ckpt)              # MaskNet in eval mode, takes uint8 NHWC
