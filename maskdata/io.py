@@ -16,6 +16,13 @@ from typing import Iterator
 DEFAULT_MODE = 0o666
 
 
+def cpu_workers(*, at_least: int = 0, at_most: int | None = None, reserve: int = 0, share: float = 1.0) -> int:
+    """How many workers to start on this machine: ``share`` of its CPUs less ``reserve``, clamped to
+    ``[at_least, at_most]``; the one rule behind every "default workers" of the project."""
+    n = int((os.cpu_count() or 1) * share) - reserve
+    return max(at_least, n if at_most is None else min(at_most, n))
+
+
 def _create_temp(parent: Path, name: str, suffix: str, mode: int) -> Path:
     for _ in range(100):
         tmp = parent / f".{name}.{secrets.token_hex(4)}{suffix}"

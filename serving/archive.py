@@ -17,7 +17,7 @@ Only the members named in the CSV are written, each to a path this module builds
 nothing else in the archive ever touches the disk. Usage::
 
     from serving.archive import extract_images
-    found = extract_images("images.zip", {"a.jpg", "b.jpg"}, dest_dir)   # {"a.jpg": dest/a.jpg, ...}
+    found = extract_images("images.zip", {"a.jpg", "b.jpg"}, dest_dir, settings.archive_limits)   # {"a.jpg": dest/a.jpg, ...}
 """
 from __future__ import annotations
 
@@ -49,17 +49,12 @@ class ArchiveTooLarge(ArchiveError):
 
 @dataclass(frozen=True)
 class ArchiveLimits:
-    """Defaults for library callers; the service passes ``Settings.archive_limits`` (one source)."""
+    """What one extraction may read; callers pass ``Settings.archive_limits`` (the one source of the
+    values: serving/settings.py), so this module holds no defaults of its own."""
 
     max_members: int
     max_total_bytes: int      # uncompressed bytes read from the archive
     max_member_bytes: int     # one image file
-
-    @classmethod
-    def default(cls) -> "ArchiveLimits":
-        from serving.settings import Settings
-
-        return Settings.from_env({}).archive_limits
 
 
 def member_name(raw: str) -> str:
@@ -209,7 +204,7 @@ def _extract_tar(path: Path, wanted: set[str], dest: Path, limits: ArchiveLimits
 
 
 def extract_images(archive: str | Path, wanted: Iterable[str], dest: str | Path,
-                   limits: ArchiveLimits | None = None) -> dict[str, Path]:
+                   limits: ArchiveLimits) -> dict[str, Path]:
     """Extract the members named ``wanted`` (ImageIDs) into ``dest``; return {ImageID: path}.
 
     The result is keyed by the ImageIDs exactly as given (``./a.jpg`` finds member ``a.jpg``: the
@@ -218,7 +213,6 @@ def extract_images(archive: str | Path, wanted: Iterable[str], dest: str | Path,
     :class:`ArchiveError` (a ``ValueError``) for an unsafe, oversized or unreadable archive.
     """
     archive, dest = Path(archive), Path(dest)
-    limits = limits or ArchiveLimits.default()
     if not archive.is_file():
         raise FileNotFoundError(f"archive not found: {archive}")
     wanted = list(wanted)

@@ -9,21 +9,22 @@ Why it exists — what BentoML 1.4 (seen with 1.4.40) does not do for us:
   added;
 - it answers HTTP 500 to a binary multipart part under an unknown name and *downloads a URL* sent as
   a text part where a file is expected: :class:`PartInspector` turns both into 400s;
-- it routes every API as POST, so ``GET /model`` is answered here;
+- it routes every API as POST, so ``GET /model`` is answered here, from a plain callable the service
+  hands over (this module knows nothing of BentoML);
 - it has no authentication: with ``MASK_API_KEY`` set every route except the probes needs
   ``Authorization: Bearer <key>`` (compared in constant time), else 401.
 
-Errors are typed: every client-facing failure is a :class:`RequestError` subclass whose class says
-the HTTP status (``status_of`` maps the library errors too), never words matched in a message.
+Every refusal is one of :mod:`serving.errors`' typed errors, answered as ``{"error", "status"}`` JSON.
 """
 from __future__ import annotations
 
 import hmac
+from typing import Callable
 
-from PIL import Image
 from starlette.responses import JSONResponse
 
-from maskdata.preprocess import ImageError, ImageTooLarge
+from serving.errors import (LengthRequired, PayloadTooLarge, RequestError, Unauthorized, UnsupportedMediaType,
+                            error_response)
 
 # Headroom for multipart boundaries and headers when capping whole request bodies.
 MULTIPART_SLACK = 64 * 1024
@@ -33,67 +34,6 @@ OPEN_PATHS = frozenset({"/readyz", "/livez", "/metrics"})
 # header to a navigation. Every call the page makes sends the key the user types into it.
 OPEN_PAGE_PREFIX = "/ui"
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-
-
-class RequestError(Exception):
-    """A request that cannot be served; ``status`` is the HTTP status of the whole class."""
-
-    status = 400
-
-    def response(self) -> JSONResponse:
-        return error_response(self.status, str(self))
-
-
-class BadRequest(RequestError):
-    status = 400
-
-
-class Unauthorized(RequestError):
-    status = 401
-
-
-class LengthRequired(RequestError):
-    status = 411
-
-
-class PayloadTooLarge(RequestError):
-    status = 413
-
-
-class UnsupportedMediaType(RequestError):
-    status = 415
-
-
-class ServiceBusy(RequestError):
-    """The batching queue is full (``MASK_MAX_QUEUE`` images wait): 503 with Retry-After."""
-
-    status = 503
-
-
-class ClientClosed(RequestError):
-    """The client went away while its request was queued (nginx's 499; nobody reads the answer)."""
-
-    status = 499
-
-
-def status_of(error: Exception) -> int:
-    """The HTTP status for an exception, from its type alone."""
-    from serving.archive import ArchiveTooLarge  # serving.archive is stdlib-only; imported late to keep this cheap
-
-    if isinstance(error, RequestError):
-        return error.status
-    if isinstance(error, (ImageTooLarge, ArchiveTooLarge, Image.DecompressionBombError)):
-        return 413
-    if isinstance(error, (ImageError, ValueError, FileNotFoundError)):
-        return 400
-    return 500
-
-
-def error_response(status: int, message: str) -> JSONResponse:
-    headers = {"Retry-After": "1"} if status == 503 else None
-    if status == 401:
-        headers = {"WWW-Authenticate": 'Bearer realm="mask-classifier"'}
-    return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
 
 
 class PartInspector:
@@ -162,9 +102,12 @@ class RequestGuard:
     the Content-Length before anything is read, multipart field checks (400/415), ``GET /model``."""
 
     def __init__(self, app, limits: dict[str, int], fields: dict[str, tuple[str, ...]],
-                 default_limit: int, api_key: str = ""):
+                 default_limit: int, api_key: str = "", model_info: Callable[[], dict | None] | None = None):
+        """``model_info`` answers ``GET /model``: the JSON body, or None while the model is loading
+        (503); without it ``GET /model`` goes on to the app like any other request."""
         self.app, self.limits, self.fields, self.default_limit = app, limits, fields, default_limit
         self._key = f"Bearer {api_key}".encode() if api_key else b""
+        self.model_info = model_info
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -179,7 +122,7 @@ class RequestGuard:
                     self._check_content_type(path, headers)
         except RequestError as e:
             return await e.response()(scope, receive, send)
-        if path == "/model" and method == "GET":
+        if path == "/model" and method == "GET" and self.model_info is not None:
             return await self._model_info(scope, receive, send)
         if method in BODY_METHODS and path in self.fields:
             return await self._inspected(path, headers, scope, receive, send)
@@ -239,11 +182,7 @@ class RequestGuard:
         await self.app(scope, inspected_receive, guarded_send)
 
     async def _model_info(self, scope, receive, send):
-        import bentoml
-
-        try:
-            service = bentoml.get_current_service()
-        except bentoml.exceptions.BentoMLException:
+        body = self.model_info()
+        if body is None:
             return await error_response(503, "model is still loading")(scope, receive, send)
-        body = service.model_info().model_dump(mode="json")
         await JSONResponse(body)(scope, receive, send)

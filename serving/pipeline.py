@@ -33,7 +33,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from maskdata.preprocess import ImageError, Preprocess
-from serving.settings import MAX_NICE
+from serving.settings import MAX_NICE, check_nice
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,7 @@ def create_executor(kind: str, workers: int, nice: int = 0) -> Executor:
         raise ValueError(f"unknown worker kind {kind!r}; expected one of {sorted(EXECUTORS)}")
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
-    if not 0 <= nice <= MAX_NICE:
-        raise ValueError(f"decode nice must be 0..{MAX_NICE}, got {nice}")
+    check_nice(nice, "decode nice")
     return EXECUTORS[kind](workers, nice)
 
 

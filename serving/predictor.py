@@ -32,7 +32,7 @@ from PIL import Image
 from maskdata import labels
 from maskdata.artifact import STORE_NAME, ModelMetadata
 from maskdata.preprocess import ImageError, ImageTooLarge, Preprocess  # noqa: F401  (errors re-exported for callers)
-from serving.settings import Settings
+from serving.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +208,26 @@ def create_backend(name: str, model: Any, settings: Settings):
     return BACKENDS[name](model, settings)
 
 
+def backend_for(model: Any) -> str:
+    """The backend a model argument needs: a ``.pt`` checkpoint runs on PyTorch, anything else (store
+    tag, ``.onnx`` file, model folder) on ONNX Runtime. Decided here only."""
+    return "torch" if str(model).endswith(".pt") else "onnx"
+
+
+def load_predictor(model: Any, precision: str | None = None, *, settings: Settings | None = None,
+                   **changes) -> "Predictor":
+    """The Predictor for a model argument (``mask-submit --model``, a Ray actor's model).
+
+    ``settings`` default to the environment's (:func:`serving.settings.get_settings`); ``precision``
+    and ``changes`` (Settings field names: ``threads``, ``ort_spinning``, ``aspect``, ``providers``)
+    override them where not None, e.g. ``load_predictor("model.onnx", "int8", threads=2)``.
+    """
+    settings = settings or get_settings()
+    changes = {"precision": precision, **changes}
+    settings = settings.replace(**{k: v for k, v in changes.items() if v is not None})
+    return Predictor(model, backend=backend_for(model), settings=settings)
+
+
 class Predictor:
     """Load a model once; turn image files/bytes into the /predict JSON body.
 
@@ -216,7 +236,7 @@ class Predictor:
 
     def __init__(self, model: Any = None, *, backend: str | None = None, settings: Settings | None = None,
                  warmup: bool = True):
-        self.settings = settings or Settings.from_env()
+        self.settings = settings or get_settings()
         self.backend_name = backend or self.settings.backend
         if model is None:
             model = self.settings.model_source

@@ -1,10 +1,10 @@
 """``mask-submit --engine ray``: the submission job on Ray Data, from a laptop to a cluster.
 
-The job is the local one (:func:`serving.submission.run_submission`) with the loop handed to Ray:
+The job is the local one (:mod:`serving.job`: plan → run the grid → finish) with the grid handed to Ray:
 
-1. the driver reads info.csv and checks every image up front, exactly as locally (same messages,
-   same ``OUT.errors.csv``); image URIs (``s3://``, ``gs://``, ``abfs://``, ``file://``) go through
-   pyarrow filesystems, the ones Ray Data itself reads with;
+1. the driver plans the job exactly as locally (:func:`serving.job.plan_job`: same checks, same
+   messages, same ``OUT.errors.csv``); image URIs (``s3://``, ``gs://``, ``abfs://``, ``file://``)
+   go through pyarrow filesystems, the ones Ray Data itself reads with (:mod:`serving.remote`);
 2. Ray is started in-process (no address) or joined (``--ray-address`` / ``RAY_ADDRESS``) after a
    TCP probe, so an unreachable head fails in seconds; one small task then loads the model on a
    worker, so a model path the workers cannot read fails before any image is read;
@@ -13,9 +13,9 @@ The job is the local one (:func:`serving.submission.run_submission`) with the lo
    one :class:`~serving.predictor.Predictor` per actor (model loaded once per actor). Each actor
    reads its images' bytes, decodes them and predicts the very batch the local engine would, so
    the file is byte-identical (ONNX Runtime's float results may depend on the batch's make-up);
-4. the driver gathers ``ans`` (and the probabilities for ``--probs``) and writes the outputs with
-   the local job's writer, atomically; ``--probs-dir`` Parquet partitions are written by the
-   workers (:mod:`serving.ray_output`).
+4. the driver gathers ``ans`` (and the probabilities for ``--probs``) and finishes the job as the
+   local engine does (:func:`serving.job.finish_job`); ``--probs-dir`` Parquet partitions are
+   written by the workers (:mod:`serving.ray_output`) and committed once the outputs are in place.
 
 Faults: actors run with ``max_restarts`` / ``max_task_retries`` (``RESTARTS``), so a worker that
 dies mid-job is restarted and its batch retried. ``MASK_RAY_TEST_CRASH_ONCE=MARKER`` (tests only)
@@ -28,17 +28,17 @@ import logging
 import os
 import socket
 import time
-from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 
-from maskdata import labels
+from maskdata.scoring import SKIPPED
+from serving import ray_output
+from serving.job import GridOutcome, JobPlan, SubmitResult, finish_job, plan_job, predict_batch
 from serving.pipeline import DecodedBatch, decode_batch
-from serving.submission import (SKIPPED, SubmitResult, check_missing, check_output_path, predict_batch, write_outputs, locate_images,
-                                read_info)
+from serving.ray_output import PROB_COLUMNS
+from serving.remote import ReadThenDecode, image_filesystem, locate_remote
+from serving.settings import JOB_DEFAULTS
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,6 @@ RESTARTS = 3                 # actor restarts and task retries per actor: surviv
 CONNECT_TIMEOUT_S = 5.0      # TCP probe of --ray-address before ray.init
 MODEL_PROBE_TIMEOUT_S = 300.0
 DEFAULT_CPUS_PER_ACTOR = 0.5  # < 1 so read/write tasks always find a free CPU (1.0 each hung on 2 CPUs)
-REMOTE_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs", "viewfs")
-PROB_COLUMNS = [f"p{c}" for c in range(labels.NUM_CLASSES)]
 
 
 def require_ray():
@@ -78,64 +76,16 @@ class RayOptions:
             raise ValueError(f"--gpus-per-actor must be 0 or more, got {self.gpus_per_actor}")
 
 
-# ---------------------------------------------------------------- images: local folder or URI
-
-def image_filesystem(images: str):
-    """``(pyarrow filesystem, root)`` for a remote/``file://`` URI; ``(None, local path)`` for a folder."""
-    scheme = urlparse(images).scheme if "://" in images else ""
-    if not scheme:
-        return None, images
-    if scheme == "file":
-        return None, urlparse(images).path
-    import pyarrow.fs
-
-    try:
-        return pyarrow.fs.FileSystem.from_uri(images)
-    except Exception as e:   # ArrowInvalid / ArrowNotImplementedError for unknown schemes, missing credentials
-        raise ValueError(f"cannot open images URI {images!r}: {str(e).splitlines()[0]} "
-                         f"(pyarrow filesystems: {', '.join(REMOTE_SCHEMES)}, file://)") from None
-
-
-def locate_remote(image_ids: list[str], fs, root: str) -> tuple[list[str], dict[str, str]]:
-    """Paths on ``fs`` and {ImageID: reason} for the missing ones (one listing call)."""
-    import pyarrow.fs
-
-    paths = [f"{root.rstrip('/')}/{i}" for i in image_ids]
-    missing = {}
-    for image_id, info in zip(image_ids, fs.get_file_info(paths)):
-        if info.type == pyarrow.fs.FileType.NotFound:
-            missing[image_id] = "missing image file"
-        elif info.type != pyarrow.fs.FileType.File:
-            missing[image_id] = "not a regular file"
-    return paths, missing
-
-
-class _ReadThenDecode:
-    """``Preprocess`` look-alike for :func:`decode_batch`: read the bytes from ``fs``, then decode."""
-
-    def __init__(self, preprocess, fs):
-        self.preprocess, self.fs = preprocess, fs
-        self.height, self.width = preprocess.height, preprocess.width
-
-    def __call__(self, path: str, max_pixels: int):
-        with self.fs.open_input_file(path) as f:   # OSError -> an error row, as a vanished local file
-            data = f.read()
-        return self.preprocess(data, max_pixels=max_pixels)
-
-
 # ---------------------------------------------------------------- the actor
 
 def load_actor_predictor(model: str, precision: str | None, threads: int, gpu: bool):
     """The Predictor an actor holds: CUDA provider first when it was given a GPU, else CPU only."""
-    from serving.predictor import CPU, CUDA, Predictor
-    from serving.settings import Settings
+    from serving.predictor import CPU, CUDA, load_predictor
+    from serving.settings import get_settings
 
-    settings = Settings.from_env()
-    settings = settings.replace(threads=settings.threads or threads,
-                                providers=settings.providers or ((CUDA, CPU) if gpu else (CPU,)))
-    if precision is not None:
-        settings = settings.replace(precision=precision)
-    return Predictor(model, backend="torch" if model.endswith(".pt") else "onnx", settings=settings)
+    settings = get_settings()   # MASK_THREADS / MASK_PROVIDERS on the worker win over the actor's share
+    return load_predictor(model, precision, settings=settings, threads=settings.threads or threads,
+                          providers=settings.providers or ((CUDA, CPU) if gpu else (CPU,)))
 
 
 class _PredictActor:
@@ -146,7 +96,7 @@ class _PredictActor:
         self.predictor = load_actor_predictor(model, precision, threads, gpu)
         self.preprocess = self.predictor.preprocess
         if images_uri is not None:
-            self.preprocess = _ReadThenDecode(self.preprocess, image_filesystem(images_uri)[0])
+            self.preprocess = ReadThenDecode(self.preprocess, image_filesystem(images_uri)[0])
         self.on_error, self.crash_marker = on_error, crash_marker
 
     def __call__(self, batch: dict) -> dict:
@@ -245,47 +195,56 @@ def user_error(e: BaseException) -> ValueError | None:
 
 # ---------------------------------------------------------------- the job
 
-def _grid_items(image_ids, paths, missing, batch_size) -> list[dict]:
+def _grid_items(plan: JobPlan, batch_size: int) -> list[dict]:
+    """The plan's grid as Ray dataset rows: one JSON job per batch (ImageIDs, paths, missing ones)."""
     items = []
-    for b, start in enumerate(range(0, len(image_ids), batch_size)):
-        ids = image_ids[start:start + batch_size]
-        job = {"start": start, "ids": ids, "paths": paths[start:start + batch_size],
-               "missing": {i: missing[i] for i in ids if i in missing}}
+    image_ids = plan.image_ids
+    for b, rows in enumerate(plan.grid(batch_size)):
+        ids = image_ids[rows.start:rows.stop]
+        job = {"start": rows.start, "ids": ids, "paths": plan.paths[rows.start:rows.stop],
+               "missing": {i: plan.missing[i] for i in ids if i in plan.missing}}
         items.append({"batch": b, "job": json.dumps(job)})
     return items
 
 
 def run_ray_submission(model: str, info_csv, images: str, out_csv, *, precision: str | None = None,
-                       batch_size: int = 64, on_error: str = "fail", probs_csv=None, probs_dir=None,
-                       ray_options: RayOptions = RayOptions()) -> SubmitResult:
-    """The submission job on Ray Data; same outputs as :func:`run_submission`. ValueError on bad input."""
-    from serving import ray_output
-
+                       batch_size: int = JOB_DEFAULTS.batch_size, on_error: str = JOB_DEFAULTS.on_error,
+                       probs_csv=None, probs_dir=None, ray_options: RayOptions = RayOptions()) -> SubmitResult:
+    """The submission job on Ray Data; same outputs as :func:`serving.submission.run_submission`.
+    ValueError on bad input."""
     ray = require_ray()
-    out_csv = check_output_path(out_csv)
-    header, rows = read_info(info_csv)
-    image_ids = [r["ImageID"] for r in rows]
     fs, root = image_filesystem(str(images))
-    paths, missing = locate_images(image_ids, root) if fs is None else locate_remote(image_ids, fs, root)
-    report_path = out_csv.with_name(out_csv.name + ".errors.csv")
-    check_missing(image_ids, missing, on_error, report_path, str(images))
+    locate = None if fs is None else (lambda ids, where: locate_remote(ids, fs, where))
+    plan = plan_job(info_csv, images, out_csv, on_error, locate=locate, images_root=root)
     sink = ray_output.ProbsSink.open(probs_dir) if probs_dir else None
+    grid = _grid_items(plan, batch_size)
+    outcome = _run_grid(ray, plan, grid, model, precision, images if fs is not None else None, sink,
+                        probs_csv is not None, ray_options)
+    return finish_job(plan, outcome, probs_csv)
 
+
+def _probe(ray, model: str, precision: str | None) -> dict:
+    probe = ray.remote(num_cpus=0)(_probe_model).remote(model, precision)
+    try:
+        info = ray.get(probe, timeout=MODEL_PROBE_TIMEOUT_S)
+    except Exception as e:
+        err = user_error(e)
+        raise ValueError(f"model {model!r} cannot be loaded on the Ray workers: {err or e}") from None
+    log.info("model %s (%s, %s) on node %s", info["file"], info["arch"], "x".join(map(str, info["input"])),
+             info["node"])
+    return info
+
+
+def _run_grid(ray, plan: JobPlan, grid: list[dict], model: str, precision: str | None, images_uri: str | None,
+              sink, want_probs: bool, ray_options: RayOptions) -> GridOutcome:
+    """The grid on a Ray actor pool; the driver gathers the rows back in plan order."""
     owns = connect(ray, ray_options.address)
     try:
-        probe = ray.remote(num_cpus=0)(_probe_model).remote(model, precision)
-        try:
-            info = ray.get(probe, timeout=MODEL_PROBE_TIMEOUT_S)
-        except Exception as e:
-            err = user_error(e)
-            raise ValueError(f"model {model!r} cannot be loaded on the Ray workers: {err or e}") from None
-        log.info("model %s (%s, %s) on node %s", info["file"], info["arch"], "x".join(map(str, info["input"])),
-                 info["node"])
+        info = _probe(ray, model, precision)
         started = time.perf_counter()
-        ds = _dataset(ray, model, precision, images if fs is not None else None, on_error,
-                      _grid_items(image_ids, paths, missing, batch_size), ray_options)
+        ds = _dataset(ray, model, precision, images_uri, plan.on_error, grid, ray_options)
         try:
-            columns = ray_output.collect(ds, sink, want_probs=probs_csv is not None)
+            columns = ray_output.collect(ds, sink, want_probs=want_probs)
         except Exception as e:
             err = user_error(e)
             if err is None:
@@ -295,8 +254,12 @@ def run_ray_submission(model: str, info_csv, images: str, out_csv, *, precision:
     finally:
         if owns:
             ray.shutdown()
-    return _finish(columns, header, rows, out_csv, probs_csv, sink, report_path, seconds,
-                   info.get("uncertain_below"))
+    outcome = _in_plan_order(columns, plan)
+    outcome.seconds, outcome.uncertain_below = seconds, info.get("uncertain_below")
+    if sink is not None:
+        n = len(plan.rows)
+        outcome.written = lambda: sink.commit(n)
+    return outcome
 
 
 def _dataset(ray, model, precision, images_uri, on_error, items, opts: RayOptions):
@@ -315,23 +278,18 @@ def _dataset(ray, model, precision, images_uri, on_error, items, opts: RayOption
         max_restarts=RESTARTS, max_task_retries=RESTARTS, **kwargs)
 
 
-def _finish(columns: dict, header, rows, out_csv: Path, probs_csv, sink, report_path, seconds,
-            uncertain_below: float | None = None) -> SubmitResult:
-    n = len(rows)
+def _in_plan_order(columns: dict, plan: JobPlan) -> GridOutcome:
+    """Ray's rows (in any order) → one answer per plan row, or RuntimeError when any is lost or doubled."""
+    n = len(plan.rows)
     order = np.argsort(columns["row"], kind="stable")
     row_index = columns["row"][order]
     if len(row_index) != n or not np.array_equal(row_index, np.arange(n)):
-        raise RuntimeError(f"Ray returned {len(row_index)} rows for {n} info.csv rows; not writing {out_csv}")
-    ans = columns["ans"][order].astype(np.int64)
-    probs = np.full((n, labels.NUM_CLASSES), np.nan, dtype=np.float32)
+        raise RuntimeError(f"Ray returned {len(row_index)} rows for {n} info.csv rows; not writing {plan.out_csv}")
+    out = GridOutcome.empty(n)
+    out.ans = columns["ans"][order].astype(np.int64)
     if "probs" in columns:
-        probs = columns["probs"][order]
-    image_ids = [r["ImageID"] for r in rows]
-    errors = {image_ids[i]: str(e) for i, e in zip(row_index, columns["error"][order]) if e}
-    write_outputs(out_csv, header, rows, ans, probs, errors, probs_csv, report_path, uncertain_below)
-    if sink is not None:
-        sink.commit(n)
-    predicted = ans[ans != SKIPPED]
-    return SubmitResult(out_csv, image_ids, ans, probs, errors, seconds, int((ans != SKIPPED).sum()), 0,
-                        report_path if errors else None,
-                        dict(sorted(Counter(int(c) for c in predicted).items())))
+        out.probs = columns["probs"][order]
+    image_ids = plan.image_ids
+    out.errors = {image_ids[i]: str(e) for i, e in zip(row_index, columns["error"][order]) if e}
+    out.processed = int((out.ans != SKIPPED).sum())
+    return out

@@ -23,14 +23,12 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from maskdata import labels
+from serving.remote import image_filesystem
+
 MARKER = "_SUCCESS"
 KEEP = ["row", "ans", "error"]
-
-
-def _prob_columns() -> list[str]:
-    from serving.ray_engine import PROB_COLUMNS
-
-    return PROB_COLUMNS
+PROB_COLUMNS = [f"p{c}" for c in range(labels.NUM_CLASSES)]
 
 
 @dataclass
@@ -53,8 +51,6 @@ class ProbsSink:
             tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
             return cls(str(path), str(tmp), True)
-        from serving.ray_engine import image_filesystem
-
         fs, root = image_filesystem(dest)   # same pyarrow resolution and one-line error as the images
         if fs.get_file_info(f"{root.rstrip('/')}/{MARKER}").type.name != "NotFound":
             raise ValueError(f"--probs-dir {dest} already holds a finished run ({MARKER}); choose a new prefix")
@@ -65,8 +61,6 @@ class ProbsSink:
         if self.local:
             os.replace(self.write_to, self.dest)
             return
-        from serving.ray_engine import image_filesystem
-
         fs, root = image_filesystem(self.dest)
         files = [i.base_name for i in fs.get_file_info(_selector(root)) if i.base_name.endswith(".parquet")]
         with fs.open_output_stream(f"{root.rstrip('/')}/{MARKER}") as f:
@@ -101,7 +95,7 @@ def collect(ds, sink: ProbsSink | None, want_probs: bool) -> dict[str, np.ndarra
     """Run the job; ``{row, ans, error[, probs]}`` at the driver, Parquet on the way when ``sink``."""
     import ray
 
-    names = _prob_columns()
+    names = PROB_COLUMNS
     wanted = KEEP + (names if want_probs else [])
     if sink is None:
         return _gather(ds.select_columns(wanted).iter_batches(batch_size=None, batch_format="numpy"),

@@ -10,11 +10,16 @@ Routes: ``POST /predict`` (multipart ``image``), ``POST /predict_batch`` (``imag
 ``GET /model``, the ``/submission`` task (``info`` CSV + ``archive`` zip/tar → submission CSV), ``POST /infer``
 (base64 uint8 pixels), ``POST /explain`` (class-activation heatmap), the ``/ui/`` page and BentoML's ``/readyz``, ``/livez``, ``/metrics``,
 the Swagger UI at ``/`` and the OpenAPI schema at ``/docs.json``.
-Limits, batching and the API key come from ``MASK_*`` environment variables (:mod:`serving.settings`).
+Limits, batching and the API key come from ``MASK_*`` environment variables (:mod:`serving.settings`),
+read when the service starts (:func:`serving.settings.get_settings`), not when this module is
+imported; only what BentoML itself takes from the class definition is read at import: the worker
+count, the concurrency hint and the store model ``bentoml build`` packages.
 
 Uploads arrive as files and are decoded here, not by BentoML: a non-image given to a PIL-typed
 parameter becomes an HTTP 500 in BentoML 1.4, and every bad input must get a 4xx JSON reason.
-The request guard (body limits, API key, multipart checks, ``GET /model``) is :mod:`serving.guard`;
+The request guard (body limits, API key, multipart checks, ``GET /model``) is :mod:`serving.guard`,
+the typed client errors :mod:`serving.errors`; handlers get the request through BentoML's documented
+``ctx: bentoml.Context`` parameter;
 ``/predict``, ``/predict_batch`` and ``/infer`` decode in worker threads, then queue their images on
 :class:`serving.batching.Batcher` (``MASK_MAX_BATCH_SIZE``, ``MASK_BATCH_WAIT_MS``, ``MASK_MAX_QUEUE``);
 batch sizes, queue times, model calls and rejections are on ``/metrics``, beside the prediction
@@ -43,15 +48,14 @@ from serving import monitoring, ui
 from serving.archive import ArchiveError
 from serving.batching import Batcher, QueueFull
 from serving.explain import Explainer, ExplainUnavailable, availability
-from serving.guard import (MULTIPART_FIELDS, BadRequest, ClientClosed, PayloadTooLarge, RequestError, RequestGuard,
-                           ServiceBusy, body_limits, error_response, status_of)
+from serving.errors import (BadRequest, ClientClosed, PayloadTooLarge, RequestError, ServiceBusy, error_response,
+                            status_of)
+from serving.guard import MULTIPART_FIELDS, RequestGuard, body_limits
 from serving.predictor import MODEL_FILE, Predictor
 from serving.schemas import ModelInfo, Prediction
-from serving.settings import Settings
+from serving.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
-
-SETTINGS = Settings.from_env()
 
 
 def _store_model(settings: Settings) -> bentoml.models.BentoModel | None:
@@ -69,6 +73,15 @@ async def _client_gone(request) -> None:
         pass
 
 
+def _refusal(error: RequestError, ctx: bentoml.Context | None) -> Response:
+    """The error's JSON answer. With a ``ctx`` parameter BentoML gives a returned Response the
+    context's status, so the status is set there too."""
+    response = error.response()
+    if ctx is not None:
+        ctx.response.status_code = response.status_code
+    return response
+
+
 def _pack(array: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(array, dtype=np.uint8).tobytes()).decode("ascii")
 
@@ -83,20 +96,29 @@ def _unpack(text: str, shape: tuple[int, int, int]) -> np.ndarray | None:
     return np.frombuffer(raw, dtype=np.uint8).reshape(shape)
 
 
+# What BentoML reads from the class definition itself, so at import: the process layout and the
+# store model `bentoml build` packages. Everything else is read when the service starts.
+_DECLARED = get_settings()
+
+
 @bentoml.service(
     name=STORE_NAME,
-    workers=SETTINGS.workers,
+    workers=_DECLARED.workers,
     # a task endpoint makes BentoML default `concurrency` to 1 (a BentoCloud scaling hint). No
     # `max_concurrency`: BentoML would answer 429 before our queue; MASK_MAX_QUEUE's 503 is the one
     # overload answer, and the hint says how many requests a worker can hold.
-    traffic={"timeout": 600, "concurrency": SETTINGS.max_queue * SETTINGS.workers},
+    traffic={"timeout": 600, "concurrency": _DECLARED.max_queue * _DECLARED.workers},
     http={"cors": {"enabled": False}},
 )
 class MaskClassifier:
-    model_ref = _store_model(SETTINGS)
+    model_ref = _store_model(_DECLARED)
 
-    def __init__(self) -> None:
-        declared = type(self).model_ref
+    def __init__(self, settings: Settings | None = None) -> None:
+        """``settings``: the environment's when the service starts (:func:`get_settings`)."""
+        self.settings = settings or get_settings()
+        declared = _store_model(self.settings)
+        if declared is not None and self.model_ref is not None and declared.tag == self.model_ref.tag:
+            declared = self.model_ref   # the model `bentoml build` packaged with this class
         if declared is not None:
             if declared.stored is None:
                 raise FileNotFoundError(
@@ -104,51 +126,47 @@ class MaskClassifier:
                     "build the demo model with `make demo-model`, import one with "
                     f"`mask-export ... --bento-tag {STORE_NAME}`, "
                     "or set MASK_MODEL=path/to/model.onnx")
-            source = self.model_ref.path_of(MODEL_FILE)
+            source = declared.path_of(MODEL_FILE)
         else:
-            source = SETTINGS.model_source
-        self.settings = SETTINGS
+            source = self.settings.model_source
         self._batched, self._batched_loop = None, None
         # Predictor warms up before __init__ returns, so /readyz only turns 200 after a real inference.
-        self.predictor = Predictor(source, settings=SETTINGS)
+        self.predictor = Predictor(source, settings=self.settings)
         if declared is not None:
-            self.predictor.source = str(self.model_ref.tag)
+            self.predictor.source = str(declared.tag)
         log.info("serving %s on %s", self.predictor.source, self.predictor.provider)
 
     # --- model calls ------------------------------------------------------------------------
     @bentoml.api(route="/infer")
-    async def infer(self, images: list[str]) -> list[list[float] | None]:
+    async def infer(self, images: list[str], ctx: bentoml.Context = None) -> list[list[float] | None]:
         """Model call on raw pixels, batched with concurrent requests like ``/predict``. Each image is
         base64 of its raw uint8 pixels, (H, W, 3) in C order at the model's input size (``GET /model``:
         ``input.shape``); the answer is its class probabilities (``labels.NUM_CLASSES``), or ``null`` for an image of the
         wrong size (so it cannot fail its batch-mates). Base64, not nested JSON arrays: pydantic needs
-        ~300 ms to validate one 128x96x3 array given as lists, base64 takes well under a millisecond.
-        Not ``batchable=True``: that would queue it on BentoML's adaptive dispatcher."""
+        ~300 ms to validate one 128x96x3 array given as lists, base64 takes well under a millisecond."""
         shape = self.predictor.input_shape
         arrays: list[np.ndarray | None] = [_unpack(x, shape) for x in images]
         ok = [i for i, a in enumerate(arrays) if a is not None]
         out: list[list[float] | None] = [None] * len(images)
         try:
-            rows = await self._infer([arrays[i] for i in ok]) if ok else []
+            rows = await self._infer([arrays[i] for i in ok], ctx) if ok else []
         except RequestError as e:
-            return e.response()
+            return _refusal(e, ctx)
         for i, row in zip(ok, rows):
             out[i] = row.tolist()
         return out
 
-    async def _infer(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    async def _infer(self, arrays: list[np.ndarray], ctx: bentoml.Context | None) -> list[np.ndarray]:
         """One request's decoded images → their probabilities, batched with concurrent requests
-        (:mod:`serving.batching`); a client that disconnects while queued costs no inference."""
+        (:mod:`serving.batching`); a client that disconnects while queued costs no inference.
+        ``ctx`` is None when the class is called directly, outside an HTTP request."""
         if not self.settings.batching:  # MASK_BATCHING=0: one model call per request
             return list(await anyio.to_thread.run_sync(self.predictor.infer, np.stack(arrays)))
         loop = asyncio.get_running_loop()
         if self._batched is None or self._batched_loop is not loop:  # asyncio futures bind one loop
             self._batched, self._batched_loop = Batcher(self.predictor.infer, self.settings), loop
         job = asyncio.ensure_future(self._batched.submit(arrays))
-        try:
-            request = MaskClassifier.context.request
-        except LookupError:  # called outside an HTTP request (tests, the task route)
-            request = None
+        request = ctx.request if ctx is not None else None
         gone = asyncio.ensure_future(_client_gone(request)) if request is not None else None
         try:
             await asyncio.wait([job] if gone is None else [job, gone], return_when=asyncio.FIRST_COMPLETED)
@@ -191,23 +209,23 @@ class MaskClassifier:
 
     # --- public routes ----------------------------------------------------------------------
     @bentoml.api(route="/predict")
-    async def predict(self, image: Path) -> Prediction:
+    async def predict(self, image: Path, ctx: bentoml.Context = None) -> Prediction:
         """Classify one photo (multipart field ``image``: JPEG, PNG, WebP, BMP, ...)."""
         try:
-            (probs,) = await self._infer(await self._decode_all("image", [image]))
+            (probs,) = await self._infer(await self._decode_all("image", [image]), ctx)
         except RequestError as e:
-            return e.response()
+            return _refusal(e, ctx)
         answer = self.predictor.decode(probs)
         monitoring.record("/predict", [answer])
         return Prediction.model_validate(answer)
 
     @bentoml.api(route="/predict_batch")
-    async def predict_batch(self, images: list[Path]) -> list[Prediction]:
+    async def predict_batch(self, images: list[Path], ctx: bentoml.Context = None) -> list[Prediction]:
         """Classify several photos (multipart field ``images``, repeated); answers keep the order."""
         try:
-            rows = await self._infer(await self._decode_all("images", images))
+            rows = await self._infer(await self._decode_all("images", images), ctx)
         except RequestError as e:
-            return e.response()
+            return _refusal(e, ctx)
         answers = [self.predictor.decode(p) for p in rows]
         monitoring.record("/predict_batch", answers)
         return [Prediction.model_validate(a) for a in answers]
@@ -281,8 +299,25 @@ class MaskClassifier:
                         headers={"Content-Disposition": 'attachment; filename="submission.csv"'})
 
 
-MaskClassifier.add_asgi_middleware(RequestGuard, limits=body_limits(SETTINGS), fields=MULTIPART_FIELDS,
-                                   default_limit=SETTINGS.max_body_bytes, api_key=SETTINGS.api_key)
+def served_model_info() -> dict | None:
+    """``GET /model``'s body from the running service; None while it is still loading."""
+    try:
+        service = bentoml.get_current_service()   # BentoML's public accessor of this worker's instance
+    except bentoml.exceptions.BentoMLException:
+        return None
+    return service.model_info().model_dump(mode="json")
+
+
+class ServiceGuard(RequestGuard):
+    """The request guard with this deployment's limits and key, read when BentoML builds the app."""
+
+    def __init__(self, app) -> None:
+        s = get_settings()
+        super().__init__(app, limits=body_limits(s), fields=MULTIPART_FIELDS, default_limit=s.max_body_bytes,
+                         api_key=s.api_key, model_info=served_model_info)
+
+
+MaskClassifier.add_asgi_middleware(ServiceGuard)
 
 # the browser page (serving/ui/index.html) at GET /ui/, beside the API on the same port
 MaskClassifier.mount_asgi_app(ui.app(), path="/ui")

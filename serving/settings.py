@@ -1,11 +1,13 @@
-"""Serving knobs, read from the environment once at start-up (docs/serving.md): a pydantic-settings
-``BaseSettings`` with ``env_prefix="MASK_"``, the one place every serving default is written.
+"""Serving knobs (docs/serving.md): a pydantic-settings ``BaseSettings`` with ``env_prefix="MASK_"``,
+the one place every serving default is written, and :data:`JOB_DEFAULTS`, ``mask-submit``'s own.
 
 Every limit the REST service enforces and every choice the predictor makes at load time can be
 changed without touching code, e.g. ``MASK_MAX_UPLOAD_BYTES=2000000 bentoml serve``.
-``Settings()`` reads ``MASK_*`` from the process environment (an empty value means the default);
-``Settings.from_env(mapping)`` reads only the mapping and turns a bad value into a one-line
-``ValueError`` naming the variable.
+Nothing is read at import time: :func:`get_settings` reads ``MASK_*`` from the environment when
+called (the service when it starts, ``mask-submit`` when it loads the model), and every consumer
+also takes an explicit :class:`Settings`. ``Settings.from_env(mapping)`` reads only the mapping;
+both turn a bad value into a one-line ``ValueError`` naming the variable (an empty value means the
+default). The table below is checked against the fields by tests/test_settings.py.
 
 | variable | default | meaning |
 | --- | --- | --- |
@@ -38,6 +40,7 @@ changed without touching code, e.g. ``MASK_MAX_UPLOAD_BYTES=2000000 bentoml serv
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Mapping
 
@@ -45,6 +48,9 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from maskdata.artifact import STORE_NAME
+from maskdata.io import cpu_workers
+from maskdata.preprocess import DEFAULT_MAX_PIXELS
+from serving.archive import ArchiveLimits
 
 DEFAULT_MODEL = f"{STORE_NAME}:latest"
 BACKENDS = ("onnx", "torch")
@@ -57,6 +63,31 @@ ASPECTS = ("", "stretch", "crop", "pad")       # "" = the policy recorded in the
 
 def env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()
+
+
+def check_nice(value: int, name: str = "decode nice") -> int:
+    """A nice increment 0..MAX_NICE, or a one-line ValueError naming ``name``."""
+    if not 0 <= value <= MAX_NICE:
+        raise ValueError(f"{name} must be 0..{MAX_NICE}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class JobDefaults:
+    """``mask-submit``'s defaults (command-line flags, not environment variables): the local and the
+    Ray engine, :class:`serving.submission.SubmitOptions` and the argparse parser all read these."""
+
+    batch_size: int = 64          # images per model call, the grid of the job
+    worker_kind: str = "thread"   # decode in threads (PIL releases the GIL) or processes
+    on_error: str = "fail"        # fail | skip
+    max_workers: int = 8          # beyond that the model, not decoding, is the bottleneck
+
+    def workers(self) -> int:
+        """One decode worker per core, up to ``max_workers``."""
+        return cpu_workers(at_least=1, at_most=self.max_workers)
+
+
+JOB_DEFAULTS = JobDefaults()
 
 
 class Settings(BaseSettings):
@@ -74,7 +105,7 @@ class Settings(BaseSettings):
     ort_spinning: bool = False
     decode_nice: int = Field(10, ge=0)
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
-    max_pixels: int = Field(40_000_000, ge=1)
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)   # maskdata's decoder has the same default
     max_archive_bytes: int = Field(2 * 1024 ** 3, ge=1)
     max_archive_total_bytes: int = Field(4 * 1024 ** 3, ge=1)
     max_archive_members: int = Field(200_000, ge=1)
@@ -173,10 +204,8 @@ class Settings(BaseSettings):
         return self.model
 
     @property
-    def archive_limits(self):
+    def archive_limits(self) -> ArchiveLimits:
         """The ``/submission`` archive limits: one image at most ``max_upload_bytes``, like an upload."""
-        from serving.archive import ArchiveLimits
-
         return ArchiveLimits(max_members=self.max_archive_members, max_total_bytes=self.max_archive_total_bytes,
                              max_member_bytes=self.max_upload_bytes)
 
@@ -197,6 +226,12 @@ class Settings(BaseSettings):
         values = {k[len(ENV_PREFIX):].lower(): v for k, v in env.items()
                   if k.upper().startswith(ENV_PREFIX) and v.strip() and k[len(ENV_PREFIX):].lower() in cls.model_fields}
         return _one_line(lambda: cls.model_validate(values))
+
+
+def get_settings() -> Settings:
+    """The settings in force now: ``MASK_*`` read from the environment at this call (never cached at
+    import, so a changed environment is seen by the next caller)."""
+    return Settings.from_env()
 
 
 def _one_line(build):

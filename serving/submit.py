@@ -21,29 +21,9 @@ from pathlib import Path
 from maskdata import labels
 from maskdata.io import read_csv
 from serving.shards import Shard, merge_parts
-from serving.settings import DEFAULT_MODEL, MAX_NICE, PRECISIONS
-from serving.submission import default_workers
+from serving.settings import DEFAULT_MODEL, JOB_DEFAULTS, MAX_NICE, PRECISIONS, Settings, check_nice
 
 log = logging.getLogger("mask-submit")
-
-
-def load_predictor(model: str, precision: str | None = None, threads: int | None = None,
-                   spinning: bool | None = None, aspect: str | None = None):
-    """A Predictor for a store tag / .onnx file (ONNX Runtime) or a .pt checkpoint (PyTorch).
-
-    ``precision`` picks the exporter's variant beside the model (``model.int8.onnx`` …); ``threads``
-    is ONNX Runtime's intra-op thread count and ``spinning`` its intra-op spinning; ``aspect``
-    overrides the recorded aspect policy exactly as ``MASK_ASPECT`` does for the REST service. None
-    keeps ``MASK_PRECISION`` / ``MASK_THREADS`` / ``MASK_ORT_SPINNING`` / ``MASK_ASPECT`` / the defaults.
-    """
-    from serving.predictor import Predictor
-    from serving.settings import Settings
-
-    backend = "torch" if model.endswith(".pt") else "onnx"
-    settings = Settings.from_env()
-    changes = {"precision": precision, "threads": threads, "ort_spinning": spinning, "aspect": aspect}
-    settings = settings.replace(**{k: v for k, v in changes.items() if v is not None})
-    return Predictor(model, backend=backend, settings=settings)
 
 
 def _positive(text: str) -> int:
@@ -78,9 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", metavar="ANSWERS_CSV",
                    help="answers CSV (ImageID,ans): print macro F1, accuracy, per-head F1 and write "
                         "OUT.confusion.png")
-    p.add_argument("--batch-size", type=_positive, default=64, help="images per model call (default %(default)s)")
-    p.add_argument("--workers", type=_positive, default=default_workers(),
-                   help="parallel decode workers (default: one per CPU core, at most 8: %(default)s)")
+    p.add_argument("--batch-size", type=_positive, default=JOB_DEFAULTS.batch_size,
+                   help="images per model call (default %(default)s)")
+    p.add_argument("--workers", type=_positive, default=JOB_DEFAULTS.workers(),
+                   help=f"parallel decode workers (default: one per CPU core, at most {JOB_DEFAULTS.max_workers}: "
+                        "%(default)s)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="ONNX Runtime intra-op threads (0: one per physical core); default: $MASK_THREADS or 0. "
                         "Decode workers and these threads share the cores: docs/benchmarks.md, thread budget")
@@ -88,12 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let ONNX Runtime's threads spin between ops; default: $MASK_ORT_SPINNING or off "
                         "(spinning takes CPU from the decode workers)")
     p.add_argument("--decode-nice", type=int, default=None, metavar="N",
-                   help="run the decode workers N nice steps below the model (0-19; 0: same priority) so "
+                   help=f"run the decode workers N nice steps below the model (0-{MAX_NICE}; 0: same priority) so "
                         "decoding fills the model's idle gaps instead of preempting its threads; default: "
-                        "$MASK_DECODE_NICE or 10 (Linux; elsewhere ignored)")
-    p.add_argument("--worker-kind", choices=["thread", "process"], default="thread",
-                   help="decode in threads (default; PIL releases the GIL) or processes")
-    p.add_argument("--on-error", choices=["fail", "skip"], default="fail",
+                        f"$MASK_DECODE_NICE or {Settings.model_fields['decode_nice'].default} (Linux; elsewhere ignored)")
+    p.add_argument("--worker-kind", choices=["thread", "process"], default=JOB_DEFAULTS.worker_kind,
+                   help="decode in threads (PIL releases the GIL) or processes (default %(default)s)")
+    p.add_argument("--on-error", choices=["fail", "skip"], default=JOB_DEFAULTS.on_error,
                    help="missing or unreadable images: fail before/at inference, or mark them -1 and list them "
                         "in OUT.errors.csv")
     p.add_argument("--resume", action="store_true",
@@ -160,6 +142,7 @@ def write_class_report(result, labels_csv, out) -> Path:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from serving.predictor import load_predictor
     from serving.submission import run_submission
 
     shard = Shard.parse(args.shard) if args.shard else None
@@ -173,10 +156,10 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError("--probs-dir needs --engine ray; the local engine writes --probs FILE")
     if args.threads is not None and args.threads < 0:
         raise ValueError(f"--threads must be 0 (one per core) or more, got {args.threads}")
-    if args.decode_nice is not None and not 0 <= args.decode_nice <= MAX_NICE:
-        raise ValueError(f"--decode-nice must be 0..{MAX_NICE}, got {args.decode_nice}")
+    if args.decode_nice is not None:
+        check_nice(args.decode_nice, "--decode-nice")
     spinning = None if args.ort_spinning is None else args.ort_spinning == "on"
-    predictor = load_predictor(args.model, args.precision, threads=args.threads, spinning=spinning,
+    predictor = load_predictor(args.model, args.precision, threads=args.threads, ort_spinning=spinning,
                                aspect=args.aspect)
     log.info("model %s (%s, %s) on %s", args.model, predictor.metadata.arch,
              "x".join(map(str, predictor.input_shape[:2])), predictor.provider)

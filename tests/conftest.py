@@ -72,18 +72,15 @@ SERVICE_LIMITS = {"MASK_MAX_UPLOAD_BYTES": "300000", "MASK_MAX_PIXELS": "4000000
 
 @pytest.fixture(scope="session")
 def service_module(onnx_model):
-    """serving.service imported once per session with the test model and small limits (it reads MASK_* at
-    import). Once: a second import or a second ASGI app registers BentoML's metrics twice
+    """serving.service with the test model and small limits in the environment for the session: the
+    service reads MASK_* when it starts and the guard when the app is built, not at import. One ASGI
+    app per process (the ``client`` fixture): a second one registers BentoML's metrics twice
     (prometheus DuplicateTimeseries)."""
-    saved = {k: sys.modules.pop(k) for k in list(sys.modules) if k == "serving.service"}
     env = {"MASK_MODEL": str(onnx_model), **SERVICE_LIMITS}
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():
             mp.setenv(k, v)
-        module = importlib.import_module("serving.service")
-        yield module
-    sys.modules.pop("serving.service", None)
-    sys.modules.update(saved)
+        yield importlib.import_module("serving.service")
 
 
 @pytest.fixture(scope="session")

@@ -85,7 +85,7 @@ def test_archive_job_equals_folder_run(kind, job, predictor, tmp_path):
 
 def test_only_named_members_are_written(tmp_path):
     archive = make_zip(tmp_path / "a.zip", {"a.jpg": JPEG, "b.jpg": JPEG, "sub/c.jpg": JPEG, "x.txt": b"x"})
-    found = extract_images(archive, ["a.jpg", "sub/c.jpg"], tmp_path / "out")
+    found = extract_images(archive, ["a.jpg", "sub/c.jpg"], tmp_path / "out", limits())
     assert sorted(found) == ["a.jpg", "sub/c.jpg"], found
     written = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file())
     assert written == ["a.jpg", "sub/c.jpg"], f"unrequested members were written: {written}"
@@ -106,7 +106,7 @@ def test_unsafe_archives_are_refused(kind, build, reason, tmp_path):
     archive = build(tmp_path / f"bad.{kind}")
     dest = tmp_path / "dest"
     with pytest.raises(ValueError, match=reason):
-        extract_images(archive, ["a.jpg", "b.jpg"], dest)
+        extract_images(archive, ["a.jpg", "b.jpg"], dest, limits())
     outside = [p for p in tmp_path.rglob("*") if p.name in ("evil.jpg", "abs.jpg")]
     assert outside == [], f"an escaping member was written: {outside}"
 
@@ -137,11 +137,11 @@ def test_archive_limits_follow_the_service_settings(tmp_path):
     s = Settings.from_env({"MASK_MAX_UPLOAD_BYTES": "2000000", "MASK_MAX_ARCHIVE_TOTAL_BYTES": "9000000",
                            "MASK_MAX_ARCHIVE_MEMBERS": "7"})
     assert s.archive_limits == ArchiveLimits(max_members=7, max_total_bytes=9_000_000, max_member_bytes=2_000_000)
-    default = ArchiveLimits.default()
+    default = limits()
     assert default.max_member_bytes == Settings.from_env({}).max_upload_bytes, default
     big = make_zip(tmp_path / "big.zip", {"a.jpg": bytes(Settings.from_env({}).max_upload_bytes + 1)})
     with pytest.raises(ArchiveTooLarge, match="over the limit"):
-        extract_images(big, ["a.jpg"], tmp_path / "d")   # the library default is the settings' default
+        extract_images(big, ["a.jpg"], tmp_path / "d", default)
 
 
 @pytest.mark.parametrize("kind", ["zip", "tar.gz"])
@@ -150,7 +150,7 @@ def test_dot_slash_image_ids_resolve(kind, tmp_path, job, predictor):
     _, images = job
     first = next(iter(images))
     archive = (make_zip if kind == "zip" else make_tar)(tmp_path / f"a.{kind}", {first: images[first]})
-    found = extract_images(archive, [f"./{first}"], tmp_path / "d")
+    found = extract_images(archive, [f"./{first}"], tmp_path / "d", limits())
     assert list(found) == [f"./{first}"] and found[f"./{first}"].read_bytes() == images[first], found
     out = run_archive_job(predictor, f"ImageID,ans\n./{first},0\n".encode(), archive, tmp_path / "w")
     assert out.decode().splitlines()[1].startswith(f"./{first},"), out
@@ -194,4 +194,4 @@ def test_truncated_archive_is_a_clear_error(kind, job, tmp_path):
     cut = tmp_path / f"cut.{kind}"
     cut.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
     with pytest.raises(ValueError, match="corrupt|not a|neither"):
-        extract_images(cut, list(images), tmp_path / "dest")
+        extract_images(cut, list(images), tmp_path / "dest", limits())

@@ -200,7 +200,9 @@ def test_every_body_route_refuses_an_oversize_body(client, service_module):
     """BentoML has no request-size limit of its own: every POST/PUT route, listed or not, gets one."""
     from serving.guard import body_limits
 
-    settings = service_module.SETTINGS
+    from serving.settings import get_settings
+
+    settings = get_settings()   # what the app was built with: the session's MASK_* environment
     routes = body_routes(client)
     expected = {("POST", p) for p in ("/infer", "/model", "/predict", "/predict_batch", "/submission",
                                       "/submission/submit", "/submission/retry")} | {("PUT", "/submission/cancel")}
@@ -236,7 +238,7 @@ def test_status_comes_from_the_error_type_not_its_words(service_module, tmp_path
     """An ImageError whose message says "over the limit" is still a 400; an ImageTooLarge that
     does not say so is still a 413."""
     from maskdata.preprocess import ImageError, ImageTooLarge
-    from serving.guard import BadRequest, PayloadTooLarge
+    from serving.errors import BadRequest, PayloadTooLarge
 
     svc = service_module.MaskClassifier()
     upload = tmp_path / "a.jpg"

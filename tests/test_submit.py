@@ -294,7 +294,7 @@ def test_precision_int8_runs_the_int8_sibling(onnx_model, eval_dir, predictor, t
     rc = main(["--info", str(info), "--images", str(eval_dir / "images"), "--out", str(out),
                "--model", str(model), "--precision", "int8", "--no-progress"])
     assert rc == 0, "the INT8 run failed"
-    from serving.submit import load_predictor
+    from serving.predictor import load_predictor
 
     loaded = load_predictor(str(model), "int8")
     assert loaded.metadata.precision == "int8", f"expected the INT8 file, got {loaded.metadata.precision}"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from serving.predictor import SPINNING_KEY
-from serving.submit import build_parser, load_predictor, main
+from serving.predictor import load_predictor
+from serving.submit import build_parser, main
 
 
 def _session_options(predictor):
@@ -14,7 +15,7 @@ def _session_options(predictor):
 
 @pytest.mark.parametrize("threads,spinning", [(1, False), (2, True), (3, False)])
 def test_threads_and_spinning_reach_the_session(onnx_model, threads, spinning):
-    opts = _session_options(load_predictor(str(onnx_model), threads=threads, spinning=spinning))
+    opts = _session_options(load_predictor(str(onnx_model), threads=threads, ort_spinning=spinning))
     assert opts.intra_op_num_threads == threads, f"asked {threads} intra-op threads, ORT has {opts.intra_op_num_threads}"
     assert opts.get_session_config_entry(SPINNING_KEY) == ("1" if spinning else "0"), \
         f"spinning {spinning} did not reach {SPINNING_KEY}"
@@ -26,7 +27,7 @@ def test_environment_is_the_default_and_flags_win(onnx_model, monkeypatch):
     opts = _session_options(load_predictor(str(onnx_model)))
     assert (opts.intra_op_num_threads, opts.get_session_config_entry(SPINNING_KEY)) == (1, "1"), \
         "MASK_THREADS / MASK_ORT_SPINNING were not applied"
-    opts = _session_options(load_predictor(str(onnx_model), threads=2, spinning=False))
+    opts = _session_options(load_predictor(str(onnx_model), threads=2, ort_spinning=False))
     assert (opts.intra_op_num_threads, opts.get_session_config_entry(SPINNING_KEY)) == (2, "0"), \
         "explicit arguments must override the environment"
 
@@ -92,18 +93,50 @@ def test_decode_workers_run_nicer_than_the_caller_and_only_they(nice):
     assert os.getpriority(os.PRIO_PROCESS, 0) == before, "lowering a decode worker changed the caller's priority"
 
 
-def test_decode_nice_default_comes_from_the_settings(monkeypatch):
-    from serving.settings import Settings
-    from serving.submission import SubmitOptions, _decode_nice
+def _decode_priorities(monkeypatch, predictor, synth_root, out, **options) -> set[int]:
+    """Run the batch job; the priorities of the threads that ran the model's own preprocessing."""
+    import os
+    import threading
 
+    from maskdata.preprocess import Preprocess
+    from serving.submission import run_submission
+
+    seen: set[int] = set()
+    real = Preprocess.__call__
+
+    def recording(self, *args, **kwargs):
+        seen.add(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Preprocess, "__call__", recording)
+    run_submission(predictor, synth_root / "eval" / "info.csv", synth_root / "eval" / "images", out,
+                   progress=False, workers=1, **options)
+    return seen
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_decode_nice_default_comes_from_the_settings(onnx_model, synth_root, tmp_path, monkeypatch):
+    """The decode workers run MASK_DECODE_NICE (default 10) steps below the caller; an explicit
+    decode_nice wins; a bad MASK_DECODE_NICE fails before any output exists."""
+    import os
+
+    from serving.settings import Settings
+
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    predictor = load_predictor(str(onnx_model))
     monkeypatch.delenv("MASK_DECODE_NICE", raising=False)
-    assert _decode_nice(SubmitOptions()) == Settings.model_fields["decode_nice"].default == 10
+    default = Settings.model_fields["decode_nice"].default
+    got = _decode_priorities(monkeypatch, predictor, synth_root, tmp_path / "a.csv")
+    assert got == {min(19, base + default)}, f"default: decode ran at {got}, caller at {base}"
     monkeypatch.setenv("MASK_DECODE_NICE", "3")
-    assert _decode_nice(SubmitOptions()) == 3, "MASK_DECODE_NICE is the default"
-    assert _decode_nice(SubmitOptions(decode_nice=0)) == 0, "an explicit value wins over the environment"
+    got = _decode_priorities(monkeypatch, predictor, synth_root, tmp_path / "b.csv")
+    assert got == {min(19, base + 3)}, f"MASK_DECODE_NICE=3: decode ran at {got}, caller at {base}"
+    got = _decode_priorities(monkeypatch, predictor, synth_root, tmp_path / "c.csv", decode_nice=0)
+    assert got == {base}, f"decode_nice=0 must win over the environment: decode ran at {got}, caller at {base}"
     monkeypatch.setenv("MASK_DECODE_NICE", "40")
     with pytest.raises(ValueError, match="MASK_DECODE_NICE=40 must be at most 19"):
-        _decode_nice(SubmitOptions())
+        _decode_priorities(monkeypatch, predictor, synth_root, tmp_path / "d.csv")
+    assert not (tmp_path / "d.csv").exists() and not (tmp_path / "d.csv.journal").exists(), "output before the check"
 
 
 def test_decode_nice_reaches_the_pipeline(onnx_model, synth_root, tmp_path, monkeypatch):
