@@ -29,7 +29,6 @@ import copy
 import csv
 import io
 import json
-import multiprocessing
 import sys
 import time
 from collections import defaultdict
@@ -40,14 +39,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from maskdata.io import atomic_path, read_csv
+from maskdata.io import atomic_path, cpu_workers, read_csv
 
 BATCH_SIZE = 1000   # the starter inference.py's --batch_size default
-
-
-def default_workers() -> int:
-    """The starter's ``num_workers=multiprocessing.cpu_count() // 2``."""
-    return multiprocessing.cpu_count() // 2
 
 
 class TestDataset(Dataset):
@@ -100,7 +94,7 @@ def inference(model: torch.nn.Module, info_csv: Path, images_dir: Path, out_csv:
     rows, img_paths = _paths(info_csv, images_dir)
     dataset = TestDataset(img_paths, (preprocess.height, preprocess.width), preprocess.mean, preprocess.std)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False,
-                        num_workers=default_workers() if num_workers is None else num_workers,
+                        num_workers=cpu_workers(share=0.5) if num_workers is None else num_workers,
                         pin_memory=torch.cuda.is_available())
     model.eval()
     preds: list[int] = []
@@ -165,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
                    help=f"DataLoader batch size (default: {BATCH_SIZE}, the starter's)")
     p.add_argument("--num-workers", type=int, default=None,
-                   help=f"DataLoader worker processes (default: cpu_count() // 2 = {default_workers()}, the starter's)")
+                   help=f"DataLoader worker processes (default: cpu_count() // 2 = {cpu_workers(share=0.5)}, the starter's)")
     p.add_argument("--stages", type=int, metavar="N",
                    help="instead: time each stage serially over the first N images and print them")
     args = p.parse_args(argv)

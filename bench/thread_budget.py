@@ -94,12 +94,12 @@ def busy_cores(n: int):
 def _sweep(model: Path, data: Path, work: Path, key: str, values, args_for, label: str) -> list[dict]:
     """One mask-submit run per value of one knob at the defaults (workers per core, ORT's own thread
     count, no spinning); ``args_for(value)`` gives the mask-submit flags."""
-    from serving.submission import default_workers
+    from serving.settings import JOB_DEFAULTS
 
     rows = []
     for value in values:
         r = run_submit(model, data, work / "tb.csv", args_for(value))
-        r.update({key: value, "workers": default_workers(), "threads": 0, "spinning": "off"})
+        r.update({key: value, "workers": JOB_DEFAULTS.workers(), "threads": 0, "spinning": "off"})
         log.info("%s %s %s: %.1f img/s (loop %.1f)", model.name, label, value, r["img_per_s"], r["loop_img_per_s"] or 0)
         rows.append(r)
     return rows
@@ -108,8 +108,7 @@ def _sweep(model: Path, data: Path, work: Path, key: str, values, args_for, labe
 def bench_model(model: Path, data: Path, work: Path, grid: dict, batch_sizes: tuple[int, ...] = BATCH_SIZES,
                 nices: tuple[int, ...] = NICES, contention: int = 0) -> dict:
     from bench.batch_job import read_ans
-    from serving.settings import Settings
-    from serving.submission import default_workers
+    from serving.settings import JOB_DEFAULTS, Settings
 
     ids = list(read_ans(data / "info.csv"))
     paths = [data / "images" / i for i in ids]
@@ -124,7 +123,7 @@ def bench_model(model: Path, data: Path, work: Path, grid: dict, batch_sizes: tu
         log.info("%s workers=%d threads=%d spinning=%s: %.1f img/s (loop %.1f)", model.name, workers, threads,
                  spin, r["img_per_s"], r["loop_img_per_s"] or 0)
         rows.append(r)
-    workers = default_workers()
+    workers = JOB_DEFAULTS.workers()
     batch_rows = _sweep(model, data, work, "batch_size", batch_sizes,
                         lambda bs: submit_args(workers, 0, "off", bs, nice=grid_nice), "batch size")
     nice_rows = _sweep(model, data, work, "decode_nice", nices,

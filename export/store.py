@@ -19,12 +19,11 @@ import os
 import shutil
 from pathlib import Path
 
-from maskdata.artifact import STORE_NAME, ModelMetadata, read_metadata
+from maskdata.artifact import MODEL_FILE, STORE_NAME, ModelMetadata, read_metadata, variant_path
 
 log = logging.getLogger(__name__)
 
 DEFAULT_NAME = STORE_NAME
-MODEL_FILE = "model.onnx"
 
 
 def store_labels(meta: ModelMetadata) -> dict[str, str]:
@@ -60,7 +59,7 @@ def import_to_store(onnx_path: str | os.PathLike, tag: str = DEFAULT_NAME,
     for precision, path in variants.items():
         if not path.is_file():
             raise FileNotFoundError(f"{precision} variant not found: {path}")
-    files = {precision: MODEL_FILE.replace(".onnx", f".{precision}.onnx") for precision in variants}
+    files = {precision: variant_path(MODEL_FILE, precision).name for precision in variants}
     try:
         with bentoml.models.create(tag, labels=store_labels(meta), metadata=store_metadata(meta, files)) as model:
             shutil.copyfile(onnx_path, Path(model.path) / MODEL_FILE)
@@ -83,7 +82,7 @@ def model_file(tag: str = f"{DEFAULT_NAME}:latest", precision: str = "fp32") -> 
         model = bentoml.models.get(tag)
     except NotFound as e:
         raise FileNotFoundError(f"no model {tag!r} in the BentoML model store: {str(e).splitlines()[0]}") from None
-    name = MODEL_FILE if precision == "fp32" else MODEL_FILE.replace(".onnx", f".{precision}.onnx")
+    name = variant_path(MODEL_FILE, precision).name
     path = Path(model.path_of(name))
     if not path.is_file():
         raise FileNotFoundError(f"store model {model.tag} has no {name}")

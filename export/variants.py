@@ -21,7 +21,7 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
 from maskdata import metrics
-from maskdata.artifact import INPUT_NAME, read_metadata
+from maskdata.artifact import INPUT_NAME, read_metadata, variant_path  # noqa: F401  (variant_path: export's callers)
 
 from export.graph import save_checked, set_metadata
 from export.parity import compare, onnx_probs, onnx_session
@@ -34,12 +34,6 @@ log = logging.getLogger(__name__)
 # measurable speed cost (docs/benchmarks.md, INT8 calibration).
 INT8_OP_TYPES = ("Conv", "Gemm", "MatMul")
 HEAD_OP_TYPES = ("Gemm", "MatMul")
-
-
-def variant_path(path: str | os.PathLike, precision: str) -> Path:
-    """``model.onnx`` → ``model.fp16.onnx`` / ``model.int8.onnx``."""
-    path = Path(path)
-    return path.with_name(f"{path.stem}.{precision}{path.suffix or '.onnx'}")
 
 
 def _load(path):

@@ -22,6 +22,17 @@ INPUT_NAME = "image"
 OUTPUT_NAMES = ("logits", "probs")
 # The BentoML model-store name, defined once here (torch-free, so export, serving and demo share it)
 STORE_NAME = "mask-classifier"
+# The ONNX file inside a model folder / store model; its precision variants sit beside it
+# (model.fp16.onnx, model.int8.onnx: variant_path). Export writes these names, serving reads them.
+MODEL_FILE = "model.onnx"
+
+
+def variant_path(path: str | Path, precision: str) -> Path:
+    """``model.onnx`` → ``model.fp16.onnx`` / ``model.int8.onnx`` (``fp32``: the file itself)."""
+    path = Path(path)
+    if precision == "fp32":
+        return path
+    return path.with_name(f"{path.stem}.{precision}{path.suffix or '.onnx'}")
 
 
 @dataclass(frozen=True)

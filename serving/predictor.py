@@ -30,13 +30,12 @@ import numpy as np
 from PIL import Image
 
 from maskdata import labels
-from maskdata.artifact import STORE_NAME, ModelMetadata
+from maskdata.artifact import MODEL_FILE, STORE_NAME, ModelMetadata, variant_path
 from maskdata.preprocess import ImageError, ImageTooLarge, Preprocess  # noqa: F401  (errors re-exported for callers)
 from serving.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.onnx"
 SPINNING_KEY = "session.intra_op.allow_spinning"   # ORT's documented session config key
 CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 
@@ -107,9 +106,9 @@ def choose_variant(path: Path, precision: str, gpu: bool) -> Path:
         raise ValueError("precision bf16 runs on the PyTorch backend: pass the .pt checkpoint as the model "
                          "(ONNX Runtime's CPU provider has no bf16 path here)")
     if precision in ("auto", "fp32"):
-        sibling = path.with_name(f"{path.stem}.fp16{path.suffix}")
+        sibling = variant_path(path, "fp16")
         return sibling if precision == "auto" and gpu and sibling.is_file() else path
-    sibling = path.with_name(f"{path.stem}.{precision}{path.suffix}")
+    sibling = variant_path(path, precision)
     if not sibling.is_file():
         raise FileNotFoundError(f"no {precision} variant beside {path} (expected {sibling.name}; "
                                 f"export it with mask-export --{precision})")

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from maskdata import labels
+from serving.settings import Settings
 
 _EXAMPLE_PREDICTION = {
     "class": 4,
@@ -59,6 +60,11 @@ class ErrorBody(BaseModel):
     status: int
 
 
+# the limits GET /model's documented example shows, at their defaults (serving/settings.py)
+EXAMPLE_LIMITS = ("max_upload_bytes", "max_pixels", "max_files", "batching", "max_batch_size", "batch_wait_ms",
+                  "max_queue", "max_archive_bytes")
+
+
 class ModelInfo(BaseModel):
     """``GET /model``: what is being served and where it runs."""
 
@@ -75,8 +81,7 @@ class ModelInfo(BaseModel):
         "labels": [{"index": 0, "mask": "wear", "gender": "male", "age": "<30"}],
         "age_bins": [30, 60], "metrics": {"f1": 0.81, "acc": 0.9}, "sources": [], "tta": [],
         "exported_at": "2026-11-27T10:00:00Z", "producer_version": "0.1.0", "format_version": 2,
-        "limits": {"max_upload_bytes": 10485760, "max_pixels": 40000000, "max_files": 64,
-                   "batching": True, "max_batch_size": 32, "batch_wait_ms": 2, "max_queue": 256, "max_archive_bytes": 2147483648},
+        "limits": {k: Settings.model_fields[k].default for k in EXAMPLE_LIMITS},
     }})
 
     source: str = Field(description="model tag or file the service loaded")

@@ -42,7 +42,7 @@ import numpy as np
 from PIL import Image
 from starlette.responses import JSONResponse, Response
 
-from maskdata.artifact import STORE_NAME
+from maskdata.artifact import MODEL_FILE, STORE_NAME
 from maskdata.preprocess import ImageError
 from serving import monitoring, ui
 from serving.archive import ArchiveError
@@ -51,7 +51,7 @@ from serving.explain import Explainer, ExplainUnavailable, availability
 from serving.errors import (BadRequest, ClientClosed, PayloadTooLarge, RequestError, ServiceBusy, error_response,
                             status_of)
 from serving.guard import MULTIPART_FIELDS, RequestGuard, body_limits
-from serving.predictor import MODEL_FILE, Predictor
+from serving.predictor import Predictor
 from serving.schemas import ModelInfo, Prediction
 from serving.settings import Settings, get_settings
 
@@ -117,8 +117,9 @@ class MaskClassifier:
         """``settings``: the environment's when the service starts (:func:`get_settings`)."""
         self.settings = settings or get_settings()
         declared = _store_model(self.settings)
-        if declared is not None and self.model_ref is not None and declared.tag == self.model_ref.tag:
-            declared = self.model_ref   # the model `bentoml build` packaged with this class
+        packaged = type(self).model_ref   # on the class: the declaration, not the resolved model
+        if declared is not None and packaged is not None and declared.tag == packaged.tag:
+            declared = packaged           # the model `bentoml build` packaged with this class
         if declared is not None:
             if declared.stored is None:
                 raise FileNotFoundError(
@@ -126,14 +127,14 @@ class MaskClassifier:
                     "build the demo model with `make demo-model`, import one with "
                     f"`mask-export ... --bento-tag {STORE_NAME}`, "
                     "or set MASK_MODEL=path/to/model.onnx")
-            source = declared.path_of(MODEL_FILE)
+            stored = declared.resolve()
+            source, name = stored.path_of(MODEL_FILE), str(stored.tag)
         else:
-            source = self.settings.model_source
+            source = name = self.settings.model_source
         self._batched, self._batched_loop = None, None
         # Predictor warms up before __init__ returns, so /readyz only turns 200 after a real inference.
         self.predictor = Predictor(source, settings=self.settings)
-        if declared is not None:
-            self.predictor.source = str(declared.tag)
+        self.predictor.source = name
         log.info("serving %s on %s", self.predictor.source, self.predictor.provider)
 
     # --- model calls ------------------------------------------------------------------------

@@ -8,18 +8,14 @@ checkpoint's ``config`` hold; ``config_yaml(cfg)`` writes the same run as ``--co
 """
 from __future__ import annotations
 
-import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
+
+from maskdata.io import cpu_workers
 
 
 def _f(default=None, help: str = "", factory=None):
     meta = {"help": help}
     return field(default_factory=factory, metadata=meta) if factory else field(default=default, metadata=meta)
-
-
-def default_workers() -> int:
-    """CPUs − 1, at most 4 (0 = load in the training process)."""
-    return min(4, max(0, (os.cpu_count() or 1) - 1))
 
 
 @dataclass(frozen=True)
@@ -34,7 +30,8 @@ class DataConfig:
     oversample: int = _f(1, "repeat rarer-than-median classes N times (1 = off)")
     age_bins: tuple[int, int] = _f((30, 60), "training-target age thresholds (val always uses 30,60)")
     batch_size: int = _f(32, "per process")
-    workers: int = _f(help="DataLoader worker processes (default: CPUs - 1, at most 4)", factory=default_workers)
+    workers: int = _f(help="DataLoader worker processes (default: CPUs - 1, at most 4)",
+                      factory=lambda: cpu_workers(reserve=1, at_most=4))
     cache: bool = _f(True, "keep decoded eval-size images in memory across epochs")
     strict: bool = _f(False, "fail on any data-layout problem instead of skipping")
     mean: tuple[float, float, float] | None = _f(None, "normalisation mean (default: ImageNet, or the pretrained weights' own)")
