@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import common
+from serving.settings import JOB_DEFAULTS
 
 log = logging.getLogger(__name__)
 
@@ -169,37 +170,38 @@ def _display(cmd: list[str]) -> str:
 
 # ----------------------------------------------------------------------------- stage breakdowns
 
-def product_stages(onnx_path: Path, paths: list[Path], out_csv: Path, batch_size: int = 64) -> dict[str, float]:
-    """mask-submit's per-image work done serially in this process, each stage timed (seconds per stage)."""
-    from maskdata.io import atomic_path
-    from maskdata.preprocess import open_image
+def product_stages(onnx_path: Path, paths: list[Path], out_csv: Path,
+                   batch_size: int = JOB_DEFAULTS.batch_size) -> dict[str, float]:
+    """mask-submit's per-image work done serially in this process, each stage timed (seconds per
+    stage) through the product's own entry points: ``Preprocess.decode`` and ``Preprocess.resize``
+    (what the decode workers run, as two halves), ``Predictor.infer`` and the job's writer."""
+    from serving.job import write_outputs
     from serving.predictor import Predictor
 
     predictor = Predictor(onnx_path)
-    pre = predictor.preprocess
+    pre, max_pixels = predictor.preprocess, predictor.settings.max_pixels
     t = dict.fromkeys(("read", "decode", "resize", "infer", "write"), 0.0)
-    preds: list[int] = []
+    probs: list[np.ndarray] = []
     for start in range(0, len(paths), batch_size):
         arrays = []
         for p in paths[start:start + batch_size]:
             t0 = time.perf_counter()
             data = p.read_bytes()
             t1 = time.perf_counter()
-            img = open_image(data, draft_size=pre.draft_size)
+            img, source_size = pre.decode(data, max_pixels)
             t2 = time.perf_counter()
-            arrays.append(pre.resize(img))
+            arrays.append(pre.resize(img, source_size))
             t3 = time.perf_counter()
             t["read"] += t1 - t0
             t["decode"] += t2 - t1
             t["resize"] += t3 - t2
         t0 = time.perf_counter()
-        preds.extend(predictor.infer(np.stack(arrays)).argmax(axis=1).tolist())
+        probs.append(predictor.infer(np.stack(arrays)))
         t["infer"] += time.perf_counter() - t0
+    p_all = np.concatenate(probs)
     t0 = time.perf_counter()
-    with atomic_path(out_csv) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["ImageID", "ans"])
-        w.writerows([p.name, c] for p, c in zip(paths, preds))
+    write_outputs(out_csv, ["ImageID", "ans"], [{"ImageID": p.name} for p in paths], p_all.argmax(axis=1), p_all,
+                  {}, None, out_csv.with_name(out_csv.name + ".errors.csv"))
     t["write"] = time.perf_counter() - t0
     return t
 
@@ -243,8 +245,8 @@ def variants(onnx_path: Path) -> list[tuple[str, Path, dict]]:
     return out
 
 
-def decode_ceiling(onnx_path: Path, paths: list[Path], threads: int = 2) -> float:
-    """img/s of read + draft decode + resize alone, in ``threads`` threads (2 = all cores here)."""
+def decode_ceiling(onnx_path: Path, paths: list[Path], threads: int) -> float:
+    """img/s of read + decode + resize alone (the model's own preprocessing), in ``threads`` threads."""
     from maskdata.artifact import read_metadata
 
     pre = read_metadata(onnx_path).preprocess
@@ -325,12 +327,12 @@ def bench_arch(cfg: JobConfig, arch: str, info: Path, images: Path, answers: Pat
     cores = os.cpu_count() or 1
     row["ceilings"] = {"infer_img_per_s": infer_ceiling(onnx_path),
                        "infer_int8_img_per_s": infer_ceiling(onnx_path.with_name("model.int8.onnx")),
-                       "decode_img_per_s_2_threads": decode_ceiling(onnx_path, all_paths, threads=cores),
+                       "decode_img_per_s_all_cores": decode_ceiling(onnx_path, all_paths, threads=cores),
                        "decode_img_per_s_1_thread": decode_ceiling(onnx_path, all_paths, threads=1),
                        "cores": cores}
     c = row["ceilings"]
-    c["combined_img_per_s"] = combined(c["infer_img_per_s"], c["decode_img_per_s_2_threads"])
-    c["combined_int8_img_per_s"] = combined(c["infer_int8_img_per_s"], c["decode_img_per_s_2_threads"])
+    c["combined_img_per_s"] = combined(c["infer_img_per_s"], c["decode_img_per_s_all_cores"])
+    c["combined_int8_img_per_s"] = combined(c["infer_int8_img_per_s"], c["decode_img_per_s_all_cores"])
     for key, model, change in variants(onnx_path):
         log.info("%s: mask-submit on %s", arch, model.name)
         csv_name = f"{key}.csv"
@@ -405,30 +407,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def job_config(args: argparse.Namespace) -> JobConfig:
+    """The run's configuration from the parsed flags (``--quick`` and ``--checkpoint`` applied; the
+    parsed flags themselves stay as given)."""
+    archs, epochs, stage_images, repeats = tuple(args.archs), args.epochs, args.stage_images, args.repeats
+    size = tuple(args.size)
+    if args.quick:
+        archs, epochs, stage_images, repeats = ("small_cnn",), 1, 320, 1
+    if args.checkpoint:
+        from training.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(args.checkpoint)
+        archs = (ckpt["arch"],)
+        # the row is the checkpoint's own input size (its work folder and its key in --append)
+        size = (ckpt["preprocess"]["height"], ckpt["preprocess"]["width"])
+    if epochs < 1 or stage_images < 64 or repeats < 1:
+        raise ValueError("--epochs and --repeats must be >= 1 and --stage-images >= 64")
+    return JobConfig(data=args.data, archs=archs, checkpoint=args.checkpoint, epochs=epochs,
+                     stage_images=stage_images, retrain=args.retrain, repeats=repeats, size=size,
+                     train_args=tuple(shlex.split(args.train_args)))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     common.setup_logging()
     try:
-        archs = tuple(args.archs)
-        if args.quick:
-            archs, args.epochs, args.stage_images, args.repeats = ("small_cnn",), 1, 320, 1
-        if args.checkpoint:
-            from training.checkpoint import load_checkpoint
-
-            ckpt = load_checkpoint(args.checkpoint)
-            archs = (ckpt["arch"],)
-            # the row is the checkpoint's own input size (its work folder and its key in --append)
-            args.size = [ckpt["preprocess"]["height"], ckpt["preprocess"]["width"]]
-        if args.epochs < 1 or args.stage_images < 64 or args.repeats < 1:
-            raise ValueError("--epochs and --repeats must be >= 1 and --stage-images >= 64")
-        cfg = JobConfig(data=args.data, archs=archs, checkpoint=args.checkpoint, epochs=args.epochs,
-                        stage_images=args.stage_images, retrain=args.retrain, repeats=args.repeats,
-                        size=tuple(args.size), train_args=tuple(shlex.split(args.train_args)))
+        cfg = job_config(args)
         info, images, answers = ensure_data(cfg)
         started = common.utc_now()
         runs = []
         with common.CpuMonitor() as monitor:
-            for arch in archs:
+            for arch in cfg.archs:
                 with common.CpuMonitor() as row_monitor:  # per row: --append merges rows of other runs
                     row = bench_arch(cfg, arch, info, images, answers)
                 row["cpu_monitor"] = row_monitor.summary

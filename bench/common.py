@@ -283,7 +283,8 @@ def run_part(body: Callable[[], None], no_report: bool = False) -> int:
 
 
 def render_docs() -> None:
-    """Re-render docs/benchmarks.md from whatever results exist (each script calls this last)."""
-    from bench import report
-
-    report.main([])
+    """Re-render docs/benchmarks.md from whatever results exist (each script calls this last), as
+    ``python -m bench.report`` in a child process: the report builds on this module, not the reverse."""
+    rc = subprocess.run([sys.executable, "-m", "bench.report"], cwd=REPO_ROOT).returncode
+    if rc != 0:
+        raise RuntimeError(f"python -m bench.report exited {rc}; docs/benchmarks.md was not re-rendered")

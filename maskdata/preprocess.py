@@ -117,7 +117,12 @@ class Preprocess:
                 -(-source_size[1] * ch * self.draft_scale // (bottom - top)))
 
     def __call__(self, source, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-        """Image file path, bytes or PIL image → (H, W, 3) uint8 array."""
+        """Image file path, bytes or PIL image → (H, W, 3) uint8 array: :meth:`decode`, then :meth:`resize`."""
+        return self.resize(*self.decode(source, max_pixels))
+
+    def decode(self, source, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, tuple[int, int]]:
+        """The decoding half of :meth:`__call__`: (upright RGB image, its full-resolution (width, height)).
+        A JPEG is draft-decoded as small as this crop, aspect policy and output size allow."""
         seen: dict = {}
 
         def draft(upright: tuple[int, int]) -> tuple[int, int]:
@@ -127,7 +132,7 @@ class Preprocess:
             except geometry.CropError as e:
                 raise ImageError(str(e)) from None
         img = open_image(source, max_pixels=max_pixels, draft_size=draft if self.jpeg_draft else None)
-        return self.resize(img, seen.get("size"))
+        return img, seen.get("size") or img.size
 
     def resize(self, img: Image.Image, source_size: tuple[int, int] | None = None) -> np.ndarray:
         """Crop, apply the aspect policy and resize an upright RGB image; ``source_size`` is its

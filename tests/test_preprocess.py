@@ -140,3 +140,18 @@ def test_decompression_bomb_header_is_an_image_error():
     struct.pack_into(">I", data, 29, zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF)
     with pytest.raises(ImageError, match="too many pixels"):
         open_image(bytes(data))
+
+
+@pytest.mark.parametrize("kw", [{}, {"crop": "center:300,200"}, {"height": 128, "width": 128, "aspect": "crop"},
+                                {"aspect": "pad"}, {"jpeg_draft": False}, {"draft_scale": 2}])
+def test_decode_then_resize_is_the_whole_call(kw):
+    """decode and resize are the two halves the product runs (what a stage breakdown times): together
+    they give the call's pixels exactly, and the decode drafts by the crop/aspect geometry (a 384x512
+    JPEG with a 300x200 centre crop is not drafted below the crop, which a fixed draft size would do)."""
+    data = _bytes(Image.fromarray(np.random.default_rng(0).integers(0, 256, (512, 384, 3), dtype=np.uint8)), "JPEG")
+    pre = Preprocess(**{"height": 128, "width": 96, **kw})
+    img, source_size = pre.decode(data)
+    assert source_size == (384, 512), source_size
+    assert np.array_equal(pre.resize(img, source_size), pre(data)), f"{kw}: decode + resize differs from the call"
+    if kw.get("crop"):
+        assert img.size[0] >= 300 and img.size[1] >= 200, f"drafted below the crop box: {img.size}"
