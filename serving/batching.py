@@ -8,8 +8,8 @@ the next batch fills while it runs. A request whose future was cancelled (its cl
 dropped before it reaches the model. Nothing is learned from past latencies, so a burst leaves no
 trace: once it has drained, a lone request waits at most one window.
 
-BentoML's adaptive dispatcher, which this replaces, fits batch latency online; a burst's queueing
-time poisoned that fit and kept later requests waiting hundreds of milliseconds.
+Why not BentoML's own ``batchable=True`` APIs: their batching fits batch latency online, and a
+burst's queueing time poisoned that fit and kept later requests waiting hundreds of milliseconds.
 
     batcher = Batcher(predictor.infer, settings)      # one per event loop
     probs = await batcher.submit([image_a, image_b])  # -> [row_a, row_b], in order

@@ -84,7 +84,6 @@ def test_burst_batches_then_a_lone_request_waits_one_window(shipped, images):
     after = metrics(shipped)
     lone = delta(after, after_burst, "mask_batch_queue_seconds_count")
     # a loose bound tied to the window (5 ms; 20x for a shared, loaded CPU): the 100 ms bucket.
-    # BentoML's dispatcher kept lone requests ~450 ms after such a burst.
     fast = delta(after, after_burst, "mask_batch_queue_seconds_bucket{le=0.1}")
     assert lone == 5 and fast == 5, f"{fast} of {lone} lone requests queued under 100 ms after the burst: {after}"
 

@@ -395,7 +395,7 @@ def test_bad_imports(tmp_path, bento_store, onnx_model, capsys):
 def test_store_and_tests_use_bentoml_public_apis_only():
     """export/store.py and the tests reach the model store through BENTOML_HOME and bentoml.models only.
     The one internal left (the task result database for in-process task tests) is named, explained
-    and pinned in tests/test_service.py; CorkDispatcher lives in serving/batching.py, explained there."""
+    and pinned in tests/test_service.py."""
     repo = Path(__file__).resolve().parents[1]
     banned = ("_model_store", "BentoMLContainer", "_internal.models", "ModelStore(", "usage_stats")
     sources = {"export/store.py": (repo / "export" / "store.py").read_text()}

@@ -147,7 +147,7 @@ def test_get_model_and_docs(server):
 
 
 def test_concurrent_requests_are_batched_correctly(server, eval_paths, reference):
-    """Many clients at once go through adaptive batching; each still gets its own image's answer."""
+    """Many clients at once go through the dynamic batcher; each still gets its own image's answer."""
     expected = reference.predict(eval_paths)
 
     def call(i):

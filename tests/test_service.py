@@ -1,5 +1,6 @@
-"""The BentoML service in-process: the ASGI app BentoML serves (lifespan, adaptive-batching
-dispatcher, self-client) driven by Starlette's TestClient, plus the plain service class."""
+"""The BentoML service in-process: the ASGI app BentoML serves (lifespan, the request guard, the
+project's own batcher in serving/batching.py) driven by Starlette's TestClient, plus the plain
+service class."""
 from __future__ import annotations
 
 import csv
@@ -254,8 +255,8 @@ def test_status_comes_from_the_error_type_not_its_words(service_module, tmp_path
 
 
 def test_batcher_forms_batches():
-    """Concurrent submissions share model calls: fewer calls than images (a dispatcher that ran every
-    request alone would make one call per image). Also pins BentoML's internal CorkDispatcher."""
+    """Concurrent submissions share model calls: fewer calls than images (a batcher that ran every
+    request alone would make one call per image)."""
     import asyncio
     import time
 
