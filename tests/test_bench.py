@@ -8,9 +8,12 @@ bad input with exit code 2.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +22,8 @@ from PIL import Image
 
 from bench import baseline, common, loadgen, report
 from maskdata.preprocess import Preprocess
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_float_input_net_matches_masknet_on_uint8():
@@ -155,16 +160,19 @@ def test_report_marks_gpu_rows_not_measured(tmp_path):
     assert (tmp_path / "bench_throughput.png").stat().st_size > 1000, "throughput plot missing"
 
 
+def bench_cli(module: str, *argv: str) -> subprocess.CompletedProcess:
+    """``python -m bench.<module> ARGV`` from the repository root, as a user runs it."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", f"bench.{module}", *argv], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=240)
+
+
 @pytest.mark.parametrize("module", ["model_only", "batch_job", "rest", "report", "loadgen", "baseline", "eval_scale",
                                     "thread_budget", "int8_calibration", "bf16"])
-def test_every_script_has_help(module, capsys):
-    import importlib
-
-    mod = importlib.import_module(f"bench.{module}")
-    with pytest.raises(SystemExit) as e:
-        mod.main(["--help"])
-    assert e.value.code == 0, f"bench.{module} --help exited {e.value.code}"
-    assert "usage:" in capsys.readouterr().out, f"bench.{module} --help printed no usage"
+def test_every_script_has_help(module):
+    r = bench_cli(module, "--help")
+    assert r.returncode == 0, f"bench.{module} --help exited {r.returncode}: {r.stderr[-500:]}"
+    assert "usage:" in r.stdout, f"bench.{module} --help printed no usage"
 
 
 def test_bad_input_exits_2(tmp_path, capsys):
@@ -300,11 +308,9 @@ def test_append_replaces_a_remeasured_row_in_place():
     ("int8_calibration", ["--onnx", "missing.onnx", "--calibration-dir", "a", "--check-dir", "b"]),
     ("bf16", ["--checkpoint", "missing.pt", "--check-dir", "nowhere"]),
 ])
-def test_budget_scripts_refuse_missing_inputs_in_one_line(module, argv, tmp_path, capsys):
-    import importlib
-
-    mod = importlib.import_module(f"bench.{module}")
-    assert mod.main([*argv, "--out", str(tmp_path / "x.json")]) == 2, f"bench.{module}: a missing input must exit 2"
-    err = capsys.readouterr().err.strip()
+def test_budget_scripts_refuse_missing_inputs_in_one_line(module, argv, tmp_path):
+    r = bench_cli(module, *argv, "--out", str(tmp_path / "x.json"))
+    assert r.returncode == 2, f"bench.{module}: a missing input must exit 2, got {r.returncode}: {r.stderr[-500:]}"
+    err = r.stderr.strip()
     assert err.startswith("error: not found:") and "\n" not in err, f"bench.{module}: {err!r}"
     assert not (tmp_path / "x.json").exists(), f"bench.{module} wrote a result for a failed run"
