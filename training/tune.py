@@ -1,6 +1,6 @@
 """``mask-tune``: search ``mask-train`` settings with Optuna; pruned, resumable, shared by many workers.
 
-    mask-tune --space recipes/tune_age_loss.yaml --out studies/s1 --data-dir DATA/train --trials 20
+    mask-tune --space recipes/spaces/age_loss.yaml --out studies/s1 --data-dir DATA/train --trials 20
     mask-tune --space S.yaml --out studies/s1 --data-dir DATA/train --trials 20         # same again: resumes
     mask-tune --space S.yaml --out studies/cv --data-dir DATA/train --folds 5 --timeout 3600
     mask-tune --space S.yaml --out studies/s2 --storage sqlite:///studies/s2.db --create-only   # once, then
@@ -177,12 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     o, train_argv = build_parser().parse_known_args(argv)
-    study = None
+    study, training_log = None, logging.getLogger("training")
+    level = training_log.level
     try:
         check_options(o)
         log.setLevel(logging.INFO)
         if not o.verbose:   # the trainer's per-epoch lines; each trial's metrics.csv has them
-            logging.getLogger("training").setLevel(logging.WARNING)
+            training_log.setLevel(logging.WARNING)
         from training import tune_run
 
         study, ctx = tune_run.prepare(o, train_argv)
@@ -200,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if study is not None:
             tune_run.finish(study, ctx)
+        training_log.setLevel(level)
     return 0
 
 

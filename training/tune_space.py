@@ -144,10 +144,13 @@ def load_space(path: str | Path, types: dict[str, type], aliases: dict | None = 
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a mapping of mask-train --config keys to distributions, "
                          f"got {type(raw).__name__}")
-    params, fixed = [], {}
+    params, fixed, seen = [], {}, set()
     for key, spec in raw.items():
         key, spec = _unalias(str(key), spec, aliases or {})
         where = f"{path}: {key}"
+        if key in seen:
+            raise ValueError(f"{where}: given twice (under its own name and an alias)")
+        seen.add(key)
         if key in NOT_SEARCHABLE:
             raise ValueError(f"{where}: cannot be searched (it says where or how a run executes); "
                              "give it to mask-tune itself")
