@@ -248,11 +248,13 @@ def test_resume_after_kill_9_retries_the_killed_trial(synth_root, tmp_path):
     journal = str(out / "study.journal")
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:   # kill it while trial 1 trains (trial 0 done)
-        if (out / "study.journal").is_file():
-            states = {t.number: t.state.name for t in _study(journal, "study").get_trials(deepcopy=False)}
-            running = [t for t in _study(journal, "study").get_trials(deepcopy=False) if t.number == 1]
-            if states.get(0) == "COMPLETE" and states.get(1) == "RUNNING" and "run_dir" in running[0].user_attrs:
-                break
+        try:
+            trials = _study(journal, "study").get_trials(deepcopy=False)
+        except KeyError:   # the journal file exists before the study is written into it
+            trials = []
+        states = {t.number: t.state.name for t in trials}
+        if states.get(0) == "COMPLETE" and states.get(1) == "RUNNING" and "run_dir" in trials[1].user_attrs:
+            break
         assert proc.poll() is None, f"mask-tune ended early: {proc.stdout.read()[-2000:]}"
         time.sleep(0.5)
     proc.send_signal(signal.SIGKILL)
