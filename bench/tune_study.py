@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", type=Path, default=SPACE)
     p.add_argument("--sampler-seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=common.RESULTS_DIR / "tune_study.json")
+    p.add_argument("--quick", action="store_true", help="smoke run: 24 people, 3 trials of tiny_cnn, 2 epochs, 32x24")
+    p.add_argument("--no-report", action="store_true",
+                   help="accepted like the other parts (this one's figures are quoted in docs/training.md)")
     return p
 
 
@@ -94,6 +97,9 @@ def score_eval(checkpoint: Path, eval_dir: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
+    if a.quick:
+        a.people, a.eval_people, a.trials, a.epochs, a.model, a.resize = 24, 8, 3, 2, "tiny_cnn", (32, 24)
+        a.workdir = a.workdir.with_name(a.workdir.name + "-quick")
     common.setup_logging()
 
     def body() -> None:
@@ -112,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                   "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
         log.info("epochs: pruned %d, unpruned %d -> %.0f %% saved; wall %.0f s vs %.0f s", pruned["epochs_trained"],
                  full["epochs_trained"], 100 * saved, pruned["wall_s"], full["wall_s"])
-        common.save_run("tune_study", argv, started, monitor, False, {k: str(v) for k, v in vars(a).items()},
+        common.save_run("tune_study", argv, started, monitor, a.quick, {k: str(v) for k, v in vars(a).items()},
                         result, a.out)
 
     return common.run_part(body, no_report=True)

@@ -27,9 +27,9 @@ log = logging.getLogger(__name__)
 PLOTS = ("history.png", "intermediate.png", "importances.png")
 
 
-def trial_line(t: optuna.trial.FrozenTrial, epochs: int) -> str:
-    """The one line printed when a trial ends."""
-    run = t.user_attrs.get("epochs_run", 0)
+def trial_line(t: optuna.trial.FrozenTrial) -> str:
+    """The one line printed when a trial ends (epochs: over all folds)."""
+    run, epochs = t.user_attrs.get("epochs_run", 0), t.user_attrs.get("epochs_planned", "?")
     tag = " (reference)" if t.user_attrs.get("reference") else ""
     params = ", ".join(f"{k}={_short(v)}" for k, v in t.params.items())
     value = "n/a" if t.value is None else f"{t.value:.4f}"

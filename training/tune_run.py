@@ -35,7 +35,6 @@ class Context:
     space: Space
     out: Path
     storage_text: str
-    epochs: int
     started: float = field(default_factory=time.monotonic)
 
 
@@ -60,7 +59,7 @@ def prepare(o: argparse.Namespace, train_argv: list[str]) -> tuple[optuna.Study,
                              make_pruner(o), reference_params(space, base))
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "space.yaml", Path(o.space).read_text(encoding="utf-8"))
-    return study, Context(o, base, space, out, store.describe(o.storage, out), ref_cfg.train.epochs)
+    return study, Context(o, base, space, out, store.describe(o.storage, out))
 
 
 def work(study: optuna.Study, ctx: Context) -> None:
@@ -89,7 +88,7 @@ def work(study: optuna.Study, ctx: Context) -> None:
                 study.tell(trial, state=TrialState.FAIL)   # nothing trained: another worker took the last slot
                 continue
             t = run_trial(study, trial, ctx)
-            bar.write(tune_report.trial_line(t, ctx.epochs))
+            bar.write(tune_report.trial_line(t))
             tune_report.write_tables(study, ctx.out)
             failures = failures + 1 if t.state == TrialState.FAIL else 0
             if failures >= MAX_FAILURES_IN_A_ROW:
@@ -118,6 +117,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: Context) -> optuna.
     for k, v in (("run_dir", str(run_dir)), ("worker", store.worker_id()), ("epochs_run", 0)):
         trial.set_user_attr(k, v)
     cfg = ctx.base.config(values, run_dir)
+    trial.set_user_attr("epochs_planned", cfg.train.epochs * max(1, cfg.train.folds))
     epochs_run = 0
 
     def on_epoch_end(fold: int, epoch: int, row: dict) -> None:
