@@ -109,6 +109,12 @@ def test_values_mask_train_would_refuse_are_one_line_errors_before_any_training(
     assert not (out / "trials").exists() and not (out / "study.journal").exists(), "nothing may start before the checks"
 
 
+def test_an_option_neither_tool_knows_is_a_one_line_error(synth_root, tmp_path, capsys):
+    assert tune.main(_argv(synth_root, _yaml(tmp_path / "s.yaml", SPACE), tmp_path / "o", "--trails", "5")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown option '--trails'" in err[0], err
+
+
 def test_bad_storage_and_a_study_with_another_objective_are_one_line_errors(synth_root, tmp_path, capsys):
     space = _yaml(tmp_path / "s.yaml", SPACE)
     assert tune.main(_argv(synth_root, space, tmp_path / "a", "--storage", "sqlite:////no/such/dir/x.db")) == 2

@@ -57,12 +57,23 @@ def _help(name: str) -> str:
     return next(f for f in fields(TuneOptions) if f.name == name).metadata["help"]
 
 
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    def _get_help_string(self, action):
+        # a None default is explained in the help text itself
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+METAVARS = {"space": "FILE.yaml", "out": "STUDY_DIR", "trials": "N", "timeout": "S", "study": "NAME",
+            "storage": "FILE|URL", "heartbeat": "S", "stale_after": "S", "sampler_seed": "N"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="mask-tune", allow_abbrev=False,
-        formatter_class=type("F", (argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter), {}),
+        prog="mask-tune", allow_abbrev=False, formatter_class=_Formatter,
         description="Search mask-train settings with Optuna (TPE sampling, pruning at epoch boundaries). Any "
-                    "other option is a mask-train option and sets the base run (the reference trial).",
+                    "other option is a mask-train option (mask-train --help: --data-dir, --config BASE.yaml, "
+                    "--model, --epochs, --folds K ...) and sets the base run, trained first as the reference "
+                    "trial.",
         epilog="examples:\n" + __doc__.split("\n\n")[1])
     for f in fields(TuneOptions):
         flag = "--" + f.name.replace("_", "-")
@@ -72,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(flag, default=f.default, choices=PRUNERS, help=f.metadata["help"])
         else:
             kind = int if "int" in f.type else float if "float" in f.type else str
-            p.add_argument(flag, default=f.default, type=kind, help=f.metadata["help"])
+            p.add_argument(flag, default=f.default, type=kind, help=f.metadata["help"], metavar=METAVARS.get(f.name))
     return p
 
 
@@ -114,6 +125,10 @@ class Base:
         from training.yamlconfig import parse_with_config
 
         argv = [*train_argv, "--out", "-"]
+        _, unknown = train_parser().parse_known_args(argv)
+        if unknown:
+            raise ValueError(f"unknown option {unknown[0]!r}: neither a mask-tune option (mask-tune --help) "
+                             "nor a mask-train one (mask-train --help)")
         ns = parse_with_config(train_parser(), argv, csv_keys=("age_bins", "milestones", "mean", "std"),
                                aliases=CONFIG_ALIASES)
         if ns.resume:

@@ -55,7 +55,7 @@ def prepare(o: argparse.Namespace, train_argv: list[str]) -> tuple[optuna.Study,
     storage = store.open_storage(o.storage, out)
     optuna.logging.set_verbosity(optuna.logging.WARNING)   # mask-tune prints its own line per trial
     sampler = optuna.samplers.TPESampler(seed=o.sampler_seed)
-    study = store.open_study(storage, o.storage, o.study or out.resolve().name, objective_text(ref_cfg), sampler,
+    study = store.open_study(storage, store.lock_target(o.storage, out), o.study or out.resolve().name, objective_text(ref_cfg), sampler,
                              make_pruner(o), reference_params(space, base))
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "space.yaml", Path(o.space).read_text(encoding="utf-8"))

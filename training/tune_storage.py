@@ -3,7 +3,7 @@
 - Storage: a journal file (Optuna's ``JournalStorage`` on a ``JournalFileBackend``; the default is
   ``STUDY_DIR/study.journal``), or an ``sqlite:///`` / database URL (``RDBStorage``). Both are
   append-only or transactional, so a study survives Ctrl-C and ``kill -9``.
-- Creation happens once: for SQLite under an OS file lock beside the database (two processes
+- Creation happens once: under an OS file lock beside the journal or SQLite file (two processes
   creating the tables of a fresh file at the same time fail in Optuna), for other URLs with retries.
 - The trial budget is counted in the storage, not per process: a worker starts a trial only while
   finished + running trials are below ``--trials``, and a trial whose number lands past the budget
@@ -49,7 +49,7 @@ def open_storage(spec: str | None, out: Path):
     """A journal file (``spec`` None or a path) or an RDB URL; ValueError with one line if it cannot be opened."""
     if spec and "://" in spec:
         try:
-            with _creation_lock(spec):
+            with _creation_lock(lock_target(spec, out)):
                 return optuna.storages.RDBStorage(spec)
         except Exception as e:   # sqlalchemy raises its own types (bad driver, unreachable host, bad path)
             raise ValueError(f"cannot open storage {spec}: {_one_line(e)}") from None
@@ -70,19 +70,26 @@ def _one_line(e: BaseException) -> str:
     return (text[0] if text else type(e).__name__)[:300]
 
 
-@contextlib.contextmanager
-def _creation_lock(url: str):
-    """An exclusive lock beside an SQLite file while its tables and the study are created."""
+def lock_target(spec: str | None, out: Path) -> Path | None:
+    """The file whose creation must happen once: the journal file, or an SQLite database (None: a server)."""
     prefix = "sqlite:///"
-    if not url.startswith(prefix) or url == prefix + ":memory:":
+    if spec and "://" in spec:
+        return Path(spec[len(prefix):]) if spec.startswith(prefix) and spec != prefix + ":memory:" else None
+    return Path(spec) if spec else default_journal(out)
+
+
+@contextlib.contextmanager
+def _creation_lock(target: Path | None):
+    """An exclusive OS lock beside ``target`` while its tables / the study are created (None: no lock)."""
+    if target is None:
         yield
         return
     import fcntl
 
-    db = Path(url[len(prefix):])
-    if not db.parent.is_dir():
-        raise ValueError(f"folder {db.parent} does not exist")
-    with open(f"{db}.lock", "a") as fh:
+    if not target.parent.is_dir():
+        raise ValueError(f"folder {target.parent} does not exist")
+    # not "<file>.lock": Optuna's journal lock uses that name
+    with open(f"{target}.create-lock", "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -90,11 +97,11 @@ def _creation_lock(url: str):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def open_study(storage, spec: str | None, name: str, objective: str, sampler, pruner,
+def open_study(storage, lock: Path | None, name: str, objective: str, sampler, pruner,
                reference: dict) -> optuna.Study:
-    """Create the study (once, with the reference trial queued first) or load it; ValueError if a study of
-    that name exists with another objective or direction."""
-    with _creation_lock(spec or ""):
+    """Create the study (once, under ``lock``, with the reference trial queued first) or load it;
+    ValueError if a study of that name exists with another objective or direction."""
+    with _creation_lock(lock):
         for attempt in range(5):
             try:
                 study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
