@@ -289,7 +289,9 @@ def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[mode]
 
 
-def run(cfg: RunConfig, resume: Path | None = None) -> dict:
+def run(cfg: RunConfig, resume: Path | None = None, on_epoch_end=None) -> dict:
+    """Train ``cfg``; ``on_epoch_end(fold, epoch, row)`` (fold 0 without --folds) is called after every
+    epoch and may raise to stop the run there (``mask-tune`` prunes trials with it)."""
     from training.kfold import run_kfold
     from training.trainer import Env, fit
     from maskdata.io import atomic_write_text
@@ -312,9 +314,10 @@ def run(cfg: RunConfig, resume: Path | None = None) -> dict:
                 atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
                 atomic_write_text(out / "config.yaml", config_yaml(cfg))
             resume_dir = (resume if resume.is_dir() else resume.parent) if resume else None
-            return run_kfold(cfg, samples, out, env, resume_dir)
+            return run_kfold(cfg, samples, out, env, resume_dir, on_epoch_end=on_epoch_end)
         train_idx, val_idx = train_val_split(samples, cfg.data.val_fraction, cfg.train.seed)
-        result = fit(cfg, samples, train_idx, val_idx, out, env, resume=resume)
+        hook = None if on_epoch_end is None else (lambda epoch, row: on_epoch_end(0, epoch, row))
+        result = fit(cfg, samples, train_idx, val_idx, out, env, resume=resume, on_epoch_end=hook)
         return result.best
     finally:
         dist.shutdown()

@@ -1,4 +1,4 @@
-"""Console-script entry points (``mask-train``, ``mask-export``, ``python -m training``).
+"""Console-script entry points (``mask-train``, ``mask-export``, ``mask-tune``, ``python -m training``).
 
 They set process-wide settings *before* torch is first imported, then import the real CLI:
 
@@ -22,6 +22,13 @@ def prepare_process() -> None:
 def train(argv: list[str] | None = None) -> int:
     prepare_process()
     from training.cli import main
+
+    return main(argv)
+
+
+def tune(argv: list[str] | None = None) -> int:
+    prepare_process()
+    from training.tune import main
 
     return main(argv)
 

@@ -22,7 +22,9 @@ from training.trainer import Env, fit
 log = logging.getLogger(__name__)
 
 
-def run_kfold(cfg: RunConfig, samples: list[Sample], out: Path, env: Env, resume_dir: Path | None = None) -> dict:
+def run_kfold(cfg: RunConfig, samples: list[Sample], out: Path, env: Env, resume_dir: Path | None = None,
+              on_epoch_end=None) -> dict:
+    """``on_epoch_end(fold, epoch, row)``: ``training.trainer.fit``'s per-epoch hook, told the fold."""
     k = cfg.train.folds
     folds = splits.kfold_indices(samples, k, seed=cfg.train.seed)
     results = []
@@ -32,7 +34,8 @@ def run_kfold(cfg: RunConfig, samples: list[Sample], out: Path, env: Env, resume
         if resume_dir is not None and (resume_dir / f"fold{f}" / "last.pt").is_file():
             resume = resume_dir / f"fold{f}" / "last.pt"
         log.info("fold %d/%d: %d train, %d val images", f + 1, k, len(train_idx), len(val_idx))
-        results.append(fit(cfg, samples, train_idx, val_idx, fold_dir, env, resume=resume))
+        hook = None if on_epoch_end is None else (lambda epoch, row, f=f: on_epoch_end(f, epoch, row))
+        results.append(fit(cfg, samples, train_idx, val_idx, fold_dir, env, resume=resume, on_epoch_end=hook))
         if cfg.train.stop_after and results[-1].epochs_run:
             log.info("stopping after fold %d as asked (--stop-after); resume with --resume %s", f, out)
             return {}

@@ -258,7 +258,10 @@ def _write_run_record(out_dir: Path, cfg: RunConfig, split: dict) -> None:
 
 
 def fit(cfg: RunConfig, samples: list[Sample], train_idx: list[int], val_idx: list[int], out_dir: Path,
-        env: Env, resume: str | Path | None = None) -> FitResult:
+        env: Env, resume: str | Path | None = None, on_epoch_end=None) -> FitResult:
+    """``on_epoch_end(epoch, row)``: called after each finished epoch (files written, ``row`` = that
+    epoch's metrics.csv row); an exception it raises (a search pruning the run) stops the run at that
+    epoch boundary, with TensorBoard closed, and propagates."""
     train_cfg, ranks = cfg.train, env.ranks
     fp = fingerprint(samples)
     ck = _read_resume(resume, fp) if resume is not None else None
@@ -308,6 +311,12 @@ def fit(cfg: RunConfig, samples: list[Sample], train_idx: list[int], val_idx: li
         if ranks.main:
             _write_epoch(out_dir, parts, loaders, progress, val, probs, improved, common, tb)
         dist.barrier(ranks)
+        if on_epoch_end is not None:
+            try:
+                on_epoch_end(epoch + 1, dict(row))
+            except BaseException:
+                tb.close(cfg.to_dict(), progress.best)
+                raise
         if train_cfg.early_stop and progress.bad >= train_cfg.early_stop:
             log.info("early stop: val F1 has not improved for %d epoch(s)", progress.bad)
             break

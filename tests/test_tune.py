@@ -1,0 +1,291 @@
+"""mask-tune: the space parser and its errors, bad input before any training, pruning at an epoch
+boundary, best.yaml rerunning to the trial's config, resume after kill -9, two workers on one storage.
+
+Every trial is a tiny_cnn at 32×24 for one or two epochs on the shared ``synth_root``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from training import tune, tune_run
+from training.cli import CONFIG_ALIASES, build_parser as train_parser, config_from_args, given_options
+from training.tune_space import key_types, load_space
+from training.yamlconfig import parse_with_config
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["--model", "tiny_cnn", "--batch-size", "16", "--resize", "32", "24", "--workers", "0", "--no-tensorboard"]
+SPACE = {"lr": {"low": 1.0e-3, "high": 1.0e-2, "log": True},
+         "age_bins": [30, {"low": 55, "high": 60}],
+         "criterion": {"choices": ["cross_entropy", "focal:0.6,f1:0.4"]}}
+
+
+def _yaml(path: Path, values) -> Path:
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def _space(tmp_path: Path, values: dict, name: str = "space.yaml"):
+    return load_space(_yaml(tmp_path / name, values), key_types(train_parser()), CONFIG_ALIASES)
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _argv(synth_root, space: Path, out: Path, *extra: str, epochs: int = 1) -> list[str]:
+    return ["--space", str(space), "--out", str(out), "--data-dir", str(synth_root / "train"), *TINY,
+            "--epochs", str(epochs), "--sampler-seed", "0", *extra]
+
+
+# --- the space parser ------------------------------------------------------------------------------
+
+def test_space_parses_ranges_choices_list_elements_and_aliases(tmp_path):
+    space = _space(tmp_path, {**SPACE, "epochs": {"low": 2, "high": 6, "step": 2},
+                              "resize": {"choices": [[64, 48], [96, 72]]}, "no_cache": {"choices": [True, False]}})
+    by = {p.name: p for p in space.params}
+    assert by["lr"].kind is float and by["lr"].log and (by["lr"].low, by["lr"].high) == (1e-3, 1e-2), by["lr"]
+    assert by["epochs"].kind is int and by["epochs"].step == 2, by["epochs"]
+    assert by["age_bins[1]"].key == "age_bins" and by["age_bins[1]"].index == 1, by["age_bins[1]"]
+    assert space.fixed == {"age_bins": [30, None]}, space.fixed
+    assert _space(tmp_path, {"loss": {"choices": ["focal"]}}, "alias.yaml").params[0].key == "criterion", \
+        "the alias loss: must become criterion:"
+    assert by["resize"].choices == ([64, 48], [96, 72]) and by["no_cache"].kind is bool
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1)).ask()
+    values = space.sample(trial)
+    assert values["age_bins"][0] == 30 and 55 <= values["age_bins"][1] <= 60, values
+    assert values["resize"] in ([64, 48], [96, 72]) and values["epochs"] in (2, 4, 6), values
+    assert trial.params["resize"] in ("64,48", "96,72"), "list choices are stored as text for Optuna"
+
+
+@pytest.mark.parametrize("values,expect", [
+    ({"modle": {"choices": ["resnet18"]}}, "modle: unknown key; searchable keys:"),
+    ({"model": {"low": 1, "high": 3}}, "model: takes text, so a low..high range does not fit"),
+    ({"epochs": {"low": 1.5, "high": 4}}, "epochs: takes whole numbers, so low 1.5 does not fit"),
+    ({"lr": {"low": 0.0, "high": 0.1, "log": True}}, "lr: a log range needs low > 0"),
+    ({"lr": {"low": 0.1, "high": 0.01}}, "lr: low (0.1) must be below high (0.01)"),
+    ({"lr": {"choices": ["fast"]}}, "lr: takes float values, got 'fast'"),
+    ({"lr": {"low": 0.1}}, "lr: a range needs both low and high"),
+    ({"lr": {"low": 0.1, "hihg": 1}}, "lr: unknown field 'hihg'"),
+    ({"lr": 0.01}, "lr: expected a distribution"),
+    ({"no_cache": {"low": 0, "high": 1}}, "no_cache: takes a switch"),
+    ({"age_bins": [30, 58]}, "age_bins: no element is a distribution"),
+    ({"age_bins": {"choices": [[30, 58, 70]]}}, "age_bins: each choice must be a list of 2 ints"),
+    ({"data_dir": {"choices": ["a", "b"]}}, "data_dir: cannot be searched"),
+    ({}, "the space is empty"),
+    ({"criterion": {"choices": ["focal"]}, "loss": {"choices": ["f1"]}}, "criterion: given twice"),
+    (["lr"], "expected a mapping of mask-train --config keys"),
+])
+def test_space_errors_name_the_key_and_the_problem(tmp_path, values, expect):
+    with pytest.raises(ValueError) as e:
+        _space(tmp_path, values)
+    assert expect in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("values,expect", [
+    ({"model": {"choices": ["tiny_cnn", "resnet1000"]}}, "model: resnet1000 is not a valid value (unknown model"),
+    ({"criterion": {"choices": ["focal:0.6,f2:0.4"]}}, "criterion: focal:0.6,f2:0.4 is not a valid value"),
+    ({"val_fraction": {"low": 0.1, "high": 1.0}}, "val_fraction: 1.0 is not a valid value"),
+    ({"epochs": {"low": 0, "high": 3}}, "epochs: 0 is not a valid value (--epochs must be >= 1"),
+    ({"augment": {"choices": ["light", "extreme"]}}, "augment: extreme is not a valid value"),
+])
+def test_values_mask_train_would_refuse_are_one_line_errors_before_any_training(synth_root, tmp_path, capsys,
+                                                                                values, expect):
+    out = tmp_path / "study"
+    assert tune.main(_argv(synth_root, _yaml(tmp_path / "s.yaml", values), out)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and expect in err[0], err
+    assert not (out / "trials").exists() and not (out / "study.journal").exists(), "nothing may start before the checks"
+
+
+def test_an_option_neither_tool_knows_is_a_one_line_error(synth_root, tmp_path, capsys):
+    assert tune.main(_argv(synth_root, _yaml(tmp_path / "s.yaml", SPACE), tmp_path / "o", "--trails", "5")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown option '--trails'" in err[0], err
+
+
+def test_bad_storage_and_a_study_with_another_objective_are_one_line_errors(synth_root, tmp_path, capsys):
+    space = _yaml(tmp_path / "s.yaml", SPACE)
+    assert tune.main(_argv(synth_root, space, tmp_path / "a", "--storage", "sqlite:////no/such/dir/x.db")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot open storage sqlite:////no/such/dir/x.db" in err[0], err
+    assert tune.main(_argv(synth_root, space, tmp_path / "b", "--storage", "nosuchdb://x")) == 2
+    assert "cannot open storage nosuchdb://x" in capsys.readouterr().err
+    journal = tmp_path / "shared.journal"
+    assert tune.main(_argv(synth_root, space, tmp_path / "c", "--storage", str(journal), "--study", "s",
+                           "--create-only")) == 0
+    capsys.readouterr()
+    assert tune.main(_argv(synth_root, space, tmp_path / "c", "--storage", str(journal), "--study", "s",
+                           "--folds", "2")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "study 's' exists with another objective" in err[0] and "2 folds" in err[0], err
+
+
+def test_every_mask_tune_default_is_its_field():
+    from dataclasses import fields
+
+    defaults = vars(tune.build_parser().parse_args([]))
+    for f in fields(tune.TuneOptions):
+        assert defaults[f.name] == f.default, f"--{f.name} defaults to {defaults[f.name]!r}, its field to {f.default!r}"
+    assert set(defaults) == {f.name for f in fields(tune.TuneOptions)}, "an option without a field"
+
+
+# --- pruning ---------------------------------------------------------------------------------------
+
+def test_the_trainer_hook_stops_a_run_at_an_epoch_boundary(synth_root, tmp_path):
+    from training.cli import run
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def hook(fold, epoch, row):
+        seen.append((fold, epoch, row["val_f1"]))
+        if epoch == 1:
+            raise Stop
+
+    a = parse_with_config(train_parser(), ["--data-dir", str(synth_root / "train"), "--out", str(tmp_path / "r"),
+                                           *TINY, "--epochs", "3", "--no-progress"])
+    with pytest.raises(Stop):
+        run(config_from_args(a), None, hook)
+    rows = _rows(tmp_path / "r" / "metrics.csv")
+    assert [s[:2] for s in seen] == [(0, 1)] and len(rows) == 1, (seen, rows)
+    assert float(rows[0]["val_f1"]) == pytest.approx(seen[0][2], abs=1e-5), "the hook gets the epoch's metrics row"
+    from training.checkpoint import load_checkpoint
+    assert load_checkpoint(tmp_path / "r" / "last.pt")["epoch"] == 1, "last.pt must hold the epoch the run stopped at"
+
+
+def test_a_pruned_trial_stops_at_the_epoch_boundary_and_is_recorded_as_pruned(synth_root, tmp_path, monkeypatch,
+                                                                              capsys):
+    # a pruner that prunes at the first report: the outcome does not depend on the scores
+    monkeypatch.setattr(tune_run, "make_pruner", lambda o: optuna.pruners.ThresholdPruner(lower=1.5))
+    out = tmp_path / "study"
+    assert tune.main(_argv(synth_root, _yaml(tmp_path / "s.yaml", SPACE), out, "--trials", "2", epochs=2)) == 0
+    rows = _rows(out / "trials.csv")
+    assert [(r["state"], r["epochs_run"]) for r in rows] == [("PRUNED", "1")] * 2, rows
+    for r in rows:
+        assert len(_rows(Path(r["run_dir"]) / "metrics.csv")) == 1, f"trial {r['number']} trained past its pruning"
+    printed = capsys.readouterr().out
+    assert "trial 1 pruned after 1 of 2 epoch(s)" in printed and "optuna-dashboard" in printed, printed
+
+
+# --- a study's outputs -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def study_dir(synth_root, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tune")
+    out = tmp / "study"
+    base = _yaml(tmp / "base.yaml", {"lr": 0.004, "age_bins": [30, 60]})
+    rc = tune.main(_argv(synth_root, _yaml(tmp / "s.yaml", SPACE), out, "--trials", "3", "--pruner", "none",
+                         "--config", str(base)))
+    assert rc == 0, f"mask-tune exited {rc}"
+    return out
+
+
+def test_study_writes_trials_csv_plots_and_the_reference_trial_first(study_dir):
+    rows = _rows(study_dir / "trials.csv")
+    assert [r["state"] for r in rows] == ["COMPLETE"] * 3, rows
+    ref = json.loads((Path(rows[0]["run_dir"]) / "config.json").read_text())
+    assert rows[0]["reference"] == "1" and ref["optim"]["lr"] == 0.004 and ref["data"]["age_bins"] == [30, 60], \
+        "trial 0 must be the base config unchanged"
+    assert rows[0]["lr"] == "0.004" and rows[0]["age_bins[1]"] == "60", "the reference's values are recorded"
+    for r in rows[1:]:
+        cfg = json.loads((Path(r["run_dir"]) / "config.json").read_text())
+        assert cfg["optim"]["lr"] == pytest.approx(float(r["lr"])) and cfg["data"]["age_bins"][1] == int(r["age_bins[1]"])
+    for name in ("history.png", "intermediate.png", "importances.png"):
+        assert (study_dir / name).stat().st_size > 1000, f"{name} missing or empty"
+
+
+def test_best_yaml_reruns_to_the_best_trials_config(study_dir, tmp_path):
+    rows = _rows(study_dir / "trials.csv")
+    best = max(rows, key=lambda r: float(r["value"]))
+    head = (study_dir / "best.yaml").read_text().splitlines()[0]
+    assert f"best trial {best['number']} " in head, head
+    argv = ["--config", str(study_dir / "best.yaml"), "--out", str(tmp_path / "again")]
+    a = parse_with_config(train_parser(), argv, csv_keys=("age_bins", "milestones", "mean", "std"),
+                          aliases=CONFIG_ALIASES)
+    again = config_from_args(a, given_options(argv)).to_dict()
+    want = json.loads((Path(best["run_dir"]) / "config.json").read_text())
+    again["train"]["out"] = want["train"]["out"]
+    assert again == want, "mask-train --config best.yaml must rebuild the best trial's configuration"
+
+
+# --- resume and workers (subprocesses) ---------------------------------------------------------------
+
+def _spawn(argv: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "training.tune", *argv], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _study(storage: str, name: str) -> optuna.Study:
+    from training.tune_storage import open_storage
+    return optuna.load_study(study_name=name, storage=open_storage(storage, Path(".")))
+
+
+def _check_budget(study: optuna.Study, n: int) -> list:
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(done) == n, f"{len(done)} finished trials, expected {n}: {[(t.number, t.state.name) for t in trials]}"
+    assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING")], "a trial was left behind"
+    dirs = [t.user_attrs["run_dir"] for t in done]
+    assert len(set(dirs)) == n and all((Path(d) / "metrics.csv").is_file() for d in dirs), dirs
+    return trials
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9_retries_the_killed_trial(synth_root, tmp_path):
+    out, n = tmp_path / "study", 3
+    argv = _argv(synth_root, _yaml(tmp_path / "s.yaml", SPACE), out, "--trials", str(n), "--pruner", "none",
+                 epochs=2)
+    proc = _spawn(argv)
+    journal = str(out / "study.journal")
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:   # kill it while trial 1 trains (trial 0 done)
+        try:
+            trials = _study(journal, "study").get_trials(deepcopy=False)
+        except KeyError:   # the journal file exists before the study is written into it
+            trials = []
+        states = {t.number: t.state.name for t in trials}
+        if states.get(0) == "COMPLETE" and states.get(1) == "RUNNING" and "run_dir" in trials[1].user_attrs:
+            break
+        assert proc.poll() is None, f"mask-tune ended early: {proc.stdout.read()[-2000:]}"
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert tune.main(argv) == 0, "the same command must resume the study"
+    trials = _check_budget(_study(journal, "study"), n)
+    killed = next(t for t in trials if t.number == 1)
+    assert killed.state.name == "FAIL", "the killed trial is recorded as failed"
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == 1]
+    assert len(retry) == 1 and retry[0].params == killed.params and retry[0].state.name == "COMPLETE", \
+        "the killed trial's settings must run again, once"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_two_workers_share_one_study_without_losing_or_repeating_trials(synth_root, tmp_path, kind):
+    n = 4
+    storage = str(tmp_path / "s.journal") if kind == "journal" else f"sqlite:///{tmp_path / 's.db'}"
+    space = _yaml(tmp_path / "s.yaml", SPACE)
+    common = ["--storage", storage, "--study", "shared", "--trials", str(n), "--pruner", "none"]
+    assert tune.main(_argv(synth_root, space, tmp_path / "w0", *common, "--create-only")) == 0
+    workers = [_spawn(_argv(synth_root, space, tmp_path / f"w{i}", *common)) for i in (1, 2)]
+    logs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], [lg[-1500:] for lg in logs]
+    trials = _check_budget(_study(storage, "shared"), n)
+    surplus = [t for t in trials if t.user_attrs.get("surplus")]
+    assert all(t.state.name == "FAIL" and t.user_attrs.get("epochs_run", 0) == 0 for t in surplus), \
+        "a surplus trial must be closed before any training"

@@ -1,0 +1,165 @@
+"""The ``mask-tune`` worker: check everything, open the study, run trials until the study's budget is spent.
+
+A trial is ``training.cli.run`` on the base run with the sampled values applied, into
+STUDY_DIR/trials/NNNN/; its per-epoch hook reports the validation macro F1 to Optuna (step = fold ×
+epochs + epoch) and raises ``optuna.TrialPruned`` when the pruner says so, which stops the run at
+that epoch boundary. The trial is then told PRUNED, COMPLETE (value: the best epoch's val macro F1, or
+its mean over the folds with ``--folds``) or FAIL (one line logged).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+from tqdm import tqdm
+
+from maskdata.io import atomic_write_text
+from training import tune_report, tune_storage as store
+from training.tune import Base, make_pruner, objective_text, reference_params
+from training.tune_space import Space, key_types, load_space
+
+log = logging.getLogger("training.tune")
+
+MAX_FAILURES_IN_A_ROW = 3
+
+
+@dataclass
+class Context:
+    o: argparse.Namespace
+    base: Base
+    space: Space
+    out: Path
+    storage_text: str
+    started: float = field(default_factory=time.monotonic)
+
+
+def prepare(o: argparse.Namespace, train_argv: list[str]) -> tuple[optuna.Study, Context]:
+    """Every check that can fail, then the study (created once); nothing trains here."""
+    from maskdata.layout import read_train_dir
+    from training.cli import CONFIG_ALIASES, build_parser
+
+    base = Base.parse(train_argv)
+    if not base.ns.data_dir:
+        raise ValueError("--data-dir is required (the mask-train option: DIR/train with train.csv and images/)")
+    out = Path(o.out)
+    probe = out / "trials" / "probe"
+    ref_cfg = base.config({}, probe)
+    space = load_space(o.space, key_types(build_parser()), CONFIG_ALIASES)
+    space.check(lambda values: base.config(values, probe))
+    read_train_dir(ref_cfg.data.data_dir, strict=ref_cfg.data.strict)   # the data is there and readable
+    storage = store.open_storage(o.storage, out)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)   # mask-tune prints its own line per trial
+    sampler = optuna.samplers.TPESampler(seed=o.sampler_seed)
+    study = store.open_study(storage, store.lock_target(o.storage, out), o.study or out.resolve().name, objective_text(ref_cfg), sampler,
+                             make_pruner(o), reference_params(space, base))
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "space.yaml", Path(o.space).read_text(encoding="utf-8"))
+    return study, Context(o, base, space, out, store.describe(o.storage, out))
+
+
+def work(study: optuna.Study, ctx: Context) -> None:
+    """Run trials until the study holds ``--trials`` finished ones (or ``--timeout`` passes)."""
+    o, failures = ctx.o, 0
+    bar = tqdm(total=o.trials or None, initial=store.count(study, store.DONE), unit="trial",
+               desc=f"study {study.study_name}", dynamic_ncols=True)
+    try:
+        while True:
+            for n in store.reap_stale(study, o.stale_after):
+                bar.write(f"trial {n} failed: its worker stopped; its settings are queued again")
+            done = store.count(study, store.DONE)
+            bar.n = done
+            bar.refresh()
+            if o.trials and done >= o.trials:
+                break
+            if o.timeout and time.monotonic() - ctx.started > o.timeout:
+                bar.write(f"--timeout {o.timeout:g} s reached: this worker starts no new trial")
+                break
+            if o.trials and store.count(study, (*store.DONE, TrialState.RUNNING)) >= o.trials:
+                time.sleep(min(5.0, o.heartbeat))   # the remaining trials run in other workers
+                continue
+            trial = study.ask()
+            if store.is_surplus(study, trial.number, o.trials):
+                trial.set_user_attr("surplus", True)
+                study.tell(trial, state=TrialState.FAIL)   # nothing trained: another worker took the last slot
+                continue
+            t = run_trial(study, trial, ctx)
+            bar.write(tune_report.trial_line(t))
+            tune_report.write_tables(study, ctx.out)
+            failures = failures + 1 if t.state == TrialState.FAIL else 0
+            if failures >= MAX_FAILURES_IN_A_ROW:
+                raise ValueError(f"{failures} trials in a row failed; the last: {t.user_attrs.get('error')}")
+    finally:
+        bar.close()
+
+
+def _values(trial: optuna.Trial, ctx: Context) -> dict:
+    """The trial's --config overrides; the reference trial trains the base run as it is (its parameters
+    that the space can express are recorded, so the sampler learns from it)."""
+    if not trial.user_attrs.get("reference"):
+        return ctx.space.sample(trial)
+    fixed = reference_params(ctx.space, ctx.base)
+    for p in ctx.space.params:
+        if p.name in fixed:
+            p.suggest(trial)
+    return {}
+
+
+def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: Context) -> optuna.trial.FrozenTrial:
+    from training.cli import run
+
+    values = _values(trial, ctx)
+    run_dir = (ctx.out / "trials" / f"{trial.number:04d}").resolve()
+    for k, v in (("run_dir", str(run_dir)), ("worker", store.worker_id()), ("epochs_run", 0)):
+        trial.set_user_attr(k, v)
+    cfg = ctx.base.config(values, run_dir)
+    trial.set_user_attr("epochs_planned", cfg.train.epochs * max(1, cfg.train.folds))
+    epochs_run = 0
+
+    def on_epoch_end(fold: int, epoch: int, row: dict) -> None:
+        nonlocal epochs_run
+        epochs_run += 1
+        trial.set_user_attr("epochs_run", epochs_run)
+        trial.report(float(row["val_f1"]), fold * cfg.train.epochs + epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at fold {fold} epoch {epoch}")
+
+    try:
+        with store.Heartbeat(trial, ctx.o.heartbeat):
+            best = run(cfg, None, on_epoch_end)
+    except optuna.TrialPruned:
+        study.tell(trial, state=TrialState.PRUNED)
+    except KeyboardInterrupt:
+        study.tell(trial, state=TrialState.FAIL)
+        store.requeue(study, _frozen(study, trial.number), "interrupted")
+        raise
+    except Exception as e:   # one bad trial (NaN loss, out of memory) must not end the study
+        trial.set_user_attr("error", f"{type(e).__name__}: {store._one_line(e)}")
+        study.tell(trial, state=TrialState.FAIL)
+        log.error("trial %d failed: %s", trial.number, trial.user_attrs["error"])
+    else:
+        study.tell(trial, float(best.get("f1_mean", best.get("f1"))))
+    return _frozen(study, trial.number)
+
+
+def _frozen(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
+    return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+
+
+def finish(study: optuna.Study, ctx: Context) -> None:
+    """trials.csv, best.yaml, plots, and where to look next."""
+    tune_report.write_tables(study, ctx.out)
+    plots = tune_report.write_plots(study, ctx.out)
+    best = tune_report.best_trial(study)
+    done = store.count(study, store.DONE)
+    pruned = store.count(study, (TrialState.PRUNED,))
+    print(f"study {study.study_name!r}: {done} finished trial(s), {pruned} pruned; results in {ctx.out}/ "
+          f"(trials.csv{', best.yaml' if best else ''}{''.join(', ' + p for p in plots)})")
+    if best is not None:
+        print(f"best: trial {best.number}, val macro F1 {best.value:.4f}; rerun with "
+              f"mask-train --config {ctx.out}/best.yaml --out runs/best")
+    print(f"dashboard: optuna-dashboard {ctx.storage_text}   (pip install optuna-dashboard)")
