@@ -98,3 +98,62 @@ def test_page_labels_errors_and_heatmap(ui_server, synth_root, tmp_path):
     target = os.environ.get("MASK_UI_SCREENSHOT")
     if target:
         shutil.copyfile(shot, target)
+
+
+# Every word of the model panel's values (text between spaces and the <wbr> break points the page puts
+# after "/", "_", "," and ":") must sit on one line: the panel wraps between words, never inside one.
+WORDS_SPLIT_ACROSS_LINES = """
+const split = [], wrapped = [];
+for (const dd of document.querySelectorAll('#model-panel dd')) {
+  if (new Set(Array.from(dd.getClientRects ? dd.getClientRects() : []).map(r => r.top)).size > 1 ||
+      dd.getBoundingClientRect().height > 1.5 * parseFloat(getComputedStyle(dd).lineHeight || 16)) wrapped.push(dd.textContent);
+  const walker = document.createTreeWalker(dd, NodeFilter.SHOW_TEXT);
+  for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+    const re = /[^\\s]+/g;
+    for (let m = re.exec(n.data); m; m = re.exec(n.data)) {
+      const r = document.createRange();
+      r.setStart(n, m.index); r.setEnd(n, m.index + m[0].length);
+      const tops = new Set(Array.from(r.getClientRects()).filter(x => x.width > 0).map(x => Math.round(x.top)));
+      if (tops.size > 1) split.push(m[0]);
+    }
+  }
+}
+return [split, wrapped];
+"""
+
+
+def test_page_several_photos_one_bad_and_word_wrap(ui_server, synth_root, tmp_path):
+    """Several photos chosen at once, one of them not an image: every good photo gets its card and the
+    bad file its own reason. The model panel, squeezed to force wrapping, breaks lines only between words."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    photos = sorted((synth_root / "eval" / "images").iterdir())[1:3]
+    bad = tmp_path / "shopping-list.txt"
+    bad.write_text("milk, eggs\n")
+    with httpx.Client(base_url=ui_server, timeout=60) as c:
+        want = sorted(c.post("/predict", files={"image": (p.name, p.read_bytes(), "image/jpeg")}).json()["label"]
+                      for p in photos)
+    driver = _browser()
+    try:
+        driver.set_page_load_timeout(30)
+        driver.get(f"{ui_server}/ui/")
+        wait = WebDriverWait(driver, 60)
+        wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#model-panel dl")))
+        # a long value: the metrics line and the source path must wrap, at word boundaries only
+        driver.execute_script("document.querySelector('aside').style.width = '190px';"
+                              "document.querySelector('main').style.gridTemplateColumns = 'minmax(0, 1fr) 190px';")
+        split, wrapped = driver.execute_script(WORDS_SPLIT_ACROSS_LINES)
+        assert wrapped, "the squeezed model panel should wrap at least one value onto several lines"
+        assert split == [], f"words broken across lines in the model panel: {split}"
+
+        driver.find_element(By.ID, "files").send_keys("\n".join(str(p) for p in [photos[0], bad, photos[1]]))
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".result .label")) == 2
+                   and d.find_elements(By.CSS_SELECTOR, "#messages .error"))
+        labels = sorted(e.text for e in driver.find_elements(By.CSS_SELECTOR, ".result .label"))
+        errors = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#messages .error")]
+    finally:
+        driver.quit()
+    assert labels == want, f"the page shows {labels}, POST /predict says {want} for the two good photos"
+    assert len(errors) == 1 and errors[0].startswith(bad.name) and "not a recognised image" in errors[0], errors
