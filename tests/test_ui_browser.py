@@ -100,8 +100,8 @@ def test_page_labels_errors_and_heatmap(ui_server, synth_root, tmp_path):
         shutil.copyfile(shot, target)
 
 
-# Every word of the model panel's values (text between spaces and the <wbr> break points the page puts
-# after "/", "_", "," and ":") must sit on one line: the panel wraps between words, never inside one.
+# Every word of the model panel's values (text between spaces, hyphens and the <wbr> break points the
+# page puts after "/", "_", "," and ":") must sit on one line: the panel wraps between words, never inside one.
 WORDS_SPLIT_ACROSS_LINES = """
 const split = [], wrapped = [];
 for (const dd of document.querySelectorAll('#model-panel dd')) {
@@ -109,7 +109,7 @@ for (const dd of document.querySelectorAll('#model-panel dd')) {
       dd.getBoundingClientRect().height > 1.5 * parseFloat(getComputedStyle(dd).lineHeight || 16)) wrapped.push(dd.textContent);
   const walker = document.createTreeWalker(dd, NodeFilter.SHOW_TEXT);
   for (let n = walker.nextNode(); n; n = walker.nextNode()) {
-    const re = /[^\\s]+/g;
+    const re = /[^\\s-]+/g;
     for (let m = re.exec(n.data); m; m = re.exec(n.data)) {
       const r = document.createRange();
       r.setStart(n, m.index); r.setEnd(n, m.index + m[0].length);
