@@ -93,6 +93,10 @@ def body_limits(settings) -> dict[str, int]:
             "/infer": s.max_infer_bytes}
 
 
+# Routes that take a JSON body (BentoML's JSON-typed APIs): any other content type is 415 here, where
+# BentoML would try to parse it as JSON anyway (200 for text/plain) or fail inside (500 for multipart).
+JSON_ROUTES = frozenset({"/infer", "/model"})
+
 MULTIPART_FIELDS = {"/predict": ("image",), "/predict_batch": ("images",), "/explain": ("image",),
                     "/submission/submit": ("info", "archive"), "/submission": ("info", "archive")}
 
@@ -102,10 +106,13 @@ class RequestGuard:
     the Content-Length before anything is read, multipart field checks (400/415), ``GET /model``."""
 
     def __init__(self, app, limits: dict[str, int], fields: dict[str, tuple[str, ...]],
-                 default_limit: int, api_key: str = "", model_info: Callable[[], dict | None] | None = None):
+                 default_limit: int, api_key: str = "", model_info: Callable[[], dict | None] | None = None,
+                 json_routes: frozenset[str] = JSON_ROUTES):
         """``model_info`` answers ``GET /model``: the JSON body, or None while the model is loading
-        (503); without it ``GET /model`` goes on to the app like any other request."""
+        (503); without it ``GET /model`` goes on to the app like any other request. ``json_routes``
+        take a JSON body only (an empty body passes: ``POST /model`` needs none)."""
         self.app, self.limits, self.fields, self.default_limit = app, limits, fields, default_limit
+        self.json_routes = json_routes
         self._key = f"Bearer {api_key}".encode() if api_key else b""
         self.model_info = model_info
 
@@ -120,6 +127,8 @@ class RequestGuard:
                 self._check_length(path, headers)
                 if path in self.fields:
                     self._check_content_type(path, headers)
+                elif path in self.json_routes:
+                    self._check_json(path, headers)
         except RequestError as e:
             return await e.response()(scope, receive, send)
         if path == "/model" and method == "GET" and self.model_info is not None:
@@ -158,6 +167,17 @@ class RequestGuard:
             got = content_type.decode(errors="replace") or "none"
             raise UnsupportedMediaType(f"send multipart/form-data with file field(s) "
                                        f"{', '.join(map(repr, self.fields[path]))}, got content type {got!r}")
+
+    @staticmethod
+    def _check_json(path: str, headers: dict) -> None:
+        length = headers.get(b"content-length", b"")
+        if length == b"0" or (not length and b"transfer-encoding" not in headers):
+            return
+        media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if media != b"application/json" and not media.endswith(b"+json"):
+            got = media.decode(errors="replace") or "none"
+            raise UnsupportedMediaType(f"{path} takes a JSON body: send Content-Type: application/json, "
+                                       f"got content type {got!r}")
 
     async def _inspected(self, path, headers, scope, receive, send):
         inspector = PartInspector(headers.get(b"content-type", b""), self.fields[path])

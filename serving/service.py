@@ -47,6 +47,7 @@ from maskdata.preprocess import ImageError
 from serving import monitoring, ui
 from serving.archive import ArchiveError
 from serving.batching import Batcher, QueueFull
+from serving.contract import ErrorEnvelope
 from serving.explain import Explainer, ExplainUnavailable, availability
 from serving.errors import (BadRequest, ClientClosed, PayloadTooLarge, RequestError, ServiceBusy, error_response,
                             status_of)
@@ -318,6 +319,8 @@ class ServiceGuard(RequestGuard):
                          api_key=s.api_key, model_info=served_model_info)
 
 
+# outermost first: every error leaves in one shape, /docs.json declares it (serving.contract)
+MaskClassifier.add_asgi_middleware(ErrorEnvelope)
 MaskClassifier.add_asgi_middleware(ServiceGuard)
 
 # the browser page (serving/ui/index.html) at GET /ui/, beside the API on the same port

@@ -1,12 +1,15 @@
-"""The HTTP contract as outside tools see it, against a real `bentoml serve`: the documented way to
-submit the /submission task from Python runs as written (BentoML's own client cannot, and the test
-notices when it can)."""
+"""The HTTP contract as outside tools see it, against a real `bentoml serve`: every malformed request is a
+4xx in the one error shape that /docs.json declares for every route; schemathesis, driven by that
+document, finds no 5xx and no undocumented answer; the documented way to submit the /submission task
+from Python runs as written (BentoML's own client cannot, and the test notices when it can)."""
 from __future__ import annotations
 
 import csv
 import io
 import re
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -65,3 +68,91 @@ def test_bentoml_client_submission_bug_is_still_there(api_server, task_files):
     with bentoml.SyncHTTPClient(api_server, timeout=60) as client:
         with pytest.raises(AttributeError, match="_opened_files"):
             client.submission.submit(info=info, archive=archive)
+
+
+# --- one error shape, declared in /docs.json -----------------------------------------------------
+MALFORMED = [  # (what, method, route, request kwargs, status)
+    ("multipart header, JSON body, JSON route", "POST", "/infer",
+     {"content": b"{}", "headers": {"Content-Type": "multipart/form-data"}}, 415),
+    ("multipart header, JSON body, POST /model", "POST", "/model",
+     {"content": b"{}", "headers": {"Content-Type": "multipart/form-data"}}, 415),
+    ("text/plain to a JSON route", "POST", "/infer",
+     {"content": b'{"images": []}', "headers": {"Content-Type": "text/plain"}}, 415),
+    ("JSON that is not JSON", "POST", "/infer", {"content": b"nope", "headers": {"Content-Type": "application/json"}}, 400),
+    ("JSON missing its field", "POST", "/infer", {"json": {}}, 400),
+    ("multipart without a boundary to an upload route", "POST", "/predict",
+     {"content": b"{}", "headers": {"Content-Type": "multipart/form-data"}}, 400),
+    ("JSON to an upload route", "POST", "/predict_batch", {"json": {"images": []}}, 415),
+    ("unknown task", "GET", "/submission/status", {"params": {"task_id": "no-such-task"}}, 404),
+    ("task status without an id", "GET", "/submission/get", {}, 400),
+    ("unknown route", "GET", "/no-such-route", {}, 404),
+    ("wrong method", "DELETE", "/predict", {}, 405),
+]
+
+
+@pytest.fixture(scope="module")
+def openapi(api_server):
+    import httpx
+
+    return httpx.get(f"{api_server}/docs.json", timeout=30).json()
+
+
+def test_every_error_has_one_shape_that_the_schema_declares(api_server, openapi):
+    import httpx
+    import jsonschema
+
+    error_schema = openapi["components"]["schemas"]["Error"]
+    with httpx.Client(base_url=api_server, timeout=60) as c:
+        for what, method, route, kwargs, status in MALFORMED:
+            r = c.request(method, route, **kwargs)
+            assert r.status_code == status, f"{what}: {method} {route} answered {r.status_code}: {r.text[:300]}"
+            assert r.headers["content-type"].startswith("application/json"), (what, r.headers)
+            body = r.json()
+            jsonschema.validate(body, error_schema)
+            assert body["status"] == status and body["error"].strip(), (what, body)
+            assert "validation error for" not in body["error"], f"{what}: say which field, not {body['error']!r}"
+            declared = openapi["paths"].get(route, {}).get(method.lower(), {}).get("responses", {})
+            if declared:   # the route is in the document: its status must be declared with the Error schema
+                entry = declared.get(str(status))
+                assert entry, f"{what}: {method} {route} answers {status}, which /docs.json does not declare"
+                assert entry["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+
+
+def test_the_schema_lists_every_route_s_errors_and_the_real_task_statuses(api_server, openapi, task_files):
+    import httpx
+
+    for path, ops in openapi["paths"].items():
+        for method, op in ops.items():
+            if path in ("/healthz", "/livez", "/readyz", "/metrics"):
+                continue
+            declared = set(op["responses"])
+            assert {"400", "401", "404", "500"} <= declared, (method, path, sorted(declared))
+            if method in ("post", "put"):
+                assert {"411", "413", "415"} <= declared, (method, path, sorted(declared))
+    assert "get" in openapi["paths"]["/model"], "GET /model (answered by the guard) must be documented"
+    enum = openapi["components"]["schemas"]["TaskStatusResponse"]["properties"]["status"]["enum"]
+    _, info, archive = task_files
+    with httpx.Client(base_url=api_server, timeout=60) as c:
+        task = c.post("/submission/submit", files={"info": ("info.csv", b"foo,bar\n1,2\n", "text/csv"),
+                                                   "archive": ("a.zip", archive.read_bytes(), "application/zip")})
+        task_id = task.json()["task_id"]
+        for _ in range(300):
+            status = c.get("/submission/status", params={"task_id": task_id}).json()["status"]
+            if status != "in_progress":
+                break
+            time.sleep(0.2)
+    assert status == "failed" and status in enum, (status, enum)
+
+
+def test_schema_driven_fuzzing_finds_no_server_error_and_no_undocumented_answer(api_server, tmp_path):
+    """schemathesis (examples, coverage, fuzzing and stateful phases) against the running service, driven
+    by its own /docs.json: no 5xx, and every status, content type and body as the document says."""
+    cmd = [sys.executable, "-m", "schemathesis.cli", "run", f"{api_server}/docs.json",
+           "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
+                       "response_schema_conformance",
+           "--max-examples", "12", "--workers", "1", "--request-timeout", "60",
+           "--seed", "20261202", "--no-color"]
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=420)
+    tail = (out.stdout + out.stderr)[-6000:]
+    assert out.returncode == 0, f"schemathesis found failures:\n{tail}"
+    assert re.search(r"(\d+) generated, \1 passed", out.stdout), tail

@@ -1,0 +1,174 @@
+"""The HTTP contract a generated client sees: one error shape for every error, and an OpenAPI document
+(``GET /docs.json``) that declares it.
+
+What BentoML 1.4 (seen with 1.4.40) answers on its own, and why this module exists:
+
+- its input validation answers ``{"error": "1 validation error for Input", "detail": [...]}`` (400),
+  its task routes ``{"error": "task_id not found"}`` (404), some of its exceptions a JSON *list*
+  ``[{"error": ...}]``, and the router plain text (``Not Found``, ``Method Not Allowed``). The
+  service's own errors are ``{"error", "status"}``. :class:`ErrorEnvelope` rewrites every error
+  response (status >= 400) that is not already in that shape into it, keeping a validation error's
+  ``detail`` list, so a client parses one shape whatever answered;
+- its generated document declares only 400/404/500, each with a schema that lacks ``status``, no
+  415/413/411/401/503, no ``GET /model`` (the request guard answers it), and a task-status enum
+  (``success``, ``failure``, ``cancelled``) that its own status route never sends (it sends
+  ``pending``, ``in_progress``, ``completed``, ``failed``, ``canceled``). :func:`patch_openapi`
+  fixes each (and two schemas BentoML gets wrong: ``POST /infer``'s null rows, and the task answers
+  of submit/retry, which carry only ``task_id`` and ``status``), and :class:`ErrorEnvelope` serves the patched document at ``/docs.json``, which the
+  Swagger UI at ``/`` reads too.
+
+Plain ASGI and the standard library: nothing here imports BentoML, so the rules are testable alone.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from http import HTTPStatus
+
+DOCS_PATH = "/docs.json"
+ERROR_SCHEMA_NAME = "Error"
+ERROR_SCHEMA = {
+    "type": "object", "title": ERROR_SCHEMA_NAME, "required": ["error", "status"],
+    "description": "Every error the service returns: a one-line reason and the HTTP status.",
+    "properties": {
+        "error": {"type": "string", "description": "what was wrong, in words a client can show"},
+        "status": {"type": "integer", "description": "the HTTP status, repeated"},
+        "detail": {"type": "array", "items": {"type": "object"},
+                   "description": "input validation only: one entry per invalid field (pydantic's errors)"},
+    },
+}
+# The values BentoML's task status route sends (bentoml's ResultStatus; pinned by tests/test_api_contract.py).
+TASK_STATUSES = ["pending", "in_progress", "completed", "failed", "canceled"]
+# Statuses every API route can answer: a malformed or unauthorised request, an unknown task, a body over
+# its limit, a server fault. Routes that take a body add 411/413/415; model routes add 503 (queue full).
+COMMON_ERRORS = (400, 401, 404, 500)
+BODY_ERRORS = (411, 413, 415)
+PROBES = frozenset({"/healthz", "/livez", "/readyz", "/metrics"})
+
+
+def error_body(status: int, message: str, detail: list | None = None) -> bytes:
+    body = {"error": message, "status": status}
+    if detail is not None:
+        body["detail"] = detail
+    return json.dumps(body).encode()
+
+
+def reshaped(status: int, body: bytes, content_type: bytes) -> bytes | None:
+    """The ``{"error", "status"}`` body for an error response, or None when it already has that shape."""
+    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "error"
+    value = None
+    if b"json" in content_type:
+        try:
+            value = json.loads(body or b"null")
+        except ValueError:
+            value = None
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
+        value = value[0]   # BentoML answers some of its exceptions as a one-item list
+    if isinstance(value, dict):
+        if isinstance(value.get("error"), str) and value.get("status") == status:
+            return None
+        message = value.get("error") if isinstance(value.get("error"), str) else phrase
+        detail = value.get("detail") if isinstance(value.get("detail"), list) else None
+        if detail and all(isinstance(d, dict) and "msg" in d for d in detail):
+            # pydantic's errors say which field and why; "1 validation error for Input" says neither
+            where = ["/".join(str(p) for p in d.get("loc", ())) or "body" for d in detail]
+            message = "invalid request: " + "; ".join(f"{w}: {d['msg']}" for w, d in zip(where, detail))
+        return error_body(status, message, detail)
+    text = body.decode("utf-8", "replace").strip() if b"text/" in content_type else ""
+    return error_body(status, text.splitlines()[0][:300] if text else phrase)
+
+
+def _op_errors(path: str, method: str) -> tuple[int, ...]:
+    codes = list(COMMON_ERRORS)
+    if method in ("post", "put"):
+        codes += BODY_ERRORS
+    if path in ("/predict", "/predict_batch", "/infer", "/explain"):
+        codes.append(503)
+    if path == "/explain":
+        codes.append(501)
+    return tuple(sorted(set(codes)))
+
+
+def patch_openapi(doc: dict) -> dict:
+    """BentoML's generated document with the service's error shape on every route, ``GET /model``,
+    and the task statuses that are really sent."""
+    doc = copy.deepcopy(doc)
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    schemas[ERROR_SCHEMA_NAME] = ERROR_SCHEMA
+    ref = {"$ref": f"#/components/schemas/{ERROR_SCHEMA_NAME}"}
+    task = schemas.get("TaskStatusResponse", {})
+    if isinstance(task.get("properties", {}).get("status"), dict):
+        task["properties"]["status"]["enum"] = list(TASK_STATUSES)
+        # /submission/submit and /retry answer only these two; /status adds created_at and executed_at
+        task["required"] = ["task_id", "status"]
+    paths = doc.get("paths", {})
+    infer = paths.get("/infer", {}).get("post", {}).get("responses", {}).get("200", {})
+    rows = infer.get("content", {}).get("application/json", {}).get("schema", {}).get("items")
+    if isinstance(rows, dict):
+        rows["nullable"] = True   # an image of the wrong size answers null (BentoML drops the Optional)
+    model_post = paths.get("/model", {}).get("post")
+    if model_post is not None and "get" not in paths["/model"]:
+        get = {k: copy.deepcopy(v) for k, v in model_post.items() if k != "requestBody"}
+        get["operationId"] = f"{model_post.get('operationId', 'model')}__get"
+        paths["/model"]["get"] = get
+    for path, ops in paths.items():
+        if path in PROBES:
+            continue
+        for method, op in ops.items():
+            if not isinstance(op, dict) or "responses" not in op:
+                continue
+            for code in _op_errors(path, method):
+                op["responses"][str(code)] = {"description": HTTPStatus(code).phrase,
+                                              "content": {"application/json": {"schema": ref}}}
+    return doc
+
+
+class ErrorEnvelope:
+    """ASGI middleware: every error response in the ``{"error", "status"}`` shape, and the patched
+    OpenAPI document at ``/docs.json``. Only error bodies and that document are buffered (small);
+    every other response streams through untouched."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        docs = scope.get("path") == DOCS_PATH and scope.get("method") == "GET"
+        held: dict = {}
+        chunks: list[bytes] = []
+
+        async def rewriting_send(message):
+            if message["type"] == "http.response.start":
+                if docs or message["status"] >= 400:
+                    held["start"] = message
+                    return
+                return await send(message)
+            if "start" not in held:
+                return await send(message)
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                await self._flush(held["start"], b"".join(chunks), docs, send)
+
+        await self.app(scope, receive, rewriting_send)
+
+    @staticmethod
+    async def _flush(start: dict, body: bytes, docs: bool, send) -> None:
+        status = start["status"]
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        content_type = next((v for k, v in headers if k.lower() == b"content-type"), b"").lower()
+        new = None
+        if docs and status == 200:
+            try:
+                new = json.dumps(patch_openapi(json.loads(body))).encode()
+            except ValueError:
+                new = None
+        elif status >= 400:
+            new = reshaped(status, body, content_type)
+            if new is not None:
+                headers = [(k, v) for k, v in headers if k.lower() != b"content-type"]
+                headers.append((b"content-type", b"application/json"))
+        body = body if new is None else new
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})

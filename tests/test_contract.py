@@ -1,0 +1,64 @@
+"""serving.contract on its own: which error bodies are rewritten and into what, and what the OpenAPI
+patch adds to a document shaped like BentoML's."""
+from __future__ import annotations
+
+import json
+
+from serving.contract import TASK_STATUSES, patch_openapi, reshaped
+
+
+def _body(raw: bytes | None) -> dict | None:
+    return None if raw is None else json.loads(raw)
+
+
+def test_bodies_already_in_shape_pass_untouched():
+    assert reshaped(413, b'{"error": "too big", "status": 413}', b"application/json") is None
+
+
+def test_validation_errors_name_the_field_and_keep_their_detail():
+    detail = [{"type": "missing", "loc": ["images"], "msg": "Field required"}]
+    body = _body(reshaped(400, json.dumps({"error": "1 validation error for Input", "detail": detail}).encode(),
+                          b"application/json"))
+    assert body == {"error": "invalid request: images: Field required", "status": 400, "detail": detail}, body
+
+
+def test_lists_text_and_empty_bodies_become_the_shape():
+    assert _body(reshaped(404, b'[{"error": "task_id not found"}]', b"application/json")) == \
+        {"error": "task_id not found", "status": 404}
+    assert _body(reshaped(405, b"Method Not Allowed", b"text/plain; charset=utf-8")) == \
+        {"error": "Method Not Allowed", "status": 405}
+    assert _body(reshaped(500, b"", b"")) == {"error": "Internal Server Error", "status": 500}
+    assert _body(reshaped(404, b'{"error": "task_id not found"}', b"application/json")) == \
+        {"error": "task_id not found", "status": 404}
+
+
+def test_openapi_patch_declares_errors_get_model_and_real_task_statuses():
+    ref = {"$ref": "#/components/schemas/InvalidArgument"}
+    answers = {"200": {"content": {"application/json": {"schema": {"type": "array", "items": {"type": "array"}}}}},
+               "400": {"content": {"application/json": {"schema": ref}}}}
+    doc = {"paths": {"/infer": {"post": {"responses": json.loads(json.dumps(answers)), "requestBody": {}}},
+                     "/model": {"post": {"responses": {"200": {}}, "requestBody": {}, "operationId": "model"}},
+                     "/readyz": {"get": {"responses": {"200": {}}}}},
+           "components": {"schemas": {"TaskStatusResponse": {
+               "required": ["task_id", "status", "created_at", "executed_at"],
+               "properties": {"status": {"enum": ["in_progress", "success", "failure", "cancelled"]}}}}}}
+    patched = patch_openapi(doc)
+    infer = patched["paths"]["/infer"]["post"]["responses"]
+    assert {"400", "401", "404", "411", "413", "415", "500", "503"} <= set(infer), sorted(infer)
+    assert infer["415"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+    assert infer["200"]["content"]["application/json"]["schema"]["items"]["nullable"] is True
+    assert "get" in patched["paths"]["/model"] and "requestBody" not in patched["paths"]["/model"]["get"]
+    assert patched["paths"]["/readyz"]["get"]["responses"] == {"200": {}}, "probes are left alone"
+    task = patched["components"]["schemas"]["TaskStatusResponse"]
+    assert task["properties"]["status"]["enum"] == TASK_STATUSES and task["required"] == ["task_id", "status"]
+    assert patched["components"]["schemas"]["Error"]["required"] == ["error", "status"]
+    assert doc["paths"]["/infer"]["post"]["responses"] == answers, "the input document is not modified"
+
+
+def test_task_statuses_are_the_ones_bentoml_sends():
+    # BentoML's task status enum lives in a private module (_bentoml_impl); this pins that the values the
+    # patched document declares are still the ones its status route sends, so an upgrade that changes
+    # them fails here instead of in a generated client.
+    from _bentoml_impl.tasks.result import ResultStatus
+
+    assert sorted(s.value for s in ResultStatus) == sorted(TASK_STATUSES)
