@@ -156,3 +156,21 @@ def test_schema_driven_fuzzing_finds_no_server_error_and_no_undocumented_answer(
     tail = (out.stdout + out.stderr)[-6000:]
     assert out.returncode == 0, f"schemathesis found failures:\n{tail}"
     assert re.search(r"(\d+) generated, \1 passed", out.stdout), tail
+
+
+def test_workers_run_uvicorn_s_fast_paths(api_server, store_home):  # noqa: F811
+    """httptools and uvloop ship in the serving requirements; uvicorn ("auto") loads them in every worker."""
+    import psutil
+
+    workers = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if "_bentoml_impl.worker.service" in " ".join(proc.info["cmdline"] or []) and \
+                    proc.environ().get("BENTOML_HOME") == str(store_home):
+                workers.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    assert workers, "no BentoML worker process found for this server"
+    for proc in workers:
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        assert "uvloop" in maps and "httptools" in maps, f"worker {proc.pid} runs without uvloop/httptools"
