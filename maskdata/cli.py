@@ -3,6 +3,9 @@
     mask-data synth --out data/synth --people 300 --eval-people 100 --seed 0
     mask-data check data/synth/train [--strict]
     mask-data sheet data/synth --out docs/contact_sheet.png
+    mask-data audit --oof runs/cv/oof_predictions.csv --data-dir data/synth/train --out runs/cv/audit \
+        --write-corrections corrections.csv --top 50
+    mask-data check data/synth/train --relabel corrections.csv
 
 Bad input (a missing or empty folder, a CSV without the expected columns, a file that is not an
 image) ends with a one-line ``error: ...`` on stderr and exit code 2.
@@ -71,12 +74,20 @@ def _format_report(train_dir: Path, samples: list[Sample], report: Report) -> st
     return "\n".join(lines)
 
 
+def _relabel_lines(path: str, report: Report) -> list[str]:
+    lines = [f"corrections: {path} (digest {report.relabel_digest}): {report.relabel_changed} changed labels, "
+             f"{len(report.relabel_notes)} changed nothing"]
+    return lines + [f"  {n}" for n in report.relabel_notes]
+
+
 def cmd_check(args) -> int:
     train_dir = _train_dir(args.train_dir)
-    samples, report = read_train_dir(train_dir, strict=False)
+    samples, report = read_train_dir(train_dir, strict=False, relabel=args.relabel)
     for where in _unreadable_images(samples):
         report.add("unreadable image", where)
     print(_format_report(train_dir, samples, report))
+    if args.relabel:
+        print("\n".join(_relabel_lines(args.relabel, report)))
     if args.strict and report.problems:
         raise ValueError(f"{train_dir}: {report.count} problem(s) in strict mode: {report.summary()}")
     return 0
@@ -87,10 +98,11 @@ def cmd_synth(args) -> int:
 
     summary = generate(args.out, people=args.people, eval_people=args.eval_people, seed=args.seed,
                        label_noise=args.label_noise, workers=args.workers, overwrite=args.overwrite,
-                       progress=True)
+                       progress=True, mask_swap=args.mask_swap)
     print(f"wrote {summary['train_images']} train images ({summary['people']} people) and "
           f"{summary['eval_images']} eval images ({summary['eval_people']} people) to {args.out} "
-          f"in {summary['seconds']:.1f} s; {len(summary['noisy_label_folders'])} people with a planted wrong label")
+          f"in {summary['seconds']:.1f} s; {len(summary['noisy_label_folders'])} people with a planted wrong label"
+          + (f", {len(summary['wrong_labels']['mask']) // 2} people with two mask files swapped" if args.mask_swap else ""))
     return 0
 
 
@@ -148,10 +160,55 @@ def cmd_sheet(args) -> int:
     return 0
 
 
+def cmd_audit(args) -> int:
+    from maskdata import audit
+    from maskdata.io import atomic_write_text
+
+    if args.top is not None and args.top < 1:
+        raise ValueError(f"--top must be >= 1, got {args.top}")
+    if args.sheet < 0:
+        raise ValueError(f"--sheet must be >= 0, got {args.sheet}")
+    oof = audit.read_oof(args.oof)
+    samples, report = read_train_dir(_train_dir(args.data_dir), strict=False, relabel=args.relabel)
+    issues, cover = audit.audit(oof, samples)
+    written = audit.write_outputs(args.out, issues, samples, args.sheet)
+    print(audit.summary_text(issues, cover, args.oof))
+    if args.write_corrections:
+        text = audit.corrections_csv(issues, args.top, args.max_score)
+        atomic_write_text(args.write_corrections, text)
+        written.append(Path(args.write_corrections))
+        print(f"{args.write_corrections}: {text.count(chr(10)) - 1} suggested correction(s) to review "
+              "beside label_issues.png, then pass to mask-train --relabel")
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _add_audit(sub) -> None:
+    ap = sub.add_parser("audit", help="rank suspected wrong labels from out-of-fold predictions (cleanlab)",
+                        description="Confident learning (cleanlab) on a run's out-of-fold predictions: gender "
+                                    "and age per person (the person's images' probabilities pooled), mask per "
+                                    "image. Writes OUT/label_issues.csv (worst first) and OUT/label_issues.png "
+                                    "(the top suspects, given -> suggested under each). A prediction file that "
+                                    "covers part of the set (one run's val_predictions.csv) audits what it "
+                                    "covers and says how much that is.")
+    ap.add_argument("--oof", required=True, help="RUN/oof_predictions.csv (mask-train --folds K) or "
+                                                 "RUN/val_predictions.csv")
+    ap.add_argument("--data-dir", required=True, help="DIR/train the run was trained on")
+    ap.add_argument("--out", required=True, help="output folder for label_issues.csv and label_issues.png")
+    ap.add_argument("--relabel", metavar="FILE", help="audit the labels as corrected by this corrections CSV")
+    ap.add_argument("--sheet", type=int, default=24, help="suspects on the contact sheet (default 24; 0 = none)")
+    ap.add_argument("--write-corrections", metavar="FILE",
+                    help="write a starter corrections CSV (the suggested values) for mask-train --relabel")
+    ap.add_argument("--top", type=int, help="with --write-corrections: only the K worst suspects")
+    ap.add_argument("--max-score", type=float,
+                    help="with --write-corrections: only suspects whose label quality is at most this")
+    ap.set_defaults(func=cmd_audit)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mask-data", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="command", required=True, metavar="{synth,check,sheet}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{synth,check,sheet,audit}")
 
     sp = sub.add_parser("synth", help="write a deterministic synthetic data set (train/ and eval/)",
                         description="Write DIR/train (train.csv, images/<person>/...) and DIR/eval "
@@ -163,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sp.add_argument("--label-noise", type=float, default=0.01,
                     help="fraction of train people whose recorded gender or age group is wrong (default 0.01)")
+    sp.add_argument("--mask-swap", type=float, default=0.0,
+                    help="fraction of train people two of whose files trade pictures, e.g. a mask1 that shows "
+                         "no mask (default 0); every wrong label is listed per field in synth_summary.json")
     sp.add_argument("--workers", type=int, default=None,
                     help="processes (default: all CPUs); the output does not depend on it")
     sp.add_argument("--overwrite", action="store_true", help="replace existing DIR/train and DIR/eval")
@@ -175,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "default (problems are skipped and listed); --strict exits 2 if any.")
     cp.add_argument("train_dir", help="DIR/train (or DIR holding train/)")
     cp.add_argument("--strict", action="store_true", help="exit with code 2 if any problem is found")
+    cp.add_argument("--relabel", metavar="FILE",
+                    help="apply a corrections CSV (person,image,field,value) as training does and report it")
     cp.set_defaults(func=cmd_check)
 
     sh = sub.add_parser("sheet", help="contact sheet PNG: one row per person, 7 images with class names",
@@ -185,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--people", type=int, default=6, help="rows (default 6)")
     sh.add_argument("--palette", action="store_true", help="save a 256-colour PNG (about 5x smaller)")
     sh.set_defaults(func=cmd_sheet)
+    _add_audit(sub)
     return ap
 
 

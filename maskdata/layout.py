@@ -15,6 +15,7 @@ from pathlib import Path
 
 from maskdata import labels
 from maskdata.io import read_csv
+from maskdata.relabel import apply_corrections, file_digest, read_corrections
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,9 @@ class Report:
     """Problems found while reading; ``kind -> [path or description, ...]``."""
     problems: dict[str, list[str]] = field(default_factory=dict)
     hidden_skipped: int = 0
+    relabel_digest: str = ""   # digest of the corrections file applied ('' = none)
+    relabel_changed: int = 0   # corrections that changed a label
+    relabel_notes: list[str] = field(default_factory=list)   # corrections that changed nothing
 
     def add(self, kind: str, where: str) -> None:
         self.problems.setdefault(kind, []).append(where)
@@ -88,13 +92,15 @@ def list_person_images(folder: Path) -> tuple[dict[str, Path], list[str], int]:
     return found, problems, hidden
 
 
-def read_train_dir(train_dir: str | Path, strict: bool = False) -> tuple[list[Sample], Report]:
+def read_train_dir(train_dir: str | Path, strict: bool = False,
+                   relabel: str | Path | None = None) -> tuple[list[Sample], Report]:
     """Read ``DIR/train`` (train.csv + images/) into samples, reporting every problem.
 
     Problems (bad rows, unreadable names, folders without a row, ...) are skipped and logged as one
     warning; ``strict=True`` raises :class:`DataError` instead, with the problem count and, per kind
     of problem, its count and one example (:meth:`Report.summary`). Either way a folder with no usable
-    image at all raises :class:`DataError`.
+    image at all raises :class:`DataError`. ``relabel``: a corrections CSV (:mod:`maskdata.relabel`)
+    applied to the samples read; its digest and outcome are in the report.
     """
     train_dir = Path(train_dir)
     if not train_dir.is_dir():
@@ -156,7 +162,19 @@ def read_train_dir(train_dir: str | Path, strict: bool = False) -> tuple[list[Sa
         raise DataError(f"{train_dir}: {report.count} problem(s): {report.summary()}")
     if report.problems:
         log.warning("%s: skipped %d problem(s): %s", train_dir, report.count, report.summary())
+    if relabel is not None:
+        samples = _relabel(samples, report, relabel)
     return samples, report
+
+
+def _relabel(samples: list[Sample], report: Report, path: str | Path) -> list[Sample]:
+    digest = file_digest(path)
+    samples, notes, changed = apply_corrections(samples, read_corrections(path))
+    report.relabel_digest, report.relabel_changed, report.relabel_notes = digest, changed, notes
+    log.info("%s: %d correction(s) changed labels, %d changed nothing (digest %s)", path, changed, len(notes), digest)
+    for note in notes:
+        log.warning("%s", note)
+    return samples
 
 
 def people(samples: list[Sample]) -> dict[str, list[Sample]]:
@@ -170,12 +188,14 @@ def class_counts(samples: list[Sample], age_bins=labels.DEFAULT_AGE_BINS) -> Cou
     return Counter(s.label(age_bins) for s in samples)
 
 
-def fingerprint(samples: list[Sample]) -> str:
-    """Stable digest of the sample table (relative paths and labels): tells whether two runs saw the same data."""
+def fingerprint(samples: list[Sample], relabel_digest: str = "") -> str:
+    """Stable digest of the sample table (relative paths and labels): tells whether two runs saw the
+    same data. Labels corrected by a corrections file add ``+relabel:<its digest>``, so a checkpoint
+    and the model exported from it say so."""
     h = hashlib.sha256()
     for s in sorted(samples, key=lambda s: (s.person, s.mask, s.path)):
         h.update(f"{s.person}/{Path(s.path).name}|{s.gender}|{s.age}|{s.mask}\n".encode())
-    return h.hexdigest()[:16]
+    return h.hexdigest()[:16] + (f"+relabel:{relabel_digest}" if relabel_digest else "")
 
 
 def read_eval_info(info_csv: str | Path | bytes) -> tuple[list[str], list[dict[str, str]]]:

@@ -30,7 +30,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +65,7 @@ class PersonSpec:
     folder: str            # train: images/<folder>; eval: ""
     names: tuple[str, ...]  # 7 file names, in MASK_FILES order
     hidden: tuple[str, ...] = ()  # AppleDouble '._*' files planted beside the images
+    swap: tuple[int, int] | None = None  # two files (indices into names) whose pictures trade places
 
 
 # ----------------------------------------------------------------------------- person table
@@ -138,6 +139,47 @@ def _train_table(rng: np.random.Generator, n: int,
     return specs, rows, noisy
 
 
+# A swap trades the pictures of two files whose names record different mask states.
+_SWAP_PAIRS = ("wear/not_wear", "wear/incorrect", "incorrect/not_wear")
+
+
+def _plan_swaps(seed: int, specs: list[PersonSpec], rate: float) -> list[PersonSpec]:
+    """Pick the people whose mask files are swapped, from an RNG of their own: the rest of the set
+    (and every byte of it at rate 0) is what it would be without swaps."""
+    if rate <= 0:
+        return specs
+    rng = np.random.default_rng([seed, 3])
+    out = []
+    for spec in specs:
+        swap = None
+        if rng.random() < rate:
+            kind = _SWAP_PAIRS[int(rng.integers(len(_SWAP_PAIRS)))]
+            wear = int(rng.integers(5))   # which of mask1..mask5
+            swap = {"wear/not_wear": (wear, 6), "wear/incorrect": (wear, 5), "incorrect/not_wear": (5, 6)}[kind]
+        out.append(replace(spec, swap=swap))
+    return out
+
+
+def wrong_labels(specs: list[PersonSpec], rows: list[dict]) -> dict[str, list[dict]]:
+    """Every wrong label written, per field: gender and age per person folder, mask per image file."""
+    out: dict[str, list[dict]] = {"gender": [], "age": [], "mask": []}
+    for spec, row in zip(specs, rows):
+        rec_gender, rec_age = labels.gender_index(row["gender"]), int(row["age"])
+        if rec_gender != spec.gender:
+            out["gender"].append({"person": spec.folder, "recorded": labels.GENDER_NAMES[rec_gender],
+                                  "true": labels.GENDER_NAMES[spec.gender]})
+        if labels.age_group(rec_age) != labels.age_group(spec.age):
+            out["age"].append({"person": spec.folder, "recorded": labels.AGE_NAMES[labels.age_group(rec_age)],
+                               "true": labels.AGE_NAMES[labels.age_group(spec.age)],
+                               "recorded_age": rec_age, "true_age": spec.age})
+        if spec.swap is not None:
+            for here, there in (spec.swap, spec.swap[::-1]):
+                out["mask"].append({"person": spec.folder, "image": spec.names[here],
+                                    "recorded": labels.MASK_NAMES[MASK_OF_FILE[MASK_FILES[here]]],
+                                    "true": labels.MASK_NAMES[MASK_OF_FILE[MASK_FILES[there]]]})
+    return out
+
+
 def _eval_table(rng: np.random.Generator, n: int) -> tuple[list[PersonSpec], list[tuple[str, int]]]:
     """(specs, [(ImageID, true class)] in shuffled order, as the real info.csv is)."""
     specs, answers = [], []
@@ -167,7 +209,11 @@ def _render_person(job: tuple[int, PersonSpec, str]) -> int:
     rng = np.random.default_rng([seed, _SPLITS[spec.split], spec.index])
     look = appearance(rng, spec.gender, spec.age)
     out = Path(folder)
-    for shot, (stem, name) in enumerate(zip(MASK_FILES, spec.names)):
+    targets = list(spec.names)
+    if spec.swap is not None:   # draw in the usual order, write each of the two pictures under the other's name
+        a, b = spec.swap
+        targets[a], targets[b] = targets[b], targets[a]
+    for shot, (stem, name) in enumerate(zip(MASK_FILES, targets)):
         img = render(rng, look, MASK_OF_FILE[stem], min(shot, SHOTS - 1), seed)
         (out / name).write_bytes(_encode(img, name, rng))
     for name in spec.hidden:
@@ -196,17 +242,22 @@ def _check_out(out_dir: Path, overwrite: bool) -> None:
 
 def generate(out_dir: str | os.PathLike, people: int = 300, eval_people: int = 100, seed: int = 0,
              label_noise: float = 0.01, workers: int | None = None, overwrite: bool = False,
-             progress: bool = False) -> dict:
+             progress: bool = False, mask_swap: float = 0.0) -> dict:
     """Write ``out_dir/train`` and ``out_dir/eval`` in the competition layout; return a summary dict.
 
     Everything is built in a temporary folder inside ``out_dir`` and moved into place at the end,
     so an interrupted run leaves no half-written data set. ``workers`` (default: all CPUs) only
-    changes speed, never the bytes written.
+    changes speed, never the bytes written. ``mask_swap``: share of train people two of whose files
+    trade pictures (a ``mask1`` that shows no mask, ...). The summary's ``wrong_labels`` lists every
+    wrong label written, per field; the summary file holds it when ``mask_swap > 0`` (at 0 the file
+    keeps the bytes sets were made with before swaps existed; ``noisy_label_folders`` names the people).
     """
     if people < 1 or eval_people < 0:
         raise ValueError(f"need people >= 1 and eval people >= 0, got {people} and {eval_people}")
     if not 0 <= label_noise < 0.5:
         raise ValueError(f"label noise must be in [0, 0.5), got {label_noise}")
+    if not 0 <= mask_swap < 0.5:
+        raise ValueError(f"mask swap rate must be in [0, 0.5), got {mask_swap}")
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     out_dir = Path(out_dir)
@@ -215,6 +266,7 @@ def generate(out_dir: str | os.PathLike, people: int = 300, eval_people: int = 1
     t0 = time.perf_counter()
     table_rng = np.random.default_rng([seed, 0])
     train_specs, train_rows, noisy = _train_table(table_rng, people, label_noise)
+    train_specs = _plan_swaps(seed, train_specs, mask_swap)
     eval_specs, answers = _eval_table(table_rng, eval_people)
 
     tmp = Path(tempfile.mkdtemp(prefix=".synth-", dir=out_dir))
@@ -243,8 +295,10 @@ def generate(out_dir: str | os.PathLike, people: int = 300, eval_people: int = 1
         shutil.rmtree(tmp, ignore_errors=True)
 
     summary = _summary(out_dir, seed, label_noise, train_specs, eval_specs, noisy, time.perf_counter() - t0)
+    summary.update(mask_swap=mask_swap, wrong_labels=wrong_labels(train_specs, train_rows))
     # Without timing and location, so the file is as reproducible as the images.
-    recorded = {k: v for k, v in summary.items() if k not in ("seconds", "out_dir")}
+    hidden = ("seconds", "out_dir") + (("mask_swap", "wrong_labels") if mask_swap == 0 else ())
+    recorded = {k: v for k, v in summary.items() if k not in hidden}
     atomic_write_text(out_dir / "synth_summary.json", json.dumps(recorded, indent=2, sort_keys=True) + "\n")
     log.info("wrote %d train and %d eval images to %s in %.1f s", summary["train_images"],
              summary["eval_images"], out_dir, summary["seconds"])

@@ -24,6 +24,7 @@ from maskdata import labels
 from maskdata.layout import read_train_dir
 from maskdata.geometry import ASPECT_POLICIES, parse_crop
 from maskdata.preprocess import FILTERS
+from maskdata.relabel import check_relabel_digest, relabel_values
 from training import dist
 from training.config import CLI_FIELDS, NEGATED, SECTIONS, RunConfig, config_yaml, field_default, field_of
 from training.augment import BatchMix, presets_help
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         add(g, dest)
     g.add_argument("--no-cache", action="store_true", help="decode images every epoch instead of once")
     add(g, "strict")
+    add(g, "relabel", metavar="FILE")
     g = p.add_argument_group("model")
     add(g, "model", f": {sorted(MODELS)}, or timm/<name> (any model timm knows)")
     g.add_argument("--list-models", action="store_true", help="print the model names and exit")
@@ -192,6 +194,7 @@ def config_from_args(a: argparse.Namespace, given: set[str] = frozenset()) -> Ru
     h, w, resize_filter, mean, std = resolve_preprocess(a, given)
     values["data"].update(data_dir=str(Path(a.data_dir).resolve()), height=h, width=w, resize_filter=resize_filter,
                           mean=mean, std=std, age_bins=labels.parse_age_bins(a.age_bins), crop=a.crop.strip())
+    values["data"].update(relabel_values(a.relabel))
     values["model"]["pretrained"] = a.pretrained or bool(a.weights)
     values["optim"]["milestones"] = milestones
     values["train"].update(out=str(Path(a.out)), resume=None)
@@ -304,7 +307,8 @@ def run(cfg: RunConfig, resume: Path | None = None, on_epoch_end=None) -> dict:
             logging.getLogger().setLevel(logging.WARNING)
         device = resolve_device(cfg.train.device, ranks)
         env = Env(device, resolve_amp(cfg.train.amp, device), ranks)
-        samples, _ = read_train_dir(cfg.data.data_dir, strict=cfg.data.strict)
+        samples, report = read_train_dir(cfg.data.data_dir, strict=cfg.data.strict, relabel=cfg.data.relabel)
+        check_relabel_digest(cfg.data, report)
         out = Path(cfg.train.out)
         out.mkdir(parents=True, exist_ok=True)
         log.info("%d images of %d people from %s; device %s, world size %d", len(samples),

@@ -34,6 +34,9 @@ class DataConfig:
                       factory=lambda: cpu_workers(reserve=1, at_most=4))
     cache: bool = _f(True, "keep decoded eval-size images in memory across epochs")
     strict: bool = _f(False, "fail on any data-layout problem instead of skipping")
+    relabel: str | None = _f(None, "corrections CSV (person,image,field,value; docs/data.md) applied to the labels "
+                                   "as the layout is read; its digest joins the config and the data fingerprint")
+    relabel_digest: str = _f("", "SHA-256 prefix of the --relabel file (set from the file, not a flag)")
     mean: tuple[float, float, float] | None = _f(None, "normalisation mean (default: ImageNet, or the pretrained weights' own)")
     std: tuple[float, float, float] | None = _f(None, "normalisation std (default: ImageNet, or the pretrained weights' own)")
     crop: str = _f("", "crop of the upright image before the aspect policy and resize: center:H,W (source "
@@ -126,7 +129,7 @@ CLI_FIELDS = {
     "data_dir": ("data", "data_dir"), "resize_filter": ("data", "resize_filter"), "augment": ("data", "augment"),
     "val_fraction": ("data", "val_fraction"), "sampler": ("data", "sampler"), "oversample": ("data", "oversample"),
     "age_bins": ("data", "age_bins"), "batch_size": ("data", "batch_size"), "workers": ("data", "workers"),
-    "strict": ("data", "strict"),
+    "strict": ("data", "strict"), "relabel": ("data", "relabel"),
     **{n: ("data", n) for n in ("crop", "aspect", "mixup", "cutmix", "mix_prob")},
     "model": ("model", "arch"), "head": ("model", "head"), "pretrained": ("model", "pretrained"),
     "weights": ("model", "weights"),

@@ -263,7 +263,7 @@ def fit(cfg: RunConfig, samples: list[Sample], train_idx: list[int], val_idx: li
     epoch's metrics.csv row); an exception it raises (a search pruning the run) stops the run at that
     epoch boundary, with TensorBoard closed, and propagates."""
     train_cfg, ranks = cfg.train, env.ranks
-    fp = fingerprint(samples)
+    fp = fingerprint(samples, cfg.data.relabel_digest)
     ck = _read_resume(resume, fp) if resume is not None else None
     if ck is not None:
         train_idx, val_idx = _recorded_split(ck, resume, samples)
