@@ -126,6 +126,14 @@ def test_mask_train_relabel_reaches_labels_config_and_fingerprint(synth_root, la
     assert ck["data_fingerprint"] == fingerprint(fixed, digest), ck["data_fingerprint"]
     assert ck["data_fingerprint"].endswith(f"+relabel:{digest}") and ck["config"]["data"]["relabel_digest"] == digest
 
+    from export.cli import main as export_main
+    from maskdata.artifact import read_metadata
+
+    onnx_path = tmp_path / "model.onnx"
+    assert export_main(["--checkpoint", str(run / "best.pt"), "--out", str(onnx_path)]) == 0
+    sources = read_metadata(onnx_path).sources
+    assert sources[0]["fingerprint"] == ck["data_fingerprint"], "the exported model must say its labels were corrected"
+
     path.write_text(path.read_text() + f"{sorted(by_person)[0]},,age,30\n")   # the file changes under the run
     assert train_main(["--resume", str(run / "last.pt"), "--epochs", "2", "--no-progress"]) == 2
     assert "changed since the run was configured" in capsys.readouterr().err
