@@ -109,8 +109,11 @@ def find_issues(given: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.nd
     """(flagged mask, label quality scores) by cleanlab's confident learning; nothing flagged for
     fewer than two items. Classes no item is labeled with cannot be flagged toward (cleanlab needs
     examples of a class to set its threshold)."""
-    from cleanlab.filter import find_label_issues
-    from cleanlab.rank import get_label_quality_scores
+    try:
+        from cleanlab.filter import find_label_issues
+        from cleanlab.rank import get_label_quality_scores
+    except ImportError:
+        raise ValueError("the label audit needs cleanlab: pip install 'mask-classifier[audit]'") from None
 
     if len(given) < 2:
         return np.zeros(len(given), dtype=bool), np.ones(len(given))
