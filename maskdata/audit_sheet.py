@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 CELL = (144, 192)     # width, height of one picture (3/8 of 384x512)
-CAPTION = 46          # three lines of text under it
+CAPTION = 60          # four lines of text under it
 COLUMNS = 6
 
 
@@ -40,8 +40,9 @@ def draw_sheet(issues: list, samples: list):
         path = _picture(issue, by_person)
         if path is not None:
             sheet.paste(open_image(path).resize(CELL, Image.Resampling.BILINEAR), (x, y))
-        what = issue.field + (f" {issue.image.split('.')[0]}" if issue.image else "")
-        draw.text((x + 3, y + h + 2), f"#{k + 1} {what} ({issue.score:.3f})", fill="black", font=font)
-        draw.text((x + 3, y + h + 16), issue.person[:24], fill="dimgray", font=font)
-        draw.text((x + 3, y + h + 30), f"{issue.given} -> {issue.suggested}", fill="firebrick", font=font)
+        what = f"{issue.field} of {issue.image.split('.')[0]}" if issue.image else issue.field
+        for line, (text, colour) in enumerate(((f"#{k + 1}  score {issue.score:.3f}", "black"),
+                                               (issue.person[:24], "dimgray"), (what, "black"),
+                                               (f"{issue.given} -> {issue.suggested}", "firebrick"))):
+            draw.text((x + 3, y + h + 2 + 14 * line), text, fill=colour, font=font)
     return sheet
