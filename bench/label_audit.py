@@ -9,7 +9,8 @@ synthetic set with planted wrong labels (person-level gender/age flips and mask-
     python -m bench.label_audit --work data/bench/label_audit
 
 Each stage is skipped when its output already exists under ``--work`` (so an interrupted run
-continues); ``--until kfold`` stops after the k-fold run. Writes ``bench/results/label_audit.json``.
+continues); ``--until kfold`` stops after the k-fold run; ``--quick`` checks the harness on a tiny
+set. Writes ``bench/results/label_audit.json``.
 """
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 # A recipe a 2-core CPU runs five times in minutes: the default plain CNN at a low input size.
 RECIPE = ("--model", "plain_cnn", "--resize", "80", "60", "--epochs", "8", "--batch-size", "32",
           "--seed", "0", "--no-progress", "--no-tensorboard")
+# --quick: the whole loop in a few minutes, to check the harness (its figures mean nothing)
+QUICK_RECIPE = ("--model", "tiny_cnn", "--resize", "32", "24", "--epochs", "1", "--batch-size", "32",
+                "--seed", "0", "--workers", "0", "--no-progress", "--no-tensorboard")
 STAGES = ("synth", "kfold", "audit", "retrain")
 
 
@@ -45,12 +49,12 @@ def _run(cmd: list[str], log_path: Path) -> float:
     return time.perf_counter() - t0
 
 
-def _train(data: Path, out: Path, logs: Path, extra: list[str] = ()) -> float:
+def _train(data: Path, out: Path, logs: Path, extra: list[str] = (), recipe: tuple = RECIPE) -> float:
     if (out / "best.pt").is_file() or (out / "oof_predictions.csv").is_file():
         log.info("%s exists: skipped", out)
         return 0.0
     return _run([sys.executable, "-m", "training", "--data-dir", str(data / "train"), "--out", str(out),
-                 *RECIPE, *extra], logs)
+                 *recipe, *extra], logs)
 
 
 def _flagged(issues_csv: Path) -> dict[str, set[tuple[str, str]]]:
@@ -113,7 +117,8 @@ def measure(args) -> dict:
                                  "--people", str(args.people), "--eval-people", str(args.eval_people),
                                  "--seed", str(args.seed), "--label-noise", str(args.label_noise),
                                  "--mask-swap", str(args.mask_swap)], logs)
-    seconds["kfold"] = _train(data, work / "kfold", logs, ["--folds", str(args.folds)])
+    recipe = QUICK_RECIPE if args.quick else RECIPE
+    seconds["kfold"] = _train(data, work / "kfold", logs, ["--folds", str(args.folds)], recipe)
     if args.until == "kfold":
         return {"seconds": seconds}
     audit = work / "audit"
@@ -124,8 +129,8 @@ def measure(args) -> dict:
     flags = score_flags(audit / "label_issues.csv", data / "synth_summary.json")
     if args.until == "audit":
         return {"seconds": seconds, "flags": flags}
-    seconds["train_given"] = _train(data, work / "given", logs)
-    seconds["train_relabeled"] = _train(data, work / "relabeled", logs, ["--relabel", str(corrections)])
+    seconds["train_given"] = _train(data, work / "given", logs, (), recipe)
+    seconds["train_relabeled"] = _train(data, work / "relabeled", logs, ["--relabel", str(corrections)], recipe)
     before, after = eval_f1(work / "given", data / "eval"), eval_f1(work / "relabeled", data / "eval")
     return {"seconds": seconds, "flags": flags, "eval_given": before, "eval_relabeled": after}
 
@@ -142,16 +147,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="data seed (default %(default)s)")
     p.add_argument("--folds", type=int, default=5, help="k-fold K (default %(default)s)")
     p.add_argument("--until", choices=STAGES, default="retrain", help="last stage to run (default %(default)s)")
-    p.add_argument("--out", type=Path, default=common.RESULTS_DIR / "label_audit.json")
+    p.add_argument("--quick", action="store_true",
+                   help="check the harness: 60 people, 2 folds, a 1-epoch tiny model, under --work/quick")
+    p.add_argument("--out", type=Path, default=None,
+                   help="result JSON (default bench/results/label_audit.json; with --quick: under --work)")
     args = p.parse_args(argv)
+    if args.quick:
+        args.work, args.people, args.eval_people, args.folds = args.work / "quick", 60, 20, 2
+    args.out = args.out or (args.work / "label_audit.json" if args.quick else common.RESULTS_DIR / "label_audit.json")
     common.setup_logging()
 
     def body() -> None:
         started = common.utc_now()
         with common.CpuMonitor() as monitor:
             result = measure(args)
-        config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()} | {"recipe": list(RECIPE)}
-        common.save_run("label_audit", argv, started, monitor, False, config, result, args.out)
+        config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+        config["recipe"] = list(QUICK_RECIPE if args.quick else RECIPE)
+        common.save_run("label_audit", argv, started, monitor, args.quick, config, result, args.out)
         print(json.dumps(result, indent=1))
 
     return common.run_part(body, no_report=True)

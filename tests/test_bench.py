@@ -168,7 +168,7 @@ def bench_cli(module: str, *argv: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("module", ["model_only", "batch_job", "rest", "report", "loadgen", "baseline", "eval_scale",
-                                    "thread_budget", "int8_calibration", "bf16"])
+                                    "thread_budget", "int8_calibration", "bf16", "label_audit"])
 def test_every_script_has_help(module):
     r = bench_cli(module, "--help")
     assert r.returncode == 0, f"bench.{module} --help exited {r.returncode}: {r.stderr[-500:]}"
