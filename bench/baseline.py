@@ -152,17 +152,25 @@ def timed_run(model: torch.nn.Module, info_csv: Path, images_dir: Path, out_csv:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.baseline",
                                 description="The competition baseline's inference loop on a mask-train checkpoint.")
-    p.add_argument("--checkpoint", required=True, help="mask-train checkpoint (best.pt)")
-    p.add_argument("--info", required=True, type=Path, help="info.csv with ImageID, ans")
-    p.add_argument("--images", required=True, type=Path, help="folder of the ImageID files")
-    p.add_argument("--out", required=True, type=Path, help="submission CSV to write")
+    p.add_argument("--checkpoint", help="mask-train checkpoint (best.pt; required)")
+    p.add_argument("--info", type=Path, help="info.csv with ImageID, ans (required)")
+    p.add_argument("--images", type=Path, help="folder of the ImageID files (required)")
+    p.add_argument("--out", type=Path, help="submission CSV to write (required)")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
                    help=f"DataLoader batch size (default: {BATCH_SIZE}, the starter's)")
     p.add_argument("--num-workers", type=int, default=None,
                    help=f"DataLoader worker processes (default: cpu_count() // 2 = {cpu_workers(share=0.5)}, the starter's)")
     p.add_argument("--stages", type=int, metavar="N",
                    help="instead: time each stage serially over the first N images and print them")
+    p.add_argument("--self-check", action="store_true",
+                   help="instead: check on a random tiny network and image that this loop feeds the product's "
+                        "network the product's pixels (no checkpoint needed); exit 1 if not")
     args = p.parse_args(argv)
+    if args.self_check:
+        return self_check()
+    missing = [f"--{k}" for k in ("checkpoint", "info", "images", "out") if getattr(args, k) is None]
+    if missing:
+        p.error(f"the following arguments are required: {', '.join(missing)}")
     try:
         from training.checkpoint import load_checkpoint, model_from_checkpoint
         from maskdata.preprocess import Preprocess
@@ -184,6 +192,45 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(json.dumps({"images": len(preds), "load_s": t1 - t0, "loop_s": t2 - t1}))
     return 0
+
+
+def self_check() -> int:
+    """The two facts the comparison rests on: :func:`float_input_net` on normalized floats answers what
+    the product's network answers on the uint8 pixels, and :class:`TestDataset` yields the normalized
+    pixels of a PIL bilinear resize (a lossless PNG, so a decode difference cannot hide a mistake)."""
+    import tempfile
+
+    import numpy as np
+
+    from maskdata.preprocess import Preprocess
+    from training.models import create_model
+
+    torch.manual_seed(0)
+    pre = Preprocess(32, 24)
+    net = create_model("tiny_cnn", "multi", preprocess=pre).eval()
+    x = torch.randint(0, 256, (3, 32, 24, 3), dtype=torch.uint8)
+    mean, std = torch.tensor(pre.mean).view(1, 3, 1, 1), torch.tensor(pre.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        want, got = net(x), float_input_net(net)((x.permute(0, 3, 1, 2).float() / 255 - mean) / std)
+    failures = []
+    if not torch.allclose(want, got, atol=1e-4):
+        failures.append(f"float_input_net differs from the network by {float((want - got).abs().max()):.2g}")
+    if net.normalize(x).shape != (3, 3, 32, 24):
+        failures.append("float_input_net changed the original network's uint8 front end")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "a.png"
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 48, 3), dtype=np.uint8)).save(path)
+        item = TestDataset([str(path)], (32, 24), pre.mean, pre.std)[0]
+        pixels = np.asarray(Image.open(path).resize((24, 32), Image.BILINEAR), dtype=np.float32) / 255
+    expect = (pixels - np.array(pre.mean, dtype=np.float32)) / np.array(pre.std, dtype=np.float32)
+    if tuple(item.shape) != (3, 32, 24):
+        failures.append(f"TestDataset gave shape {tuple(item.shape)}, expected (3, 32, 24)")
+    elif not np.allclose(item.numpy().transpose(1, 2, 0), expect, atol=1e-5):
+        failures.append("TestDataset's pixels are not the normalized PIL bilinear resize")
+    for f in failures:
+        print(f"error: self-check: {f}", file=sys.stderr)
+    print("self-check: " + ("FAILED" if failures else "ok: float_input_net and TestDataset match the product"))
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

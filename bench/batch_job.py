@@ -404,7 +404,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--append", action="store_true",
                    help="keep the rows of --out measured earlier (other arch/size), replacing only those run now")
     p.add_argument("--no-report", action="store_true", help="do not re-render docs/benchmarks.md")
+    p.add_argument("--self-check", action="store_true",
+                   help="instead: check how --append merges rows, on made-up rows, and exit (1 if wrong)")
     return p
+
+
+def self_check() -> int:
+    """``--append``: a re-measured (arch, size) row replaces the old one in place; new rows go last."""
+    def row(arch, size, tag):
+        return {"arch": arch, "input_size": size, "tag": tag}
+
+    old = [row("resnet18", [128, 96], "old"), row("plain_cnn", [128, 96], "old"), row("resnet18", [224, 224], "old")]
+    new = [row("resnet18", [128, 96], "new"), row("small_cnn", [128, 96], "new")]
+    got = [(r["arch"], r["input_size"][0], r["tag"]) for r in merge_rows(old, new)]
+    want = [("resnet18", 128, "new"), ("plain_cnn", 128, "old"), ("resnet18", 224, "old"), ("small_cnn", 128, "new")]
+    if got != want:
+        print(f"error: self-check: --append merged {got}, expected {want}", file=sys.stderr)
+        return 1
+    print("self-check: ok: --append replaces re-measured rows in place")
+    return 0
 
 
 def job_config(args: argparse.Namespace) -> JobConfig:
@@ -430,6 +448,8 @@ def job_config(args: argparse.Namespace) -> JobConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.self_check:
+        return self_check()
     common.setup_logging()
     try:
         cfg = job_config(args)

@@ -288,3 +288,35 @@ def render_docs() -> None:
     rc = subprocess.run([sys.executable, "-m", "bench.report"], cwd=REPO_ROOT).returncode
     if rc != 0:
         raise RuntimeError(f"python -m bench.report exited {rc}; docs/benchmarks.md was not re-rendered")
+
+
+def self_check() -> int:
+    """The harness's own arithmetic, on no data: :func:`time_calls` makes its warm-up plus its repeat
+    count of calls, and :func:`run_measured` reports the command's peak RSS, not this process's
+    (a direct child's ``ru_maxrss`` starts from the parent's RSS across exec on Linux)."""
+    failures = []
+    calls = []
+    t = time_calls(lambda: calls.append(1), warmup=2, min_repeats=3, max_repeats=5, budget_s=1e9)
+    if len(calls) != 7 or t.to_dict()["repeats"] != 5:
+        failures.append(f"time_calls: expected 2 warm-up + 5 timed calls, got {len(calls)} calls, "
+                        f"{t.to_dict()['repeats']} timed")
+    ballast = bytearray(400 << 20)            # this process holds 400 MB more than the command ever will
+    ballast[::4096] = b"\x01" * len(ballast[::4096])
+    stdout, _, wall, rss = run_measured([sys.executable, "-c", "x = bytearray(64 << 20); print('ok')"])
+    del ballast
+    if stdout.strip() != "ok" or wall <= 0:
+        failures.append(f"run_measured: stdout {stdout!r}, wall {wall}")
+    if not 64 <= rss < 300:
+        failures.append(f"run_measured: peak RSS {rss:.0f} MB, expected the 64 MB command plus an interpreter")
+    for f in failures:
+        print(f"error: self-check: {f}", file=sys.stderr)
+    print("self-check: " + ("FAILED" if failures else "ok: time_calls counts, run_measured reports the command's RSS"))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    import argparse
+
+    _p = argparse.ArgumentParser(prog="python -m bench.common", description="Helpers every benchmark shares.")
+    _p.add_argument("--self-check", action="store_true", help="check the repeat counting and peak-RSS measuring")
+    sys.exit(self_check() if _p.parse_args().self_check else (_p.print_help() or 0))

@@ -48,6 +48,22 @@ def head_csv(info: Path, rows: int, out: Path) -> Path:
     return out
 
 
+def self_check() -> int:
+    """The short run's info.csv is the header and the first rows of the full one, in order."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        info = Path(tmp) / "info.csv"
+        info.write_text("ImageID,ans\n" + "".join(f"{i}.jpg,0\n" for i in range(10)), encoding="utf-8")
+        got = head_csv(info, 3, Path(tmp) / "short.csv").read_text().splitlines()
+    want = ["ImageID,ans", "0.jpg,0", "1.jpg,0", "2.jpg,0"]
+    if got != want:
+        print(f"error: self-check: the short info.csv is {got}, expected {want}", file=sys.stderr)
+        return 1
+    print("self-check: ok: the short run takes the first rows")
+    return 0
+
+
 def run(args: argparse.Namespace, argv: list[str] | None) -> None:
     if not args.model.is_file():
         raise FileNotFoundError(f"model not found: {args.model}")
@@ -79,7 +95,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.eval_scale", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", type=Path, required=True, help="exported ONNX model (mask-export)")
+    p.add_argument("--model", type=Path, help="exported ONNX model (mask-export; required)")
     p.add_argument("--data", type=Path, default=common.REPO_ROOT / "data" / "bench-scale",
                    help="synthetic set (made here if missing; default: data/bench-scale)")
     p.add_argument("--eval-people", type=int, default=EVAL_PEOPLE,
@@ -88,7 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--submit-args", default="", metavar="FLAGS", help="more mask-submit flags, one string")
     p.add_argument("--out", type=Path, default=common.RESULTS_DIR / "eval_scale.json", help="result JSON")
     p.add_argument("--no-report", action="store_true", help="do not re-render docs/benchmarks.md")
+    p.add_argument("--self-check", action="store_true",
+                   help="instead: check on a made-up info.csv that the short run reads the first rows; exit 1 if not")
     args = p.parse_args(argv)
+    if args.self_check:
+        return self_check()
+    if args.model is None:
+        p.error("the following arguments are required: --model")
     common.setup_logging()
     return common.run_part(lambda: run(args, argv), args.no_report)
 

@@ -109,13 +109,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=5.0, help="measured seconds (default: 5)")
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first (default: 1)")
     p.add_argument("--field", default="image", help="multipart field name (default: image)")
+    p.add_argument("--requests", type=int, default=None, metavar="N",
+                   help="stop after N requests even before --duration ends (default: no limit)")
     args = p.parse_args(argv)
     try:
         host = httpx.URL(args.url).host
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError(f"refusing to load {host!r}: this generator only targets loopback")
         bodies = [multipart_body(args.field, f.name, f.read_bytes()) for f in args.images]
-        result = asyncio.run(run_load(args.url, bodies, args.clients, args.duration, args.warmup))
+        limit = {} if args.requests is None else {"max_requests": args.requests}
+        result = asyncio.run(run_load(args.url, bodies, args.clients, args.duration, args.warmup, **limit))
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
