@@ -8,7 +8,7 @@ no pytest, no package registry): it installs nothing, needs no venv and imports 
 pytest. Every check is a plain function that raises ``Skip(reason)`` when what it needs is absent
 (no torch, no CUDA device, no CUDA provider in onnxruntime, no onnx exporter), so on a CPU-only
 machine it reports every check as skipped with its reason and every bench row as "not measured".
-``tests/test_gpu.py`` runs the same checks under pytest (marker ``gpu``).
+``tests/test_gpu.py`` runs this command under pytest (marker ``gpu``) and judges its JSON.
 
 Checks: ORT's CUDA provider is active and its probabilities are within FP32 tolerance of the CPU
 provider's; the FP16 variant agrees on the argmax; the PyTorch serving backend on CUDA (fp16
