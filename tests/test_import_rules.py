@@ -8,6 +8,8 @@
    (bentofile.yaml ``include`` less ``exclude``) is parsed, and none imports torch, ``training``,
    ``export``, ``demo`` or ``bench`` — at module level or inside a function — since Docker has no
    daemon here. ``serving/torch_backend.py`` is left out of both on purpose (and so of this check).
+3. No test imports ``bench`` (module level or inside a function): bench/ is the measuring harness,
+   so tests run it as ``python -m bench.X`` commands, the way a user does, and judge what it writes.
 """
 from __future__ import annotations
 
@@ -119,15 +121,20 @@ def bento_files() -> set[str]:
     return {f for f in files if include.match_file(f) and not exclude.match_file(f)}
 
 
-def imports_of(path: Path) -> set[str]:
-    """Top-level names of every import in the file, module level or nested (lazy imports count)."""
-    names = set()
+def import_lines(path: Path) -> list[tuple[int, str]]:
+    """(line, top-level name) of every import in the file, module level or nested."""
+    found = []
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
-            names |= {a.name.split(".")[0] for a in node.names}
+            found += [(node.lineno, a.name.split(".")[0]) for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module.split(".")[0])
-    return names
+            found.append((node.lineno, node.module.split(".")[0]))
+    return found
+
+
+def imports_of(path: Path) -> set[str]:
+    """Top-level names of every import in the file, module level or nested (lazy imports count)."""
+    return {name for _, name in import_lines(path)}
 
 
 @pytest.mark.parametrize("packaged", [dockerfile_files, bento_files], ids=["dockerfile", "bentofile"])
@@ -146,3 +153,27 @@ def test_the_import_parser_sees_lazy_imports(tmp_path):
     src = tmp_path / "m.py"
     src.write_text("import os\n\ndef f():\n    from training.checkpoint import load_checkpoint\n    import torch.nn\n")
     assert imports_of(src) == {"os", "training", "torch"}
+
+
+def bench_imports(paths: list[Path]) -> list[str]:
+    """``file:line: imports bench`` for every import of bench in ``paths``."""
+    def shown(p: Path) -> str:
+        return p.relative_to(REPO).as_posix() if p.is_relative_to(REPO) else str(p)
+
+    return [f"{shown(p)}:{line}: imports {name}" for p in paths for line, name in import_lines(p) if name == "bench"]
+
+
+def test_tests_never_import_bench():
+    tests = sorted((REPO / "tests").glob("*.py"))
+    assert len(tests) >= 10 and Path(__file__) in tests, [t.name for t in tests]
+    bad = bench_imports(tests)
+    assert bad == [], ("tests must run bench/ as `python -m bench.X` subprocesses, never import it:\n"
+                       + "\n".join(bad))
+
+
+def test_the_bench_rule_sees_every_form(tmp_path):
+    (tmp_path / "t.py").write_text("import os\nimport bench\nfrom bench.loadgen import run_load\n\n"
+                                   "def f():\n    import bench.report as r\n    from bench import common\n"
+                                   "    x = 'import bench'  # a string is not an import\n")
+    found = bench_imports([tmp_path / "t.py"])
+    assert [f.split(":")[1] for f in found] == ["2", "3", "6", "7"], found
