@@ -267,6 +267,11 @@ def _write_epoch(out_dir: Path, parts: Parts, loaders: Loaders, progress: Progre
     plots.save_curves(progress.history, out_dir / "curves.png")
 
 
+def _distilled(loaders: Loaders) -> dict:
+    """``{"distill": {teacher, W, T, pseudo-label counts}}`` for config.json and the checkpoints, or {}."""
+    return {"distill": loaders.soft.record} if loaders.soft else {}
+
+
 def _write_run_record(out_dir: Path, cfg: RunConfig, split: dict, extra: dict | None = None) -> None:
     atomic_write_text(out_dir / "config.json", json.dumps({**cfg.to_dict(), **(extra or {})}, indent=2) + "\n")
     atomic_write_text(out_dir / "config.yaml", config_yaml(cfg))
@@ -301,11 +306,10 @@ def fit(cfg: RunConfig, samples: list[Sample], train_idx: list[int], val_idx: li
             return FitResult(best=progress.best, history=progress.history, epochs_run=0)
     split = {"train_people": sorted({s.person for s in loaders.train_samples}),
              "val_people": sorted({s.person for s in loaders.val_samples})}
-    distilled = {"distill": loaders.soft.record} if loaders.soft else {}   # teacher, pseudo-label counts
-    if ranks.main:
-        _write_run_record(out_dir, cfg, split, distilled)
     common = dict(age_bins=cfg.data.age_bins, config=cfg.to_dict(), data_fingerprint=fp, data_dir=cfg.data.data_dir,
-                  val_images=[s.path for s in loaders.val_samples[:64]], split=split, **distilled)
+                  val_images=[s.path for s in loaders.val_samples[:64]], split=split, **_distilled(loaders))
+    if ranks.main:
+        _write_run_record(out_dir, cfg, split, _distilled(loaders))
     tb = RunLogger(out_dir, enabled=train_cfg.tensorboard and ranks.main)
     epochs_run = 0
     for epoch in range(progress.start, train_cfg.epochs):
