@@ -116,4 +116,5 @@ def build_train_targets(cfg, all_samples: list[Sample], train_samples: list[Samp
         packed = torch.cat([packed, distill.pack(task, extra_q)])
         samples += extra
         hard += task.argmax(1).tolist()
-    return TrainTargets(samples, list(packed.unbind(0)), hard, record)
+    # one small tensor per image (not views of one big storage that every DataLoader worker would share)
+    return TrainTargets(samples, [row.clone() for row in packed], hard, record)
