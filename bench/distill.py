@@ -89,10 +89,15 @@ def measure(args) -> dict:
         _run(_py("maskdata.cli", "synth", "--out", data, "--people", args.people, "--eval-people",
                  args.eval_people, "--seed", args.seed))
     t_size, s_size = args.teacher_size, args.student_size
-    teacher_dir, ensemble = work / "teacher", work / "ensemble.onnx"
-    teacher = _train(data, teacher_dir, args.teacher_model, t_size, args.teacher_epochs,
-                     ["--folds", str(args.folds), "--seed", str(args.seed)])
-    _export(sorted(teacher_dir.glob("fold*/best.pt")), ensemble)
+    src = Path(args.teacher_from) if args.teacher_from else work
+    teacher_dir, ensemble = src / "teacher", src / "ensemble.onnx"
+    if args.teacher_from:   # another student against the teacher of an earlier run (same data)
+        teacher = json.loads((src / "distill.json").read_text())["teacher"] if (src / "distill.json").is_file() \
+            else {"command": f"(the teacher of {src})"}
+    else:
+        teacher = _train(data, teacher_dir, args.teacher_model, t_size, args.teacher_epochs,
+                         ["--folds", str(args.folds), "--seed", str(args.seed)])
+        _export(sorted(teacher_dir.glob("fold*/best.pt")), ensemble)
     probs = work / "ensemble.probs.csv"
     f1 = {"ensemble": _f1(ensemble, data, work / "ensemble.sub.csv", ["--probs", str(probs)])}
     common_args = ["--seed", str(args.seed), "--head", args.student_head]
@@ -136,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-people", type=int, default=60)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--teacher-from", metavar="WORK", help="reuse the teacher (WORK/teacher, WORK/ensemble.onnx) of "
+                                                           "an earlier run on the same --data instead of training one")
     p.add_argument("--teacher-model", default="plain_cnn")
     p.add_argument("--teacher-size", type=int, nargs=2, default=(96, 72), metavar=("H", "W"))
     p.add_argument("--teacher-epochs", type=int, default=8)
