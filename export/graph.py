@@ -129,8 +129,10 @@ def build_metadata(ckpts: list[dict], paths: list[str | os.PathLike], tta: tuple
     from training.calibration import calibration_metadata
 
     first = ckpts[0]
+    # a distilled / pseudo-labelled member shows its teacher and how many pseudo-labelled images it took
     sources = [{"path": str(Path(p).resolve()), "metrics": dict(c.get("metrics") or {}),
-                "fingerprint": str(c.get("data_fingerprint", "")), "epoch": int(c.get("epoch", 0))}
+                "fingerprint": str(c.get("data_fingerprint", "")), "epoch": int(c.get("epoch", 0)),
+                **({"distill": dict(c["distill"])} if c.get("distill") else {})}
                for c, p in zip(ckpts, paths)]
     return ModelMetadata(
         preprocess=Preprocess.from_dict(first["preprocess"]), arch=first["arch"], head=first["head"],

@@ -253,13 +253,19 @@ class GridOutcome:
 
 
 def _format_probs(image_ids: list[str], probs: np.ndarray, uncertain_below: float | None = None) -> str:
-    header = ["ImageID"] + [f"p{c}" for c in range(labels.NUM_CLASSES)] + ["uncertain"]
+    """ImageID, p0..p17, uncertain, then logp0..logp17: the natural log of the float32 probabilities
+    (-inf where one underflowed to 0), which a distillation teacher at temperature T needs."""
+    n = labels.NUM_CLASSES
+    header = ["ImageID"] + [f"p{c}" for c in range(n)] + ["uncertain"] + [f"logp{c}" for c in range(n)]
     rows = []
-    for image_id, row in zip(image_ids, probs):
+    with np.errstate(divide="ignore"):
+        logp = np.log(probs.astype(np.float64))
+    for image_id, row, lrow in zip(image_ids, probs, logp):
         skipped = np.isnan(row).any()
-        values = [""] * labels.NUM_CLASSES if skipped else [f"{v:.9g}" for v in row]
+        values = [""] * n if skipped else [f"{v:.9g}" for v in row]
+        logs = [""] * n if skipped else [f"{v:.9g}" for v in lrow]
         flag = "" if skipped else str(int(uncertain_below is not None and float(row.max()) < uncertain_below))
-        rows.append(dict(zip(header, [image_id, *values, flag])))
+        rows.append(dict(zip(header, [image_id, *values, flag, *logs])))
     return write_csv_text(header, rows)
 
 

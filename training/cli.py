@@ -118,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     for dest in ("warmup_epochs", "step_size", "gamma", "milestones", "min_lr_ratio", "patience", "criterion",
                  "focal_gamma", "smoothing", "class_weights", "accum_steps", "clip_grad"):
         add(g, dest)
+    g = p.add_argument_group("distillation and pseudo-labels (docs/training.md, Distillation)")
+    add(g, "teacher", "", metavar="SOURCE")
+    add(g, "distill_weight", "", metavar="W")
+    add(g, "distill_temperature", "", metavar="T")
+    add(g, "pseudo_label", "", metavar="PROBS")
+    add(g, "pseudo_threshold", "", metavar="P")
+    add(g, "pseudo_images", "", metavar="DIR")
     g = p.add_argument_group("run")
     add(g, "amp", f": {list(AMP_CHOICES)}", nargs="?", const="auto")
     for dest in ("device", "seed", "early_stop", "resume", "stop_after"):
@@ -175,6 +182,8 @@ def _check_args(a: argparse.Namespace) -> None:
         raise FileNotFoundError(f"weights file not found: {a.weights}")
     if a.pretrained and not a.weights:
         backbones.check_pretrained_available(a.model)
+    from training.distill_cli import check_distill_args
+    check_distill_args(a)
 
 
 def config_from_args(a: argparse.Namespace, given: set[str] = frozenset()) -> RunConfig:
@@ -313,6 +322,9 @@ def run(cfg: RunConfig, resume: Path | None = None, on_epoch_end=None) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         log.info("%d images of %d people from %s; device %s, world size %d", len(samples),
                  len({s.person for s in samples}), cfg.data.data_dir, device, ranks.world)
+        if cfg.loss.teacher:   # an .onnx teacher runs once (rank 0), cached in RUN_DIR; CSV teachers are read as is
+            from training.distill_cli import prepare_teacher
+            prepare_teacher(cfg, samples, ranks)
         if cfg.train.folds >= 2:
             if ranks.main:
                 atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")

@@ -45,6 +45,10 @@ class DataConfig:
     mixup: float = _f(0.0, "MixUp Beta alpha (0 = off)")
     cutmix: float = _f(0.0, "CutMix Beta alpha (0 = off)")
     mix_prob: float = _f(1.0, "share of batches mixed when --mixup/--cutmix is on")
+    pseudo_label: str = _f("", "teacher probabilities for images outside the training set (mask-submit --probs "
+                           "on the eval set); the confident ones train on the teacher's soft targets, never validate")
+    pseudo_threshold: float = _f(0.9, "--pseudo-label: keep images whose top teacher probability is at least this")
+    pseudo_images: str = _f("", "--pseudo-label: folder the ImageIDs are relative to (default: DATA_DIR/../eval/images)")
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,10 @@ class LossConfig:
     focal_gamma: float = _f(2.0, "focal loss exponent")
     smoothing: float = _f(0.1, "label_smoothing epsilon")
     class_weights: str = _f("none", "none | balanced (inverse class frequency)")
+    teacher: str = _f("", "distil from a teacher: an out-of-fold/val prediction CSV, a teacher log-prob CSV, or an "
+                      "exported .onnx model/ensemble (run once over the training images, cached in RUN_DIR)")
+    distill_weight: float = _f(0.5, "--teacher: loss = (1 - W) task + W T^2 KL(teacher || student)")
+    distill_temperature: float = _f(2.0, "--teacher: softmax temperature T of teacher and student in the KL term")
 
 
 @dataclass(frozen=True)
@@ -130,12 +138,14 @@ CLI_FIELDS = {
     "val_fraction": ("data", "val_fraction"), "sampler": ("data", "sampler"), "oversample": ("data", "oversample"),
     "age_bins": ("data", "age_bins"), "batch_size": ("data", "batch_size"), "workers": ("data", "workers"),
     "strict": ("data", "strict"), "relabel": ("data", "relabel"),
-    **{n: ("data", n) for n in ("crop", "aspect", "mixup", "cutmix", "mix_prob")},
+    **{n: ("data", n) for n in ("crop", "aspect", "mixup", "cutmix", "mix_prob", "pseudo_label",
+                                "pseudo_threshold", "pseudo_images")},
     "model": ("model", "arch"), "head": ("model", "head"), "pretrained": ("model", "pretrained"),
     "weights": ("model", "weights"),
     **{n: ("optim", n) for n in ("optimizer", "lr", "weight_decay", "momentum", "nesterov", "scheduler",
                                  "warmup_epochs", "step_size", "gamma", "milestones", "min_lr_ratio", "patience")},
-    **{n: ("loss", n) for n in ("criterion", "focal_gamma", "smoothing", "class_weights")},
+    **{n: ("loss", n) for n in ("criterion", "focal_gamma", "smoothing", "class_weights", "teacher",
+                                "distill_weight", "distill_temperature")},
     **{n: ("train", n) for n in ("out", "epochs", "accum_steps", "clip_grad", "amp", "device", "seed",
                                  "early_stop", "folds", "resume", "stop_after")},
 }

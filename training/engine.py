@@ -109,4 +109,5 @@ def evaluate(model, loader, y_true: np.ndarray, *, device: torch.device, amp_dty
     out = metrics.report(y_true, probs.argmax(1))
     out["loss"] = float(F.cross_entropy(logits, target)) if len(target) else 0.0
     out["confusion"] = metrics.confusion(y_true, probs.argmax(1))
+    out["log_probs"] = torch.log_softmax(logits, dim=1).numpy()   # val_predictions.csv: what a teacher needs
     return out, probs

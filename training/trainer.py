@@ -30,13 +30,14 @@ from maskdata.io import atomic_write_text
 from maskdata.layout import Sample, fingerprint
 from maskdata.preprocess import Preprocess
 from maskdata.report import class_report, report_csv_text
-from training import calibration, data, dist, engine, plots
+from training import calibration, data, dist, distill, engine, plots
 from training.tensorboard import RunLogger
 from training.augment import BatchMix
 from training.checkpoint import build_checkpoint, load_checkpoint, save_checkpoint, unwrap
 from training.config import RunConfig, config_yaml
 from training.losses import balanced_class_weights, create_criterion
 from training.models import create_model
+from training.pseudo import build_train_targets
 from training.optim import create_optimizer, create_scheduler, extend_restarts, updates_per_epoch
 from training.soft_targets import SoftAware
 
@@ -70,12 +71,18 @@ def _csv_text(history: list[dict]) -> str:
     return buf.getvalue()
 
 
-def _predictions_text(samples: list[Sample], y_true: np.ndarray, probs: np.ndarray) -> str:
+def _predictions_text(samples: list[Sample], y_true: np.ndarray, probs: np.ndarray,
+                      log_probs: np.ndarray | None = None) -> str:
+    """path, person, true, pred, prob_0..17 (6 decimals) and, after them, logp_0..17 (log_softmax of the
+    logits, 9 significant digits: what a distillation teacher at temperature T needs)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["path", "person", "true", "pred", *[f"prob_{c}" for c in range(labels.NUM_CLASSES)]])
-    for s, t, p in zip(samples, y_true, probs):
-        w.writerow([s.path, s.person, int(t), int(p.argmax()), *[f"{v:.6f}" for v in p]])
+    n = labels.NUM_CLASSES
+    logp_cols = [f"logp_{c}" for c in range(n)] if log_probs is not None else []
+    w.writerow(["path", "person", "true", "pred", *[f"prob_{c}" for c in range(n)], *logp_cols])
+    for i, (s, t, p) in enumerate(zip(samples, y_true, probs)):
+        logp = [f"{v:.9g}" for v in log_probs[i]] if log_probs is not None else []
+        w.writerow([s.path, s.person, int(t), int(p.argmax()), *[f"{v:.6f}" for v in p], *logp])
     return buf.getvalue()
 
 
@@ -95,11 +102,16 @@ class Loaders:
         self.val_samples = [samples[i] for i in val_idx]
         self.y_val = np.array([s.label(labels.DEFAULT_AGE_BINS) for s in self.val_samples], dtype=np.int64)
         show = cfg.train.progress and ranks.main
-        self.train_ds = data.MaskDataset(self.train_samples, self.train_targets, self.preprocess,
+        # --teacher / --pseudo-label: packed soft targets, pseudo-labelled images after the split (train only)
+        self.soft = build_train_targets(cfg, samples, self.train_samples, self.train_targets, self.preprocess)
+        ds_samples, ds_targets = ((self.soft.samples, self.soft.packed) if self.soft else
+                                  (self.train_samples, self.train_targets))
+        self.train_ds = data.MaskDataset(ds_samples, ds_targets, self.preprocess,
                                          data.create_augment(data_cfg.augment), data_cfg.cache, progress=show)
         self.val_ds = data.MaskDataset(self.val_samples, list(self.y_val), self.preprocess, None, data_cfg.cache,
                                        progress=show)
-        weights = data.inverse_frequency_weights(self.train_targets) if data_cfg.sampler == "weighted" else None
+        weights = (data.inverse_frequency_weights(self.soft.hard if self.soft else self.train_targets)
+                   if data_cfg.sampler == "weighted" else None)
         self.train_sampler = data.EpochSampler(len(self.train_ds), seed=cfg.train.seed, weights=weights,
                                                rank=ranks.rank, world=ranks.world)
         val_sampler = data.EpochSampler(len(self.val_ds), shuffle=False, rank=ranks.rank, world=ranks.world, pad=False,
@@ -169,7 +181,10 @@ def _build(cfg: RunConfig, loaders: Loaders, env: Env, upe: int, restarts: list)
     criterion = create_criterion(loss_cfg.criterion, gamma=loss_cfg.focal_gamma, smoothing=loss_cfg.smoothing,
                                  class_weights=weights).to(env.device)
     mix = BatchMix(cfg.data.mixup, cfg.data.cutmix, cfg.data.mix_prob, seed=cfg.train.seed * 31 + env.ranks.rank)
-    if mix.enabled:   # MixUp/CutMix: soft targets, a function of (seed, rank, epoch, step)
+    if loaders.soft is not None:   # distillation / pseudo-labels: packed targets (training.distill)
+        criterion, mix = distill.wrap(criterion, mix, cfg.loss.distill_weight if cfg.loss.teacher else 0.0,
+                                      cfg.loss.distill_temperature)
+    elif mix.enabled:   # MixUp/CutMix: soft targets, a function of (seed, rank, epoch, step)
         criterion = SoftAware(criterion)
     optimizer = create_optimizer(model, cfg.optim)
     schedule = create_scheduler(optimizer, cfg.optim, upe, cfg.train.epochs, restarts)
@@ -236,7 +251,8 @@ def _write_epoch(out_dir: Path, parts: Parts, loaders: Loaders, progress: Progre
         best_metrics = {k: progress.best[k] for k in METRIC_KEYS}
         save_checkpoint(out_dir / "best.pt", build_checkpoint(parts.model, metrics=best_metrics, epoch=epoch,
                                                               **common))
-        atomic_write_text(out_dir / "val_predictions.csv", _predictions_text(loaders.val_samples, loaders.y_val, probs))
+        atomic_write_text(out_dir / "val_predictions.csv",
+                          _predictions_text(loaders.val_samples, loaders.y_val, probs, val.get("log_probs")))
         report = report_csv_text(loaders.y_val, probs, val["report"])
         atomic_write_text(out_dir / "val_report.csv", report)
         tb.report(report, epoch)
@@ -251,8 +267,13 @@ def _write_epoch(out_dir: Path, parts: Parts, loaders: Loaders, progress: Progre
     plots.save_curves(progress.history, out_dir / "curves.png")
 
 
-def _write_run_record(out_dir: Path, cfg: RunConfig, split: dict) -> None:
-    atomic_write_text(out_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+def _distilled(loaders: Loaders) -> dict:
+    """``{"distill": {teacher, W, T, pseudo-label counts}}`` for config.json and the checkpoints, or {}."""
+    return {"distill": loaders.soft.record} if loaders.soft else {}
+
+
+def _write_run_record(out_dir: Path, cfg: RunConfig, split: dict, extra: dict | None = None) -> None:
+    atomic_write_text(out_dir / "config.json", json.dumps({**cfg.to_dict(), **(extra or {})}, indent=2) + "\n")
     atomic_write_text(out_dir / "config.yaml", config_yaml(cfg))
     atomic_write_text(out_dir / "split.json", json.dumps(split, indent=1) + "\n")
 
@@ -285,10 +306,10 @@ def fit(cfg: RunConfig, samples: list[Sample], train_idx: list[int], val_idx: li
             return FitResult(best=progress.best, history=progress.history, epochs_run=0)
     split = {"train_people": sorted({s.person for s in loaders.train_samples}),
              "val_people": sorted({s.person for s in loaders.val_samples})}
-    if ranks.main:
-        _write_run_record(out_dir, cfg, split)
     common = dict(age_bins=cfg.data.age_bins, config=cfg.to_dict(), data_fingerprint=fp, data_dir=cfg.data.data_dir,
-                  val_images=[s.path for s in loaders.val_samples[:64]], split=split)
+                  val_images=[s.path for s in loaders.val_samples[:64]], split=split, **_distilled(loaders))
+    if ranks.main:
+        _write_run_record(out_dir, cfg, split, _distilled(loaders))
     tb = RunLogger(out_dir, enabled=train_cfg.tensorboard and ranks.main)
     epochs_run = 0
     for epoch in range(progress.start, train_cfg.epochs):
