@@ -92,6 +92,53 @@ def list_person_images(folder: Path) -> tuple[dict[str, Path], list[str], int]:
     return found, problems, hidden
 
 
+def _train_paths(train_dir: Path) -> tuple[Path, Path]:
+    """(train.csv, images/) of ``train_dir``; FileNotFoundError naming what is missing."""
+    if not train_dir.is_dir():
+        raise FileNotFoundError(f"data folder not found: {train_dir} (expected DIR/train with train.csv and images/)")
+    csv_path = train_dir / "train.csv"
+    images_dir = train_dir / "images"
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"{csv_path} not found; expected train.csv with columns {','.join(TRAIN_COLUMNS)}")
+    if not images_dir.is_dir():
+        raise FileNotFoundError(f"{images_dir} not found; expected one folder per person")
+    return csv_path, images_dir
+
+
+def _person_labels(row: dict, where: str, report: Report) -> tuple[int, int] | None:
+    """(gender index, age) of a train.csv row, or None after recording why the row is unusable."""
+    try:
+        gender = labels.gender_index(row["gender"])
+    except ValueError as e:
+        report.add("bad gender", f"{where}: {e}")
+        return None
+    try:
+        age = int(float(row["age"].strip()))
+        if not 0 <= age < 130:
+            raise ValueError
+    except ValueError:
+        report.add("unreadable age", f"{where}: age={row['age']!r}")
+        return None
+    return gender, age
+
+
+_EXPECTED_STEMS = [f"mask{k}" for k in range(1, 6)] + ["incorrect_mask", "normal"]
+
+
+def _person_samples(folder: Path, row: dict, gender: int, age: int, report: Report) -> list[Sample]:
+    """The seven images of one person's folder as samples (fewer when some are missing, each recorded)."""
+    images, problems, hidden = list_person_images(folder)
+    report.hidden_skipped += hidden
+    for p in problems:
+        report.add("duplicate image" if p.startswith("duplicate") else "unexpected file", p)
+    missing = [s for s in _EXPECTED_STEMS if s not in images]
+    if missing:
+        report.add("missing image", f"{folder}: {','.join(missing)}")
+    person = row["path"].strip()
+    return [Sample(str(images[stem].resolve()), person, row["id"].strip(), gender, row["race"].strip(), age,
+                   labels.mask_from_filename(stem)) for stem in _EXPECTED_STEMS if stem in images]
+
+
 def read_train_dir(train_dir: str | Path, strict: bool = False,
                    relabel: str | Path | None = None) -> tuple[list[Sample], Report]:
     """Read ``DIR/train`` (train.csv + images/) into samples, reporting every problem.
@@ -103,14 +150,7 @@ def read_train_dir(train_dir: str | Path, strict: bool = False,
     applied to the samples read; its digest and outcome are in the report.
     """
     train_dir = Path(train_dir)
-    if not train_dir.is_dir():
-        raise FileNotFoundError(f"data folder not found: {train_dir} (expected DIR/train with train.csv and images/)")
-    csv_path = train_dir / "train.csv"
-    images_dir = train_dir / "images"
-    if not csv_path.is_file():
-        raise FileNotFoundError(f"{csv_path} not found; expected train.csv with columns {','.join(TRAIN_COLUMNS)}")
-    if not images_dir.is_dir():
-        raise FileNotFoundError(f"{images_dir} not found; expected one folder per person")
+    csv_path, images_dir = _train_paths(train_dir)
     _, rows = read_csv(csv_path, TRAIN_COLUMNS)
     if not rows:
         raise DataError(f"{csv_path} has no rows")
@@ -126,34 +166,14 @@ def read_train_dir(train_dir: str | Path, strict: bool = False,
             report.add("duplicate csv row", f"{where} ({person})")
             continue
         seen_paths.add(person)
-        try:
-            gender = labels.gender_index(row["gender"])
-        except ValueError as e:
-            report.add("bad gender", f"{where}: {e}")
-            continue
-        try:
-            age = int(float(row["age"].strip()))
-            if not 0 <= age < 130:
-                raise ValueError
-        except ValueError:
-            report.add("unreadable age", f"{where}: age={row['age']!r}")
+        person_labels = _person_labels(row, where, report)
+        if person_labels is None:
             continue
         folder = folders.get(person)
         if folder is None:
             report.add("csv row without folder", f"{where}: {images_dir / person}")
             continue
-        images, problems, hidden = list_person_images(folder)
-        report.hidden_skipped += hidden
-        for p in problems:
-            report.add("duplicate image" if p.startswith("duplicate") else "unexpected file", p)
-        expected = [f"mask{k}" for k in range(1, 6)] + ["incorrect_mask", "normal"]
-        missing = [s for s in expected if s not in images]
-        if missing:
-            report.add("missing image", f"{folder}: {','.join(missing)}")
-        for stem in expected:
-            if stem in images:
-                samples.append(Sample(str(images[stem].resolve()), person, row["id"].strip(), gender,
-                                      row["race"].strip(), age, labels.mask_from_filename(stem)))
+        samples += _person_samples(folder, row, *person_labels, report)
     for name in sorted(set(folders) - seen_paths):
         report.add("folder without csv row", str(folders[name]))
     if not samples:

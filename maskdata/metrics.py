@@ -1,5 +1,6 @@
 """Competition metrics in NumPy: 18-class macro F1 (mean per-class F1, zero_division=0), accuracy,
-per-head F1, confusion matrix. Used by training validation, export checks and batch scoring."""
+per-head F1, confusion matrix; the expected calibration error (ECE) and its reliability bins. Used by
+training validation and calibration, export checks and batch scoring."""
 from __future__ import annotations
 
 import numpy as np
@@ -44,3 +45,24 @@ def report(y_true, y_pred) -> dict[str, float]:
     for head, n in labels.HEAD_SIZES.items():
         out[f"f1_{head}"] = macro_f1(head_of(y_true, head), head_of(y_pred, head), n)
     return out
+
+
+ECE_BINS = 15
+
+
+def reliability(probs, y, bins: int = ECE_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per equal-width confidence bin: (mean confidence, accuracy, count)."""
+    p = np.asarray(probs, dtype=np.float64)
+    conf, correct = p.max(1), (p.argmax(1) == np.asarray(y)).astype(np.float64)
+    idx = np.clip(np.ceil(conf * bins).astype(int) - 1, 0, bins - 1)
+    count = np.bincount(idx, minlength=bins).astype(np.float64)
+    mean_conf = np.bincount(idx, conf, minlength=bins) / np.maximum(count, 1)
+    acc = np.bincount(idx, correct, minlength=bins) / np.maximum(count, 1)
+    return mean_conf, acc, count
+
+
+def ece(probs, y, bins: int = ECE_BINS) -> float:
+    """Expected calibration error: sum over bins of (share of samples) * |accuracy - confidence|."""
+    mean_conf, acc, count = reliability(probs, y, bins)
+    n = count.sum()
+    return float((count / n * np.abs(acc - mean_conf)).sum()) if n else 0.0

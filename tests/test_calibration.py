@@ -1,11 +1,12 @@
-"""Temperature scaling and ECE (training.calibration)."""
+"""Temperature scaling (training.calibration) and ECE (maskdata.metrics)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from training.calibration import ece, fit_temperature, softmax
+from maskdata.metrics import ece
+from training.calibration import fit_temperature, softmax
 
 
 def _sample(rng, n=4000, k=18, scale=3.0):

@@ -10,10 +10,15 @@
    daemon here. ``serving/torch_backend.py`` is left out of both on purpose (and so of this check).
 3. No test imports ``bench`` (module level or inside a function): bench/ is the measuring harness,
    so tests run it as ``python -m bench.X`` commands, the way a user does, and judge what it writes.
+4. Every ``.py`` file of the project's packages is parsed and every ``import`` / ``from ... import`` in it,
+   at module level or inside a function, becomes an edge of a module graph: it has no cycle, and neither
+   has the graph of the top-level packages (``training -> export -> training`` through a lazy import is
+   one), so no module's import ever waits on a module that imports it back.
 """
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import os
 import re
@@ -177,3 +182,145 @@ def test_the_bench_rule_sees_every_form(tmp_path):
                                    "    x = 'import bench'  # a string is not an import\n")
     found = bench_imports([tmp_path / "t.py"])
     assert [f.split(":")[1] for f in found] == ["2", "3", "6", "7"], found
+
+
+# --- no import cycles, lazy imports included ---------------------------------------------------------
+CYCLE_PACKAGES = ("maskdata", "training", "export", "serving", "bench", "demo")
+
+
+def project_modules(root: Path = REPO, packages=CYCLE_PACKAGES) -> dict[str, Path]:
+    """{dotted module name: file} for every .py under ``packages`` (``pkg/__init__.py`` is ``pkg``)."""
+    out = {}
+    for pkg in packages:
+        for path in sorted((root / pkg).rglob("*.py")):
+            parts = path.relative_to(root).with_suffix("").parts
+            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def _resolve(node: ast.ImportFrom, module: str, is_package: bool) -> str:
+    """The absolute module name a ``from`` import names (relative imports resolved against ``module``)."""
+    if node.level == 0:
+        return node.module or ""
+    base = module.split(".") if is_package else module.split(".")[:-1]
+    base = base[:len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
+    """{module: project modules it imports anywhere in its file}. ``import a.b`` and ``from a import b``
+    point at ``a.b`` when that is a module, else at ``a``; the parent packages Python initialises on the
+    way are not edges (every submodule would otherwise be in a cycle with its package's ``__init__``)."""
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = _resolve(node, name, path.name == "__init__.py")
+                targets |= {f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names}
+        graph[name] = {_owner(t, modules) for t in targets if _owner(t, modules)} - {name}
+    return graph
+
+
+def _owner(target: str, modules: dict[str, Path]) -> str | None:
+    """``target`` or its nearest enclosing module that is a project file (``a.b.c`` → ``a.b``), or None."""
+    parts = target.split(".")
+    for n in range(len(parts), 0, -1):
+        if ".".join(parts[:n]) in modules:
+            return ".".join(parts[:n])
+    return None
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle per strongly connected component of more than one node (Tarjan), as a path a -> ... -> a."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    components: list[list[str]] = []
+    counter = itertools.count()
+
+    def visit(v: str) -> None:   # recursion depth is bounded by the module count (a few hundred)
+        index[v] = low[v] = next(counter)
+        stack.append(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                components.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return [_cycle_path(graph, set(c)) for c in components]
+
+
+def _cycle_path(graph: dict[str, set[str]], component: set[str]) -> list[str]:
+    """A shortest cycle through the component's first module, by breadth-first search inside it."""
+    start = min(component)
+    paths = {start: [start]}
+    queue = [start]
+    while queue:
+        v = queue.pop(0)
+        for w in sorted(graph[v] & component):
+            if w == start:
+                return paths[v] + [start]
+            if w not in paths:
+                paths[w] = paths[v] + [w]
+                queue.append(w)
+    raise AssertionError(f"no cycle found in component {sorted(component)}")
+
+
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    top = lambda m: m.split(".")[0]  # noqa: E731
+    out: dict[str, set[str]] = {}
+    for src, dsts in graph.items():
+        out.setdefault(top(src), set()).update(top(d) for d in dsts if top(d) != top(src))
+    return out
+
+
+def test_no_import_cycles_between_modules():
+    modules = project_modules()
+    assert len(modules) >= 40, f"only {len(modules)} modules found under {CYCLE_PACKAGES}"
+    cycles = find_cycles(import_graph(modules))
+    assert cycles == [], f"import cycles (lazy imports included): {'; '.join(' -> '.join(c) for c in cycles)}"
+
+
+def test_no_import_cycles_between_packages():
+    modules_graph = import_graph(project_modules())
+    cycles = find_cycles(package_graph(modules_graph))
+    witnesses = []   # the module imports behind each package edge of a cycle, so the message says where
+    for cycle in cycles:
+        for a, b in zip(cycle, cycle[1:]):
+            edge = sorted(f"{m} -> {d}" for m, ds in modules_graph.items() if m.split(".")[0] == a
+                          for d in ds if d.split(".")[0] == b)
+            witnesses.append(f"{a} -> {b} ({', '.join(edge[:3])})")
+    assert cycles == [], (f"package import cycles (lazy imports included): "
+                          f"{'; '.join(' -> '.join(c) for c in cycles)}; through {'; '.join(witnesses)}")
+
+
+def test_the_cycle_finder_sees_lazy_and_relative_imports(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("import os\nfrom pkg import b\n")
+    (pkg / "b.py").write_text("def f():\n    from .sub import c\n")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "c.py").write_text("def g():\n    import pkg.a\n")
+    (pkg / "d.py").write_text("from pkg.sub.c import g\n")
+    modules = project_modules(tmp_path, ("pkg",))
+    graph = import_graph(modules)
+    assert graph["pkg.b"] == {"pkg.sub.c"} and graph["pkg.sub.c"] == {"pkg.a"} and graph["pkg.d"] == {"pkg.sub.c"}, graph
+    assert find_cycles(graph) == [["pkg.a", "pkg.b", "pkg.sub.c", "pkg.a"]], find_cycles(graph)
+    assert find_cycles({"x": {"y"}, "y": set()}) == [], "an acyclic graph has no cycle"

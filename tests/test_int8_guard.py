@@ -7,7 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from export.cli import int8_image_sets, build_parser, main
+from export.cli import build_parser, main
+from export.config import ExportConfig
+from export.pipeline import int8_image_sets
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +42,14 @@ def test_reachable_threshold_writes_and_reports(trained_run, check_dir, tmp_path
     assert 0.5 <= int8["argmax_agreement"] <= 1.0, int8
 
 
-def test_calibration_and_check_sets_are_disjoint(trained_run, synth_root):
+def test_calibration_and_check_sets_are_disjoint(trained_run, synth_root, tmp_path):
     from training.checkpoint import load_checkpoint
 
     train = synth_root / "train" / "images"
-    args = build_parser().parse_args(["--checkpoint", "x.pt", "--int8", "--int8-calibration-images", "20",
-                                      "--int8-check-images", str(train)])
-    calib, check = int8_image_sets(args, [load_checkpoint(str(trained_run / "best.pt"))], [])
+    cfg = ExportConfig.from_args(build_parser().parse_args(
+        ["--checkpoint", "x.pt", "--out", str(tmp_path / "m.onnx"), "--int8", "--int8-calibration-images", "20",
+         "--int8-check-images", str(train)]))
+    calib, check = int8_image_sets(cfg, [load_checkpoint(str(trained_run / "best.pt"))], [])
     assert len(calib) == 20, f"asked 20 calibration images, got {len(calib)}"
     assert all(str(p).startswith(str(train)) for p in calib), "default calibration must come from the training data"
     assert not set(calib) & set(check), "calibration images must not be counted in the agreement"

@@ -21,7 +21,7 @@ import yaml
 from training import tune, tune_run
 from training.cli import CONFIG_ALIASES, build_parser as train_parser, config_from_args, given_options
 from training.tune_space import key_types, load_space
-from training.yamlconfig import parse_with_config
+from maskdata.yamlconfig import parse_with_config
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--model", "tiny_cnn", "--batch-size", "16", "--resize", "32", "24", "--workers", "0", "--no-tensorboard"]

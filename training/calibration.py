@@ -1,7 +1,6 @@
 """Calibrated confidence: one temperature fitted on validation logits, ECE, a reliability diagram.
 
     t = fit_temperature(logits, y)              # minimises the NLL of softmax(logits / t)
-    ece(probs, y)                               # expected calibration error, 15 equal-width bins
     result = calibrate_run(out_dir, logits, y)  # after training: fit, ECE before/after, reliability.png
 
 The temperature is stored in ``best.pt`` (``temperature``, ``metrics.ece_before/ece_after``,
@@ -9,7 +8,8 @@ The temperature is stored in ``best.pt`` (``temperature``, ``metrics.ece_before/
 ONNX graph and the PyTorch parity reference both give calibrated probabilities. Ensembles: every
 member carries the temperature fitted on *its own* validation split (for k-fold, its held-out
 fold); the averaged output is then checked on labelled images given to ``mask-export``
-(ECE in the export report), never on data a member was calibrated on.
+(ECE in the export report), never on data a member was calibrated on. The ECE itself (NumPy, no torch)
+is ``maskdata.metrics.ece``, shared with ``mask-export``.
 """
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from maskdata.metrics import ECE_BINS, ece, reliability
+
 log = logging.getLogger(__name__)
 
-ECE_BINS = 15
 # Serving answers ``uncertain: true`` below this calibrated top probability (MASK_UNCERTAIN_BELOW overrides).
 DEFAULT_UNCERTAIN_BELOW = 0.5
 _T_RANGE = (0.05, 20.0)
@@ -56,24 +57,6 @@ def softmax(logits, temperature: float = 1.0) -> np.ndarray:
     z = z - z.max(1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(1, keepdims=True)
-
-
-def reliability(probs, y, bins: int = ECE_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per equal-width confidence bin: (mean confidence, accuracy, count)."""
-    p = np.asarray(probs, dtype=np.float64)
-    conf, correct = p.max(1), (p.argmax(1) == np.asarray(y)).astype(np.float64)
-    idx = np.clip(np.ceil(conf * bins).astype(int) - 1, 0, bins - 1)
-    count = np.bincount(idx, minlength=bins).astype(np.float64)
-    mean_conf = np.bincount(idx, conf, minlength=bins) / np.maximum(count, 1)
-    acc = np.bincount(idx, correct, minlength=bins) / np.maximum(count, 1)
-    return mean_conf, acc, count
-
-
-def ece(probs, y, bins: int = ECE_BINS) -> float:
-    """Expected calibration error: sum over bins of (share of samples) * |accuracy - confidence|."""
-    mean_conf, acc, count = reliability(probs, y, bins)
-    n = count.sum()
-    return float((count / n * np.abs(acc - mean_conf)).sum()) if n else 0.0
 
 
 def save_reliability_png(probs_before, probs_after, y, path: str | Path, title: str = "") -> Path:

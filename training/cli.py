@@ -33,7 +33,7 @@ from training.losses import parse_criterion
 from training import backbones
 from training.models import HEADS, MODELS
 from training.optim import OPTIMIZERS, SCHEDULERS
-from training.yamlconfig import explicit_dests, load_config_file, parse_with_config
+from maskdata.yamlconfig import explicit_dests, load_config_file, parse_with_config
 
 log = logging.getLogger("training")
 
@@ -246,10 +246,6 @@ def given_options(argv: list[str] | None) -> set[str]:
     if known.config:
         given |= set(load_config_file(known.config, build_parser(), aliases=CONFIG_ALIASES))
     return given
-
-
-def config_from_dict(d: dict) -> RunConfig:
-    return RunConfig.from_dict(d)
 
 
 def resumed_config(a: argparse.Namespace, given: set[str]) -> tuple[RunConfig, Path]:

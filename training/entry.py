@@ -1,4 +1,5 @@
-"""Console-script entry points (``mask-train``, ``mask-export``, ``mask-tune``, ``python -m training``).
+"""Console-script entry points of ``mask-train``, ``mask-tune`` and ``python -m training``; ``mask-export``'s
+is ``export/entry.py``, which calls :func:`prepare_process` from here.
 
 They set process-wide settings *before* torch is first imported, then import the real CLI:
 
@@ -8,7 +9,7 @@ They set process-wide settings *before* torch is first imported, then import the
   100 img/s with PASSIVE on the same loaded 2-core machine. libgomp reads it once, when torch loads,
   so setting it inside ``training.cli.main`` (which imports torch at module level) would be too late.
 
-This module must not import torch, ``training.cli`` or ``export.cli`` at module level.
+This module must not import torch or ``training.cli`` at module level, nor anything from ``export``.
 """
 from __future__ import annotations
 
@@ -29,12 +30,5 @@ def train(argv: list[str] | None = None) -> int:
 def tune(argv: list[str] | None = None) -> int:
     prepare_process()
     from training.tune import main
-
-    return main(argv)
-
-
-def export(argv: list[str] | None = None) -> int:
-    prepare_process()
-    from export.cli import main
 
     return main(argv)

@@ -122,7 +122,7 @@ class Base:
     @classmethod
     def parse(cls, train_argv: list[str]) -> "Base":
         from training.cli import CONFIG_ALIASES, build_parser as train_parser, given_options
-        from training.yamlconfig import parse_with_config
+        from maskdata.yamlconfig import parse_with_config
 
         argv = [*train_argv, "--out", "-"]
         _, unknown = train_parser().parse_known_args(argv)

@@ -111,8 +111,9 @@ def label(value) -> object:
 def key_types(parser: argparse.ArgumentParser) -> dict[str, type]:
     """Every searchable destination of ``parser`` -> int | float | str | bool | list."""
     out = {}
-    # argparse has no public list of a parser's options; yamlconfig.load_config_file relies on
-    # ``_actions`` the same way (tests/test_config.py pins it)
+    # argparse has no public API for an option's type or action (a defaults-only parse, which
+    # maskdata.yamlconfig uses for the names, gives values only); ``_actions`` has been stable since
+    # Python 2.7, and tests/test_tune.py builds its spaces through this function
     for a in parser._actions:
         if a.dest in NOT_SEARCHABLE:
             continue

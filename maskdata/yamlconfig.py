@@ -3,7 +3,9 @@ defaults, flags on the command line win.
 
 Keys are the argparse destinations (``model: resnet18``, ``age_bins: [30, 58]``, switches such as
 ``no_cache`` as ``true``/``false``); an unknown key is a one-line error naming it and the valid ones.
-Imports neither torch nor the rest of ``training``, so ``mask-export`` can use it too.
+It lives in ``maskdata`` (no torch, no other project package) so that ``mask-train`` and ``mask-export``
+share it without one stage importing the other. Only public argparse API is used: the names a parser
+knows are read from a parse of an empty command line, which holds every destination with its default.
 """
 from __future__ import annotations
 
@@ -15,13 +17,17 @@ def _csv(value) -> str:
     return ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-def load_config_file(path: str | Path, parser: argparse.ArgumentParser, csv_keys=(), aliases=None) -> dict:
-    """The mapping in ``path`` checked against ``parser``'s destinations; ValueError with the reason.
+def parser_dests(parser: argparse.ArgumentParser) -> list[str]:
+    """Every destination ``parser`` fills, read from a defaults-only parse (``parse_known_args([])``).
 
-    ``aliases``: ``{key: (dest, convert)}`` for names recipes commonly use (``convert`` may be None)."""
+    Works for parsers without required options (ours check "one of ... is required" in ``main``)."""
+    known, _ = parser.parse_known_args([])
+    return sorted(vars(known))
+
+
+def _read_mapping(path: Path) -> dict:
     import yaml
 
-    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     try:
@@ -31,12 +37,19 @@ def load_config_file(path: str | Path, parser: argparse.ArgumentParser, csv_keys
     values = values or {}
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of option names to values, got {type(values).__name__}")
+    return values
+
+
+def load_config_file(path: str | Path, parser: argparse.ArgumentParser, csv_keys=(), aliases=None) -> dict:
+    """The mapping in ``path`` checked against ``parser``'s destinations; ValueError with the reason.
+
+    ``aliases``: ``{key: (dest, convert)}`` for names recipes commonly use (``convert`` may be None)."""
+    path = Path(path)
+    values = _read_mapping(path)
     aliases = aliases or {}
     values = {**{k: v for k, v in values.items() if k not in aliases},
               **{aliases[k][0]: (aliases[k][1] or (lambda x: x))(v) for k, v in values.items() if k in aliases}}
-    # argparse has no public list of a parser's options; ``_actions`` has been stable since Python 2.7
-    # (tests/test_config.py pins it through the "valid keys" message)
-    valid = sorted(a.dest for a in parser._actions if a.dest not in ("help", "config"))
+    valid = [d for d in parser_dests(parser) if d != "config"]
     unknown = [k for k in values if k not in valid]
     if unknown:
         raise ValueError(f"{path}: unknown key {unknown[0]!r}; valid keys: {', '.join(valid)}")
@@ -58,9 +71,11 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None, c
 
 
 def explicit_dests(parser_factory, argv: list[str] | None) -> set[str]:
-    """The destinations given on the command line itself (not from defaults or a config file)."""
+    """The destinations given on the command line itself (not from defaults or a config file).
+
+    ``argv`` is parsed into a namespace that already holds a marker for every destination (argparse fills
+    in a default only where the namespace has none); a destination still holding the marker was not given."""
     p = parser_factory()
-    # no public API sets every default at once; see load_config_file about ``_actions``
-    for a in p._actions:
-        a.default = argparse.SUPPRESS
-    return set(vars(p.parse_args(argv)))
+    unset = object()
+    ns = argparse.Namespace(**{d: unset for d in parser_dests(p)})
+    return {k for k, v in vars(p.parse_args(argv, namespace=ns)).items() if v is not unset}
