@@ -130,3 +130,26 @@ def test_console_script_sets_omp_wait_policy_before_torch_is_imported():
     proc = subprocess.run([sys.executable, "-c", "import os, training; print(os.environ.get('OMP_WAIT_POLICY'))"],
                           capture_output=True, text=True, env=_fresh_env(), timeout=60)
     assert proc.stdout.strip() == "None", f"import training must not change the environment: {proc.stdout}"
+
+
+def test_mask_export_entry_point_sets_omp_wait_policy_before_torch_is_imported():
+    """The entry point pyproject names for ``mask-export`` (read from pyproject.toml, so a stale installed
+    script cannot hide a change) sets the policy before ``import torch`` starts, as ``mask-train``'s does."""
+    import tomllib
+
+    scripts = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    module, func = scripts["mask-export"].split(":")
+    assert module.split(".")[0] == "export", f"mask-export must enter through export/, not {module}"
+    probe = (
+        "import importlib, os, sys\n"
+        "class Probe:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch':\n"
+        "            print('AT_TORCH_IMPORT', os.environ.get('OMP_WAIT_POLICY', '<unset>'), flush=True)\n"
+        "            sys.meta_path.remove(self)\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, Probe())\n"
+        f"sys.exit(getattr(importlib.import_module({module!r}), {func!r})(['--help']))\n")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=_fresh_env(), timeout=120)
+    assert proc.returncode == 0 and "usage: mask-export" in proc.stdout, f"rc {proc.returncode}\n{proc.stderr[-2000:]}"
+    assert "AT_TORCH_IMPORT PASSIVE" in proc.stdout, proc.stdout[:500]
