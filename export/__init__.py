@@ -1,6 +1,7 @@
 """Export stage: mask-train checkpoints → parity-checked, self-describing ONNX (+ FP16/INT8) → BentoML store.
 
-Command line: ``mask-export --help`` (``export/cli.py``). Library use::
+Command line: ``mask-export --help`` (``export/entry.py`` → ``export/cli.py``; the run itself is
+``export.pipeline.run_export(ExportConfig)``, the config in ``export/config.py``). Library use::
 
     from export import EnsembleNet, export_onnx, check_parity, read_metadata
 
