@@ -97,6 +97,17 @@ def test_unknown_config_key_is_a_one_line_error(tmp_path, capsys, tool):
     assert ("model" if tool == "mask-train" else "atol") in err[0], err
 
 
+def test_config_loader_reads_what_the_command_line_gave():
+    from maskdata.yamlconfig import explicit_dests, parser_dests
+
+    assert explicit_dests(build_parser, ["--epochs", "3", "--no-cache", "--resize", "32", "24"]) == \
+        {"epochs", "no_cache", "resize"}, "only the options on the command line count as given"
+    assert explicit_dests(build_parser, []) == set(), "defaults are not given options"
+    assert explicit_dests(export_parser, ["--checkpoint", "a.pt", "b.pt", "--no-explain"]) == {"checkpoint", "explain"}
+    dests = parser_dests(export_parser())
+    assert {"checkpoint", "import_onnx", "tta", "int8_min_agreement", "config"} <= set(dests) and "help" not in dests, dests
+
+
 def test_mask_export_takes_its_options_from_a_config_file(tmp_path, capsys):
     cfg = _yaml(tmp_path / "export.yaml", {"checkpoint": [str(tmp_path / "missing.pt")], "out": "m.onnx",
                                             "atol": 0.001})

@@ -64,6 +64,14 @@ def test_min_agreement_needs_int8(trained_run, tmp_path, capsys):
     assert rc == 2 and "needs --int8" in capsys.readouterr().err, "the guard without --int8 must be an error"
 
 
+def test_bad_int8_options_are_refused_before_any_checkpoint_is_read(tmp_path, capsys):
+    rc = main(["--checkpoint", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "m.onnx"), "--int8",
+               "--int8-calibration-images", "0"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "--int8-calibration-images must be >= 1, got 0" in err, err
+    assert "missing.pt" not in err, "the options must be checked before the checkpoint is loaded"
+
+
 @pytest.mark.parametrize("method", ["percentile", "entropy"])
 def test_calibration_methods_quantize(onnx_model, synth_root, tmp_path, method):
     import onnx
