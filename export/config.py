@@ -16,7 +16,7 @@ from pathlib import Path
 
 from export.graph import parse_tta
 from export.parity import check_tolerances
-from export.variants import variant_path
+from maskdata.artifact import variant_path
 
 PRECISIONS = ("fp16", "int8")
 

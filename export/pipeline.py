@@ -20,8 +20,8 @@ from export.graph import EnsembleNet, build_metadata, describe_members, export_o
 from export.parity import (check_parity, labels_for, labels_from_csv, list_images, load_batch, onnx_probs,
                            onnx_session, recorded_images, sample_evenly)
 from export.store import DEFAULT_NAME, import_to_store
-from export.variants import compare_variant, to_fp16, to_int8, variant_path
-from maskdata.artifact import ModelMetadata
+from export.variants import compare_variant, to_fp16, to_int8
+from maskdata.artifact import ModelMetadata, variant_path
 from maskdata.io import atomic_path
 from maskdata.metrics import ece
 from training.checkpoint import model_from_checkpoint
