@@ -278,6 +278,29 @@ def _write_run_record(out_dir: Path, cfg: RunConfig, split: dict, extra: dict | 
     atomic_write_text(out_dir / "split.json", json.dumps(split, indent=1) + "\n")
 
 
+def _note_epoch(epoch: int, row: dict, val: dict, progress: Progress, epochs: int) -> bool:
+    """Update the best metrics and the epochs-without-improvement count, log the epoch's line; True
+    when validation macro F1 improved."""
+    improved = val["f1"] > progress.best["f1"]
+    if improved:
+        progress.best = {**{k: float(val[k]) for k in METRIC_KEYS}, "epoch": epoch + 1}
+    progress.bad = 0 if improved else progress.bad + 1
+    log.info("epoch %d/%d train/loss %.4f val/loss %.4f val/acc %.4f val/f1 %.4f (mask %.3f gender %.3f "
+             "age %.3f) %.0f img/s%s", epoch + 1, epochs, row["train_loss"], val["loss"], val["acc"],
+             val["f1"], val["f1_mask"], val["f1_gender"], val["f1_age"], row["train_img_s"],
+             " *" if improved else "")
+    return improved
+
+
+def _call_epoch_hook(on_epoch_end, epoch: int, row: dict, tb, cfg: RunConfig, progress: Progress) -> None:
+    """``on_epoch_end(epoch + 1, row)``; if it raises (a search pruning the run), TensorBoard is closed first."""
+    try:
+        on_epoch_end(epoch + 1, dict(row))
+    except BaseException:
+        tb.close(cfg.to_dict(), progress.best)
+        raise
+
+
 def fit(cfg: RunConfig, samples: list[Sample], train_idx: list[int], val_idx: list[int], out_dir: Path,
         env: Env, resume: str | Path | None = None, on_epoch_end=None) -> FitResult:
     """``on_epoch_end(epoch, row)``: called after each finished epoch (files written, ``row`` = that
@@ -320,24 +343,13 @@ def fit(cfg: RunConfig, samples: list[Sample], train_idx: list[int], val_idx: li
         row, val, probs = _train_epoch(epoch, parts, loaders, cfg, env)
         progress.history.append(row)
         progress.start, epochs_run = epoch + 1, epochs_run + 1
-        improved = val["f1"] > progress.best["f1"]
-        if improved:
-            progress.best = {**{k: float(val[k]) for k in METRIC_KEYS}, "epoch": epoch + 1}
-        progress.bad = 0 if improved else progress.bad + 1
-        log.info("epoch %d/%d train/loss %.4f val/loss %.4f val/acc %.4f val/f1 %.4f (mask %.3f gender %.3f "
-                 "age %.3f) %.0f img/s%s", epoch + 1, train_cfg.epochs, row["train_loss"], val["loss"], val["acc"],
-                 val["f1"], val["f1_mask"], val["f1_gender"], val["f1_age"], row["train_img_s"],
-                 " *" if improved else "")
+        improved = _note_epoch(epoch, row, val, progress, train_cfg.epochs)
         tb.epoch(row, val, improved)
         if ranks.main:
             _write_epoch(out_dir, parts, loaders, progress, val, probs, improved, common, tb)
         dist.barrier(ranks)
         if on_epoch_end is not None:
-            try:
-                on_epoch_end(epoch + 1, dict(row))
-            except BaseException:
-                tb.close(cfg.to_dict(), progress.best)
-                raise
+            _call_epoch_hook(on_epoch_end, epoch, row, tb, cfg, progress)
         if train_cfg.early_stop and progress.bad >= train_cfg.early_stop:
             log.info("early stop: val F1 has not improved for %d epoch(s)", progress.bad)
             break
