@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from maskdata.io import atomic_write_text
 from training import tune_report, tune_storage as store
-from training.tune import Base, make_pruner, objective_text, reference_params
+from training.tune_base import Base, make_pruner, objective_text, reference_params
 from training.tune_space import Space, key_types, load_space
 
 log = logging.getLogger("training.tune")
