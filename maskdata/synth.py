@@ -240,6 +240,18 @@ def _check_out(out_dir: Path, overwrite: bool) -> None:
             raise ValueError(f"{d} already exists and is not empty; choose a new output folder or overwrite")
 
 
+def _check_options(people: int, eval_people: int, label_noise: float, mask_swap: float, workers) -> None:
+    """ValueError naming the first of :func:`generate`'s options that is out of range."""
+    if people < 1 or eval_people < 0:
+        raise ValueError(f"need people >= 1 and eval people >= 0, got {people} and {eval_people}")
+    if not 0 <= label_noise < 0.5:
+        raise ValueError(f"label noise must be in [0, 0.5), got {label_noise}")
+    if not 0 <= mask_swap < 0.5:
+        raise ValueError(f"mask swap rate must be in [0, 0.5), got {mask_swap}")
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+
+
 def generate(out_dir: str | os.PathLike, people: int = 300, eval_people: int = 100, seed: int = 0,
              label_noise: float = 0.01, workers: int | None = None, overwrite: bool = False,
              progress: bool = False, mask_swap: float = 0.0) -> dict:
@@ -252,14 +264,7 @@ def generate(out_dir: str | os.PathLike, people: int = 300, eval_people: int = 1
     wrong label written, per field; the summary file holds it when ``mask_swap > 0`` (at 0 the file
     keeps the bytes sets were made with before swaps existed; ``noisy_label_folders`` names the people).
     """
-    if people < 1 or eval_people < 0:
-        raise ValueError(f"need people >= 1 and eval people >= 0, got {people} and {eval_people}")
-    if not 0 <= label_noise < 0.5:
-        raise ValueError(f"label noise must be in [0, 0.5), got {label_noise}")
-    if not 0 <= mask_swap < 0.5:
-        raise ValueError(f"mask swap rate must be in [0, 0.5), got {mask_swap}")
-    if workers is not None and workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+    _check_options(people, eval_people, label_noise, mask_swap, workers)
     out_dir = Path(out_dir)
     _check_out(out_dir, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
