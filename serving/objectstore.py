@@ -231,3 +231,8 @@ class ReadThenDecode:
 
     def __call__(self, path: str, max_pixels: int):
         return self.preprocess(read_bytes(self.store.fs, path), max_pixels=max_pixels)
+
+
+def reader_for(images: str, preprocess):
+    """What decodes the plan's paths: ``preprocess`` itself for local files, else :class:`ReadThenDecode`."""
+    return ReadThenDecode(preprocess, Store.open(str(images))) if is_remote(images) else preprocess

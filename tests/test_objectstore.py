@@ -94,3 +94,55 @@ def test_upload_is_complete_or_absent(s3_server):
     with pytest.raises(ValueError, match="cannot upload"):
         Store.open("s3://mask-no-such-bucket/out").upload_bytes("sub.csv", data)
     assert not Store.open("s3://mask-upload/out").exists("missing.csv")
+
+
+# ---------------------------------------------------------------- mask-submit --images s3://… (local engine)
+
+def _submit(info, images, out, model, *extra):
+    from serving.submit import main
+
+    return main(["--info", str(info), "--images", str(images), "--out", str(out), "--model", str(model),
+                 "--batch-size", "8", "--no-progress", *map(str, extra)])
+
+
+@pytest.mark.slow
+def test_local_engine_reads_s3_same_bytes_as_disk(s3_server, synth_root, onnx_model, tmp_path):
+    eval_dir = synth_root / "eval"
+    uri = s3_server.upload_dir(eval_dir / "images", BUCKET, "local/images")
+    assert _submit(eval_dir / "info.csv", eval_dir / "images", tmp_path / "disk.csv", onnx_model,
+                   "--probs", tmp_path / "disk.probs.csv") == 0
+    before = s3_server.gets(f"/{BUCKET}/local/images/")
+    assert _submit(eval_dir / "info.csv", uri, tmp_path / "s3.csv", onnx_model, "--probs", tmp_path / "s3.probs.csv",
+                   "--worker-kind", "process", "--workers", "2") == 0
+    n = len((eval_dir / "info.csv").read_text().splitlines()) - 1
+    assert s3_server.gets(f"/{BUCKET}/local/images/") - before == n, "each image should be read exactly once"
+    assert (tmp_path / "s3.csv").read_bytes() == (tmp_path / "disk.csv").read_bytes(), "S3 submission differs"
+    assert (tmp_path / "s3.probs.csv").read_bytes() == (tmp_path / "disk.probs.csv").read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["missing", "blurred key", "absent bucket"])
+def test_preflight_on_the_store_reads_nothing(case, s3_server, synth_root, onnx_model, tmp_path, capsys):
+    eval_dir = synth_root / "eval"
+    uri = s3_server.upload_dir(eval_dir / "images", BUCKET, "preflight/images")
+    lines = (eval_dir / "info.csv").read_text().splitlines()
+    info = tmp_path / "info.csv"
+    first_id = lines[1].split(",")[0]
+    if case == "missing":
+        s3_server.client.delete_object(Bucket=BUCKET, Key=f"preflight/images/{first_id}")
+        expected = f"1 of {len(lines) - 1} images are missing"
+    elif case == "blurred key":
+        lines[1] = lines[1].replace(first_id, first_id.replace("/", "//", 1) if "/" in first_id else "./" + first_id, 1)
+        expected = "path segment"
+    else:
+        uri = "s3://mask-no-such-bucket/images"
+        expected = "missing"
+    info.write_text("\n".join(lines) + "\n")
+    objects = "/" + uri.removeprefix("s3://") + "/"   # GETs of objects, not the listing (GET /bucket?list-type=2)
+    before = s3_server.gets(objects)
+    rc = _submit(info, uri, tmp_path / "sub.csv", onnx_model)
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert rc == 2 and len(errors) == 1 and expected in errors[0], f"{case}: rc={rc} {err[-1500:]}"
+    assert s3_server.gets(objects) == before, f"{case}: an image was read before the checks passed"
+    assert not (tmp_path / "sub.csv").exists(), f"{case}: output written by a refused job"
