@@ -181,6 +181,11 @@ def connect(ray, address: str | None) -> bool:
     return True
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else ""
+
+
 def user_error(e: BaseException) -> ValueError | None:
     """The ValueError/OSError raised inside a Ray task or actor, if that is what failed."""
     seen = set()
@@ -243,9 +248,12 @@ def _run_grid(ray, plan: JobPlan, grid: list[dict], model: str, precision: str |
             columns = ray_output.collect(ds, sink, want_probs=want_probs)
         except Exception as e:
             err = user_error(e)
-            if err is None:
-                raise
-            raise err from None
+            if err is not None:
+                raise err from None
+            if isinstance(e, ray.exceptions.RayError):   # lost capacity beyond the retries: one line, exit 2
+                raise ValueError(f"the Ray job failed ({type(e).__name__}: {_first_line(e)}); nothing was written "
+                                 f"to {plan.out_csv}; rerun the same command") from None
+            raise
         seconds = time.perf_counter() - started
     finally:
         if owns:

@@ -24,11 +24,11 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="--engine ray needs the [ray] extra (make test installs it)")
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "mask-cluster"
 NODE_ARGS = {"node_ip_address": "127.0.0.1", "object_store_memory": 80 * 2**20}   # Ray's minimum is 75 MiB
-JOB_TIMEOUT_S = 300
+JOB_TIMEOUT_S = 540   # generous: a shared 2-core machine at load 100 took 5 min for one 56-image job
 
 
 @pytest.fixture(scope="module")
@@ -120,9 +120,17 @@ def _cmdline(p) -> list[str]:
         return []
 
 
-def test_lost_worker_node_mid_job_still_identical(cluster, s3_server, s3_images, synth_root, onnx_model,
-                                                  local_reference, tmp_path):
-    """Runs last: it leaves the cluster with one worker node."""
+def test_lost_worker_node_mid_job_finishes_or_stops_then_rerun_is_identical(
+        cluster, s3_server, s3_images, synth_root, onnx_model, local_reference, tmp_path):
+    """Runs last: it leaves the cluster with one worker node.
+
+    Either outcome is accepted, and each is checked for what it promises: the job finishes on the
+    remaining node with the same bytes, or it stops with one ``error:`` line, exit 2 and nothing at
+    ``--out`` — and then the same command, rerun on what is left of the cluster, writes the same bytes.
+    Which one happens depends on timing: a batch call already sent to an actor whose node dies comes
+    back as ``ActorUnavailableError`` ("may or may not have been executed"), which Ray Data does not
+    retry; a node lost between calls is absorbed by the actor restarts.
+    """
     c, workers = cluster
     n_images = local_reference.count(b"\n") - 1
     fragment = f"/{BUCKET}/eval/images/"
@@ -153,6 +161,14 @@ def test_lost_worker_node_mid_job_still_identical(cluster, s3_server, s3_images,
     print(f"worker node lost after {read_at_kill} of {n_images} image reads; job exit {proc.returncode}")
     assert still_running and read_at_kill < n_images, \
         f"the node was lost after the job had read everything ({read_at_kill}/{n_images}); nothing was in flight"
-    assert proc.returncode == 0, f"the job did not survive the lost node (read {read_at_kill}/{n_images} " \
-                                 f"images at the kill): {stderr[-3000:]}"
-    assert out.read_bytes() == local_reference, "output after losing a node differs from the local engine"
+    if proc.returncode == 0:
+        assert out.read_bytes() == local_reference, "output after losing a node differs from the local engine"
+        return
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "rerun the same command" in errors[0], \
+        f"a lost node must finish the job or stop it with one line and exit 2: exit {proc.returncode}, {stderr[-3000:]}"
+    assert not out.exists(), "a stopped job left an output file"
+    rerun = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=JOB_TIMEOUT_S)
+    print(f"stopped with: {errors[0][:200]}; rerun exit {rerun.returncode}")
+    assert rerun.returncode == 0, f"the rerun on the remaining node failed: {rerun.stderr[-3000:]}"
+    assert out.read_bytes() == local_reference, "the rerun after a lost node differs from the local engine"
