@@ -31,6 +31,7 @@ import numpy as np
 from maskdata import labels
 from maskdata.io import atomic_write_text, read_csv
 from maskdata.scoring import SKIPPED
+from serving import objectstore
 from serving.shards import Shard, write_csv_text
 
 log = logging.getLogger(__name__)
@@ -190,12 +191,20 @@ class JobPlan:
 Locate = Callable[[list[str], str], tuple[list[str], dict[str, str]]]
 
 
+def locate_any(image_ids: list[str], images: str | Path) -> tuple[list[str], dict[str, str]]:
+    """:func:`locate_images` for a folder or ``file://``; for an object-store prefix (``s3://…``),
+    :func:`serving.objectstore.locate_objects`: keys checked, one listing, nothing read."""
+    if objectstore.is_remote(images):
+        return objectstore.locate_objects(image_ids, objectstore.Store.open(str(images)))
+    return locate_images(image_ids, objectstore.local_path(images))
+
+
 def plan_job(info_csv: str | Path | bytes, images: str | Path, out_csv, on_error: str = "fail",
              shard: Shard | None = None, locate: Locate | None = None, images_root: str | None = None) -> JobPlan:
     """Every check that needs no model, in order: output path → info.csv → locate → missing images.
 
-    ``locate`` finds the images under ``images_root`` (default: :func:`locate_images` on the local
-    folder ``images``); a missing image with ``on_error="fail"`` raises here, report written.
+    ``locate`` finds the images under ``images_root`` (default: :func:`locate_any` on ``images``, a
+    folder or an object-store prefix); a missing image with ``on_error="fail"`` raises here, report written.
     """
     check_on_error(on_error)
     out_csv = check_output_path(out_csv)
@@ -203,7 +212,7 @@ def plan_job(info_csv: str | Path | bytes, images: str | Path, out_csv, on_error
     if shard is not None:
         rows = [rows[i] for i in shard.rows(len(rows))]
     image_ids = [r["ImageID"] for r in rows]
-    paths, missing = (locate or locate_images)(image_ids, images_root if images_root is not None else images)
+    paths, missing = (locate or locate_any)(image_ids, images_root if images_root is not None else images)
     plan = JobPlan(out_csv, header, rows, paths, missing, on_error, str(images))
     check_missing(image_ids, missing, on_error, plan.report_path, plan.images)
     return plan

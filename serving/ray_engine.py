@@ -4,7 +4,8 @@ The job is the local one (:mod:`serving.job`: plan → run the grid → finish) 
 
 1. the driver plans the job exactly as locally (:func:`serving.job.plan_job`: same checks, same
    messages, same ``OUT.errors.csv``); image URIs (``s3://``, ``gs://``, ``abfs://``, ``file://``)
-   go through pyarrow filesystems, the ones Ray Data itself reads with (:mod:`serving.remote`);
+   go through :mod:`serving.objectstore` (pyarrow filesystems, the ones Ray Data itself reads with;
+   endpoint and credentials from the AWS environment variables of every node);
 2. Ray is started in-process (no address) or joined (``--ray-address`` / ``RAY_ADDRESS``) after a
    TCP probe, so an unreachable head fails in seconds; one small task then loads the model on a
    worker, so a model path the workers cannot read fails before any image is read;
@@ -33,11 +34,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from maskdata.scoring import SKIPPED
-from serving import ray_output
+from serving import objectstore, ray_output
 from serving.job import GridOutcome, JobPlan, SubmitResult, finish_job, plan_job, predict_batch
 from serving.pipeline import DecodedBatch, decode_batch
 from serving.ray_output import PROB_COLUMNS
-from serving.remote import ReadThenDecode, image_filesystem, locate_remote
 from serving.settings import JOB_DEFAULTS
 
 log = logging.getLogger(__name__)
@@ -91,12 +91,11 @@ def load_actor_predictor(model: str, precision: str | None, threads: int, gpu: b
 class _PredictActor:
     """One Predictor per Ray actor; each call is one batch of the job's grid → one row per image."""
 
-    def __init__(self, model: str, precision: str | None, threads: int, gpu: bool, images_uri: str | None,
+    def __init__(self, model: str, precision: str | None, threads: int, gpu: bool, images: str,
                  on_error: str, crash_marker: str | None = None):
         self.predictor = load_actor_predictor(model, precision, threads, gpu)
-        self.preprocess = self.predictor.preprocess
-        if images_uri is not None:
-            self.preprocess = ReadThenDecode(self.preprocess, image_filesystem(images_uri)[0])
+        # an object-store prefix travels as its URI; the filesystem is opened here, from this node's env
+        self.preprocess = objectstore.reader_for(images, self.predictor.preprocess)
         self.on_error, self.crash_marker = on_error, crash_marker
 
     def __call__(self, batch: dict) -> dict:
@@ -182,6 +181,11 @@ def connect(ray, address: str | None) -> bool:
     return True
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else ""
+
+
 def user_error(e: BaseException) -> ValueError | None:
     """The ValueError/OSError raised inside a Ray task or actor, if that is what failed."""
     seen = set()
@@ -213,13 +217,10 @@ def run_ray_submission(model: str, info_csv, images: str, out_csv, *, precision:
     """The submission job on Ray Data; same outputs as :func:`serving.submission.run_submission`.
     ValueError on bad input."""
     ray = require_ray()
-    fs, root = image_filesystem(str(images))
-    locate = None if fs is None else (lambda ids, where: locate_remote(ids, fs, where))
-    plan = plan_job(info_csv, images, out_csv, on_error, locate=locate, images_root=root)
+    plan = plan_job(info_csv, images, out_csv, on_error)
     sink = ray_output.ProbsSink.open(probs_dir) if probs_dir else None
     grid = _grid_items(plan, batch_size)
-    outcome = _run_grid(ray, plan, grid, model, precision, images if fs is not None else None, sink,
-                        probs_csv is not None, ray_options)
+    outcome = _run_grid(ray, plan, grid, model, precision, sink, probs_csv is not None, ray_options)
     return finish_job(plan, outcome, probs_csv)
 
 
@@ -235,21 +236,24 @@ def _probe(ray, model: str, precision: str | None) -> dict:
     return info
 
 
-def _run_grid(ray, plan: JobPlan, grid: list[dict], model: str, precision: str | None, images_uri: str | None,
-              sink, want_probs: bool, ray_options: RayOptions) -> GridOutcome:
+def _run_grid(ray, plan: JobPlan, grid: list[dict], model: str, precision: str | None, sink, want_probs: bool,
+              ray_options: RayOptions) -> GridOutcome:
     """The grid on a Ray actor pool; the driver gathers the rows back in plan order."""
     owns = connect(ray, ray_options.address)
     try:
         info = _probe(ray, model, precision)
         started = time.perf_counter()
-        ds = _dataset(ray, model, precision, images_uri, plan.on_error, grid, ray_options)
+        ds = _dataset(ray, model, precision, plan.images, plan.on_error, grid, ray_options)
         try:
             columns = ray_output.collect(ds, sink, want_probs=want_probs)
         except Exception as e:
             err = user_error(e)
-            if err is None:
-                raise
-            raise err from None
+            if err is not None:
+                raise err from None
+            if isinstance(e, ray.exceptions.RayError):   # lost capacity beyond the retries: one line, exit 2
+                raise ValueError(f"the Ray job failed ({type(e).__name__}: {_first_line(e)}); nothing was written "
+                                 f"to {plan.out_csv}; rerun the same command") from None
+            raise
         seconds = time.perf_counter() - started
     finally:
         if owns:
@@ -262,7 +266,7 @@ def _run_grid(ray, plan: JobPlan, grid: list[dict], model: str, precision: str |
     return outcome
 
 
-def _dataset(ray, model, precision, images_uri, on_error, items, opts: RayOptions):
+def _dataset(ray, model, precision, images: str, on_error, items, opts: RayOptions):
     cpus = ray.cluster_resources().get("CPU", 1)
     actors = opts.num_actors or max(1, int(cpus))
     threads = max(1, int(opts.cpus_per_actor))
@@ -273,7 +277,7 @@ def _dataset(ray, model, precision, images_uri, on_error, items, opts: RayOption
     return ds.map_batches(
         _PredictActor, batch_size=1, batch_format="numpy", concurrency=actors, num_cpus=opts.cpus_per_actor,
         fn_constructor_kwargs={"model": model, "precision": precision, "threads": threads,
-                               "gpu": opts.gpus_per_actor > 0, "images_uri": images_uri, "on_error": on_error,
+                               "gpu": opts.gpus_per_actor > 0, "images": images, "on_error": on_error,
                                "crash_marker": os.environ.get(CRASH_ONCE_ENV) or None},
         max_restarts=RESTARTS, max_task_retries=RESTARTS, **kwargs)
 

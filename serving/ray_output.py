@@ -19,12 +19,11 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 
 from maskdata import labels
-from serving.remote import image_filesystem
+from serving import objectstore
 
 MARKER = "_SUCCESS"
 KEEP = ["row", "ans", "error"]
@@ -41,9 +40,8 @@ class ProbsSink:
     def open(cls, dest: str | os.PathLike) -> "ProbsSink":
         """Check ``dest`` up front (before Ray starts): refuse an existing, complete output."""
         dest = str(dest)
-        scheme = urlparse(dest).scheme if "://" in dest else ""
-        if scheme in ("", "file"):
-            path = Path(urlparse(dest).path if scheme else dest).absolute()
+        if not objectstore.is_remote(dest):
+            path = Path(objectstore.local_path(dest)).absolute()
             if path.exists():
                 raise ValueError(f"--probs-dir {path} already exists; remove it or choose a new folder")
             if not path.parent.is_dir():
@@ -51,30 +49,30 @@ class ProbsSink:
             tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
             return cls(str(path), str(tmp), True)
-        fs, root = image_filesystem(dest)   # same pyarrow resolution and one-line error as the images
-        if fs.get_file_info(f"{root.rstrip('/')}/{MARKER}").type.name != "NotFound":
+        store = objectstore.Store.open(dest)   # same AWS environment and one-line errors as the images
+        if store.exists(MARKER):
             raise ValueError(f"--probs-dir {dest} already holds a finished run ({MARKER}); choose a new prefix")
         return cls(dest, dest, False)
+
+    def target(self) -> tuple[str, object]:
+        """(path, pyarrow filesystem or None) for Ray Data's Parquet writer and reader."""
+        if self.local:
+            return self.write_to, None
+        store = objectstore.Store.open(self.write_to)
+        return store.root, store.fs
 
     def commit(self, rows: int) -> None:
         """Make the partitions visible: rename (local) or write the marker last (object store)."""
         if self.local:
             os.replace(self.write_to, self.dest)
             return
-        fs, root = image_filesystem(self.dest)
-        files = [i.base_name for i in fs.get_file_info(_selector(root)) if i.base_name.endswith(".parquet")]
-        with fs.open_output_stream(f"{root.rstrip('/')}/{MARKER}") as f:
-            f.write(json.dumps({"rows": rows, "files": sorted(files)}).encode())
+        store = objectstore.Store.open(self.dest)
+        files = [k for k in store.list_files() if k.endswith(".parquet")]
+        store.upload_bytes(MARKER, json.dumps({"rows": rows, "files": sorted(files)}).encode())
 
     def abort(self) -> None:
         if self.local:
             shutil.rmtree(self.write_to, ignore_errors=True)
-
-
-def _selector(root: str):
-    import pyarrow.fs
-
-    return pyarrow.fs.FileSelector(root, recursive=False)
 
 
 def _gather(batches, names: list[str], want_probs: bool) -> dict[str, np.ndarray]:
@@ -101,8 +99,9 @@ def collect(ds, sink: ProbsSink | None, want_probs: bool) -> dict[str, np.ndarra
         return _gather(ds.select_columns(wanted).iter_batches(batch_size=None, batch_format="numpy"),
                        names, want_probs)
     try:
-        ds.write_parquet(sink.write_to)
-        back = ray.data.read_parquet(sink.write_to, columns=wanted)
+        path, fs = sink.target()
+        ds.write_parquet(path, filesystem=fs)
+        back = ray.data.read_parquet(path, filesystem=fs, columns=wanted)
         return _gather(back.iter_batches(batch_size=None, batch_format="numpy"), names, want_probs)
     except BaseException:
         sink.abort()

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from maskdata import labels
 from maskdata.scoring import SKIPPED
+from serving import objectstore
 from serving.archive import ArchiveLimits, extract_images
 from serving.job import GridOutcome, JobPlan, SubmitResult, check_on_error, finish_job, plan_job, predict_batch, read_info
 from serving.journal import Journal
@@ -67,10 +68,10 @@ class SubmitOptions:
 
 # ---------------------------------------------------------------- journal (resume)
 
-def job_fingerprint(image_ids: list[str], images_dir: Path, predictor, shard: Shard | None) -> str:
+def job_fingerprint(image_ids: list[str], images_dir, predictor, shard: Shard | None) -> str:
     h = hashlib.sha256()
     h.update("\n".join(image_ids).encode())
-    h.update(str(Path(images_dir).resolve()).encode())
+    h.update((str(images_dir) if objectstore.is_remote(images_dir) else str(Path(images_dir).resolve())).encode())
     h.update(str(getattr(predictor, "source", "")).encode())
     h.update(json.dumps(predictor.metadata.to_props(), sort_keys=True).encode())
     if getattr(predictor, "preprocess", None) is not None:   # a --aspect override changes the answers
@@ -120,7 +121,7 @@ def run_submission(predictor, info_csv: str | Path | bytes, images_dir: str | Pa
 def _open_journal(plan: JobPlan, predictor, opts: SubmitOptions) -> tuple[Journal, dict, int]:
     """(journal, {batch: record} already done, the batch size to use: a resumed journal's)."""
     header = {"journal": "mask-submit", "version": JOURNAL_VERSION, "rows": len(plan.rows),
-              "fingerprint": job_fingerprint(plan.image_ids, Path(plan.images), predictor, opts.shard),
+              "fingerprint": job_fingerprint(plan.image_ids, plan.images, predictor, opts.shard),
               "batch_size": opts.batch_size}
     journal, done = Journal.open(Journal.path_for(plan.out_csv), header, opts.resume, opts.fsync_seconds)
     batch_size = journal.header["batch_size"]
@@ -147,7 +148,8 @@ def _run_grid(plan: JobPlan, predictor, opts: SubmitOptions, nice: int) -> GridO
     bar = tqdm(total=n, initial=out.resumed, unit="img", desc="mask-submit", disable=not opts.progress,
                dynamic_ncols=True, smoothing=0.1)
     try:
-        batches = decoded_batches(to_decode, predictor.preprocess, max_pixels=_max_pixels(predictor),
+        batches = decoded_batches(to_decode, objectstore.reader_for(plan.images, predictor.preprocess),
+                                  max_pixels=_max_pixels(predictor),
                                   workers=opts.workers, kind=opts.worker_kind, prefetch=opts.prefetch, indices=todo,
                                   nice=nice)
         with contextlib.closing(batches):

@@ -41,7 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "Use 'mask-submit merge --help' to join --shard outputs.",
         epilog="Resume, shards, archive safety and measured speed: docs/submit.md")
     p.add_argument("--info", required=True, help="info.csv with an ImageID column (other columns are kept)")
-    p.add_argument("--images", required=True, help="folder holding the files named by ImageID")
+    p.add_argument("--images", required=True,
+                   help="folder holding the files named by ImageID, or an object-store prefix (s3://BUCKET/PREFIX; "
+                        "endpoint and credentials from the AWS_* environment variables, AWS_ENDPOINT_URL for "
+                        "S3-compatible stores; docs/submit.md)")
     p.add_argument("--out", required=True, help="submission CSV to write (atomically)")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="BentoML store tag, .onnx file, or .pt checkpoint (PyTorch backend); default %(default)s")
@@ -97,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     ray.add_argument("--gpus-per-actor", type=float, default=0.0,
                      help="GPUs each actor reserves; > 0 runs ONNX Runtime's CUDA provider (default 0)")
     ray.add_argument("--probs-dir", metavar="DIR",
-                     help="write ImageID/ans/p0..p17 as Parquet partitions from the workers (path or URI)")
+                     help="write ImageID/ans/p0..p17 as Parquet partitions from the workers (path, or a prefix "
+                          "such as s3://BUCKET/PREFIX, finished by a _SUCCESS marker)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     return p

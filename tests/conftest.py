@@ -98,3 +98,90 @@ def client(service_module, tmp_path_factory):
         Sqlite3Store.init_db(str(db))
         with TestClient(service_module.MaskClassifier.to_asgi()) as c:
             yield c
+
+
+# ---------------------------------------------------------------- an S3-compatible server on loopback
+
+class S3Server:
+    """moto's S3 server (``moto_server``, a separate process) on 127.0.0.1 and a boto3 client for it.
+
+    The request log (one ``"GET /bucket/key HTTP/1.1" 200`` line per request) is kept in a file, so a
+    test can see how far a job has read without any hook in the code under test.
+    """
+
+    def __init__(self, endpoint: str, log_path):
+        import boto3
+
+        self.endpoint, self.log_path = endpoint, log_path
+        self.client = boto3.client("s3", endpoint_url=endpoint)
+
+    def upload_dir(self, folder, bucket: str, prefix: str) -> str:
+        """Every file under ``folder`` to ``s3://bucket/prefix/<relative path>``; returns that URI."""
+        from pathlib import Path
+
+        existing = {b["Name"] for b in self.client.list_buckets().get("Buckets", [])}
+        if bucket not in existing:
+            self.client.create_bucket(Bucket=bucket)
+        for path in sorted(Path(folder).rglob("*")):
+            if path.is_file():
+                self.client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(folder).as_posix()}")
+        return f"s3://{bucket}/{prefix}"
+
+    def gets(self, fragment: str) -> int:
+        """How many GET requests so far had ``fragment`` in their path (the log colours some lines)."""
+        import re
+
+        get = re.compile(r"GET (/\S*) HTTP/")
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            return sum(1 for line in f for m in get.finditer(line) if fragment in m.group(1))
+
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible HTTP server on loopback (not a mock of the client library).
+
+    The AWS variables (endpoint, dummy credentials, region) are set in this process for the session,
+    so subprocesses and Ray nodes started afterwards inherit them, as on a configured machine.
+    """
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    pytest.importorskip("moto.server", reason="the object-store tests need moto[server] (dev extra)")
+    with socket.socket() as s:   # a free port; moto_server takes a number, not 0
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log_path = tmp_path_factory.mktemp("s3") / "moto.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from moto.server import main; main(sys.argv[1:])",
+                             "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"moto_server did not start on {endpoint}: {log_path.read_text()[-2000:]}")
+            time.sleep(0.2)
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in {**S3_ENV, "AWS_ENDPOINT_URL": endpoint}.items():
+            mp.setenv(k, v)
+        for k in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION"):
+            mp.delenv(k, raising=False)
+        try:
+            yield S3Server(endpoint, log_path)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()

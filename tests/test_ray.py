@@ -138,7 +138,7 @@ def test_bad_input_one_line_no_output(case, eval_dir, onnx_model, tmp_path, caps
     if case == "scheme":
         rc, printed = submit(eval_dir, onnx_model, out, "--engine", "ray", images="nosuchfs://bucket/images",
                              capsys=capsys)
-        expected = "cannot open images URI"
+        expected = "cannot open 'nosuchfs://bucket/images': unknown scheme"
     else:
         rc, printed = submit(eval_dir, tmp_path / "absent" / "model.onnx", out, "--engine", "ray", capsys=capsys)
         expected = "cannot be loaded on the Ray workers"
