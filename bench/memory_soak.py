@@ -28,6 +28,7 @@ import zipfile
 from pathlib import Path
 
 import httpx
+import numpy as np
 import psutil
 
 from bench import common
@@ -98,8 +99,6 @@ def soak_predictor(args, model: str, images: list[bytes]) -> dict:
     def one(i: int) -> None:
         k = BATCH_IMAGES if i % BATCH_EVERY == BATCH_EVERY - 1 else 1
         arrays = [predictor.load(images[(i + j) % len(images)]) for j in range(k)]
-        import numpy as np
-
         for row in predictor.infer(np.stack(arrays)):
             predictor.decode(row)
 
@@ -169,6 +168,8 @@ def soak_submission(args, model: str, workdir: Path) -> dict:
 
 
 def run(args, argv) -> None:
+    if args.model and not Path(args.model).is_file():
+        raise FileNotFoundError(f"model not found: {args.model}")
     workdir = common.REPO_ROOT / "data" / "bench-memory"
     workdir.mkdir(parents=True, exist_ok=True)
     model = args.model or default_model(workdir)
