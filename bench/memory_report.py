@@ -18,6 +18,23 @@ def _row(part: dict, checkpoints: list[int]) -> list:
     return [LABELS.get(part["variant"], part["variant"]), *cells, _f(growth, 1), _f(per, 0)]
 
 
+GROWTH_TARGET_MB, AT_REQUESTS, SUBMISSION_TARGET = 10.0, 50_000, 0.10
+
+
+def verdicts(result: dict) -> list[str]:
+    """The two targets: < 10 MB growth over 50,000 requests after warm-up (service as shipped), and
+    the /submission worker back within 10 % of its pre-job RSS after the job."""
+    shipped = next((p for p in result["service"] if p["variant"] == "shipped"), None)
+    at = {r["requests"]: r["rss_mb"] for r in shipped["rows"]} if shipped else {}
+    growth = at[AT_REQUESTS] - at[0] if AT_REQUESTS in at and 0 in at else None
+    sub = result.get("submission")
+    back = abs(sub["after_over_before"] - 1) <= SUBMISSION_TARGET if sub else None
+    return [f"Target: worker RSS grows < {GROWTH_TARGET_MB:.0f} MB over {AT_REQUESTS:,} requests after warm-up: "
+            f"{fmt.met(None if growth is None else growth < GROWTH_TARGET_MB)} ({_f(growth, 1)} MB).",
+            f"Target: the `/submission` worker returns within {SUBMISSION_TARGET:.0%} of its pre-job RSS: "
+            f"{fmt.met(back)}" + (f" ({_f(100 * sub['after_over_before'], 0)} %)." if sub else ".")]
+
+
 def section(result: dict | None) -> str:
     title = "## Memory under sustained load"
     if not result:
@@ -45,6 +62,7 @@ def section(result: dict | None) -> str:
                   _table(["when", "peak RSS MB", "RSS MB"], rows), "",
                   f"After the second job the worker is at {_f(100 * sub['after_over_before'], 0)} % of its pre-job RSS.",
                   ""]
+    lines += [" ".join(verdicts(result)), ""]
     if result.get("partial"):
         lines += ["Partial run: a part was stopped before its last count; what it measured up to then is shown.", ""]
     return "\n".join(lines)

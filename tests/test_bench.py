@@ -348,3 +348,5 @@ def test_memory_soak_merges_parts_and_renders_them(tmp_path):
     upstream_line = next(line for line in text.splitlines() if "BentoML's own request timeout" in line)
     assert "not run" in upstream_line and "| 50.0 |" in upstream_line, upstream_line
     assert "105 % of its pre-job RSS" in text, text
+    assert "50,000 requests after warm-up: **met** (2.5 MB)" in text, text
+    assert "pre-job RSS: **met** (105 %)" in text, text
