@@ -11,7 +11,7 @@ LABELS = {"shipped": "service as shipped (`bentoml serve`, 1 worker)",
 
 def _row(part: dict, checkpoints: list[int]) -> list:
     at = {r["requests"]: r["rss_mb"] for r in part["rows"]}
-    cells = [_f(at.get(n), 1) if n in at else "not run" for n in [0, *checkpoints]]
+    cells = [_f(at.get(n), 1) if n in at else "not read" for n in [0, *checkpoints]]
     last = part["rows"][-1]
     growth = last["rss_mb"] - part["rows"][0]["rss_mb"]
     per = growth * 2**20 / last["requests"] if last["requests"] else None

@@ -346,7 +346,7 @@ def test_memory_soak_merges_parts_and_renders_them(tmp_path):
     shipped_line = next(line for line in text.splitlines() if line.startswith("| service as shipped"))
     assert "| 160.0 | 161.0 | 162.5 | 2.5 |" in shipped_line, shipped_line
     upstream_line = next(line for line in text.splitlines() if "BentoML's own request timeout" in line)
-    assert "not run" in upstream_line and "| 50.0 |" in upstream_line, upstream_line
+    assert "not read" in upstream_line and "| 50.0 |" in upstream_line, upstream_line
     assert "105 % of its pre-job RSS" in text, text
     assert "50,000 requests after warm-up: **met** (2.5 MB)" in text, text
     assert "pre-job RSS: **met** (105 %)" in text, text

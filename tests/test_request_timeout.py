@@ -50,7 +50,7 @@ def live_timers_after(middleware_cls, requests: int) -> int:
         for _ in range(requests):
             await app({"type": "http", "path": "/x", "method": "POST"}, receive, send)
         gc.collect()
-        return sum(1 for o in gc.get_objects() if isinstance(o, asyncio.TimerHandle) and not o.cancelled())
+        return sum(1 for o in gc.get_objects() if type(o) is asyncio.TimerHandle and not o.cancelled())
 
     return asyncio.run(many())
 
