@@ -262,7 +262,7 @@ def test_reduced_precision_and_scale_targets_follow_the_cpu_and_the_figures(tmp_
 
 # --- the command lines ------------------------------------------------------------------------------
 @pytest.mark.parametrize("module", ["model_only", "batch_job", "rest", "report", "loadgen", "baseline", "eval_scale",
-                                    "thread_budget", "int8_calibration", "bf16", "label_audit"])
+                                    "thread_budget", "int8_calibration", "bf16", "label_audit", "memory_soak"])
 def test_every_script_has_help(module):
     r = bench_cli(module, "--help")
     assert r.returncode == 0, f"bench.{module} --help exited {r.returncode}: {r.stderr[-500:]}"
