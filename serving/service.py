@@ -44,7 +44,7 @@ from starlette.responses import JSONResponse, Response
 
 from maskdata.artifact import MODEL_FILE, STORE_NAME
 from maskdata.preprocess import ImageError
-from serving import monitoring, ui
+from serving import monitoring, request_timeout, ui
 from serving.archive import ArchiveError
 from serving.batching import Batcher, QueueFull
 from serving.contract import ErrorEnvelope
@@ -57,6 +57,10 @@ from serving.schemas import ModelInfo, Prediction
 from serving.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
+
+# BentoML's own request timeout keeps every request's timer, span and context for the whole timeout;
+# ours drops them when the request ends (serving/request_timeout.py says why and how)
+request_timeout.install()
 
 
 def _store_model(settings: Settings) -> bentoml.models.BentoModel | None:

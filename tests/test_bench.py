@@ -262,7 +262,7 @@ def test_reduced_precision_and_scale_targets_follow_the_cpu_and_the_figures(tmp_
 
 # --- the command lines ------------------------------------------------------------------------------
 @pytest.mark.parametrize("module", ["model_only", "batch_job", "rest", "report", "loadgen", "baseline", "eval_scale",
-                                    "thread_budget", "int8_calibration", "bf16", "label_audit"])
+                                    "thread_budget", "int8_calibration", "bf16", "label_audit", "memory_soak"])
 def test_every_script_has_help(module):
     r = bench_cli(module, "--help")
     assert r.returncode == 0, f"bench.{module} --help exited {r.returncode}: {r.stderr[-500:]}"
@@ -302,3 +302,51 @@ def test_budget_scripts_refuse_missing_inputs_in_one_line(module, argv, tmp_path
     err = r.stderr.strip()
     assert err.startswith("error: not found:") and "\n" not in err, f"bench.{module}: {err!r}"
     assert not (tmp_path / "x.json").exists(), f"bench.{module} wrote a result for a failed run"
+
+
+def test_memory_soak_refuses_bad_input_in_one_line(tmp_path, capsys):
+    from bench import memory_soak
+
+    out = tmp_path / "m.json"
+    assert memory_soak.main(["--model", str(tmp_path / "missing.onnx"), "--no-report", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: model not found"), "a missing model is one line"
+    assert memory_soak.main(["--variants", "leaky", "--no-report", "--out", str(out)]) == 2
+    assert "unknown variant" in capsys.readouterr().err, "an unknown variant must be named"
+    with pytest.raises(SystemExit) as e:
+        memory_soak.main(["--checkpoints", "50000,10000", "--out", str(out)])
+    assert e.value.code == 2, "decreasing checkpoints are a usage error"
+    assert not out.exists(), "no result file on bad input"
+
+
+def test_memory_soak_merges_parts_and_renders_them(tmp_path):
+    import json
+
+    from bench import memory_report, memory_soak
+
+    def part(name, service, predictor=None, submission=None):
+        payload = {"command": f"cmd {name}", "started": "2026-01-01T00:00:00Z", "finished": "2026-01-01T01:00:00Z",
+                   "machine": {"cpu_flags": ["avx2"]}, "cpu_monitor": {"loadavg_start": [1.0], "loadavg_end": [2.0]},
+                   "model": "m.onnx", "threads": 8, "service": service, "predictor": predictor,
+                   "submission": submission}
+        (tmp_path / f"{name}.json").write_text(json.dumps(payload))
+        return tmp_path / f"{name}.json"
+
+    rows = [{"requests": 0, "rss_mb": 160.0}, {"requests": 10_000, "rss_mb": 161.0}, {"requests": 50_000, "rss_mb": 162.5}]
+    shipped = part("a", [{"variant": "shipped", "rows": rows}])
+    upstream = part("b", [{"variant": "bentoml-timeout", "rows": [{"requests": 0, "rss_mb": 160.0},
+                                                                   {"requests": 10_000, "rss_mb": 210.0}]}])
+    sub = {"images": 12600, "archive_mb": 300.0, "rss_before_mb": 200.0, "after_over_before": 1.05,
+           "jobs": [{"rows": 12600, "wall_s": 90.0, "peak_rss_mb": 400.0, "rss_after_mb": 205.0}] * 2}
+    extra = part("c", [], predictor={"variant": "predictor", "rows": rows}, submission=sub)
+    out = tmp_path / "memory_soak.json"
+    assert memory_soak.main(["--merge", str(shipped), str(upstream), str(extra), "--out", str(out), "--no-report"]) == 0
+    merged = json.loads(out.read_text())
+    assert [s["variant"] for s in merged["service"]] == ["shipped", "bentoml-timeout"], merged["service"]
+    text = memory_report.section(merged)
+    shipped_line = next(line for line in text.splitlines() if line.startswith("| service as shipped"))
+    assert "| 160.0 | 161.0 | 162.5 | 2.5 |" in shipped_line, shipped_line
+    upstream_line = next(line for line in text.splitlines() if "BentoML's own request timeout" in line)
+    assert "not read" in upstream_line and "| 50.0 |" in upstream_line, upstream_line
+    assert "105 % of its pre-job RSS" in text, text
+    assert "50,000 requests after warm-up: **met** (2.5 MB)" in text, text
+    assert "pre-job RSS: **met** (105 %)" in text, text

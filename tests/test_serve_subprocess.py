@@ -39,6 +39,13 @@ def free_port() -> int:
 def bentoml_serve(python: str, env: dict, log: Path, timeout: float = 150.0):
     """`python -m bentoml serve` from the repo root (so bentofile.yaml picks the service); yields
     the base URL once /readyz answers 200, i.e. after the model's warm-up inference."""
+    with bentoml_serve_process(python, env, log, timeout) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def bentoml_serve_process(python: str, env: dict, log: Path, timeout: float = 150.0):
+    """:func:`bentoml_serve` that yields ``(url, the bentoml serve Popen)``; its workers are its children."""
     port = free_port()
     with open(log, "wb") as out:
         proc = subprocess.Popen([python, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(port)],
@@ -55,7 +62,7 @@ def bentoml_serve(python: str, env: dict, log: Path, timeout: float = 150.0):
                 if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
                     break
             time.sleep(0.5)
-        yield url
+        yield url, proc
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
