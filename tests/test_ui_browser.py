@@ -7,13 +7,16 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
 
 from test_serve_subprocess import _env, bentoml_serve, store_home  # noqa: F401  (fixture)
+from test_service import LIMITS
 
 pytestmark = pytest.mark.slow
+DEMO_MODEL = Path(__file__).resolve().parents[1] / "demo" / "model.onnx"
 CHROME_ARGS = ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                "--disable-background-networking", "--disable-component-update", "--no-first-run",
                "--window-size=1280,900")
@@ -48,8 +51,13 @@ def _sample(text: str, name: str, **labels) -> float:
 
 @pytest.fixture(scope="module")
 def ui_server(store_home, tmp_path_factory):  # noqa: F811
+    """The test model from the store; for ``make docs-ui`` (MASK_UI_SCREENSHOT set) the shipped demo model,
+    so the README's screenshot shows what `make serve` serves."""
     log = tmp_path_factory.mktemp("ui_serve") / "serve.log"
-    with bentoml_serve(sys.executable, _env(BENTOML_HOME=str(store_home)), log) as url:
+    env = _env(BENTOML_HOME=str(store_home))
+    if os.environ.get("MASK_UI_SCREENSHOT"):   # the demo model with the shipped limits, as `make serve` runs it
+        env = {k: v for k, v in env.items() if k not in LIMITS} | {"MASK_MODEL": str(DEMO_MODEL)}
+    with bentoml_serve(sys.executable, env, log) as url:
         yield url
 
 
