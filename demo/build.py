@@ -231,7 +231,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # this project's progress at INFO; the export libraries' rewrite logs stay quiet (mask-export -v shows them)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("demo", "export", "training", "maskdata", "serving"):
+        logging.getLogger(name).setLevel(logging.INFO)
     if args.wait_ready:
         return wait_ready(args.wait_ready, args.workdir, args.server_pid)
     cfg = DemoConfig(workdir=args.workdir, people=args.people, eval_people=args.eval_people, epochs=args.epochs,

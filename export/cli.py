@@ -91,13 +91,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="import the result into the BentoML model store ($BENTOML_HOME), e.g. mask-classifier")
     p.add_argument("--report", metavar="FILE.json", help="also write the figures as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also the libraries' INFO logs (torch.onnx, onnxscript, onnx_ir, ONNX Runtime's "
+                        "quantizer: every graph rewrite); default: this project's progress only")
     return p
 
 
-def configure_logging(quiet: bool) -> None:
-    """INFO for this project only: torch.onnx/onnxscript/ORT quantization log every rewrite at INFO."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for name in ("export", "training", "maskdata", __name__):
+PROJECT_LOGGERS = ("export", "training", "maskdata")
+
+
+def configure_logging(quiet: bool, verbose: bool = False) -> None:
+    """INFO for this project only, unless ``verbose``: torch.onnx/onnxscript/onnx_ir/ORT quantization log
+    every rewrite at INFO, which drowns the export's own lines."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)  # also when already configured
+    for name in PROJECT_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.INFO)
 
 
@@ -112,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("one of the arguments --checkpoint --import-onnx is required")
     if args.checkpoint and args.import_onnx:
         parser.error("argument --import-onnx: not allowed with argument --checkpoint")
-    configure_logging(args.quiet)
+    configure_logging(args.quiet, args.verbose)
     try:
         cfg = ExportConfig.from_args(args)
         result = run_import(cfg) if cfg.import_onnx else run_export(cfg)
