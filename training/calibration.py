@@ -115,8 +115,9 @@ def calibrate_best(model, loader, y_val, out_dir: Path, env) -> dict:
         return {}
     net = unwrap(model)
     net.load_state_dict(load_checkpoint(best)["state_dict"])
-    _, probs = engine.evaluate(net, loader, y_val, device=env.device, amp_dtype=env.amp_dtype, d=env.ranks,
-                               progress=False)
+    # FP32 even when the run trained under autocast: the temperature is applied to the FP32 model that
+    # export writes, so it is fitted on that model's logits
+    _, probs = engine.evaluate(net, loader, y_val, device=env.device, amp_dtype=None, d=env.ranks, progress=False)
     if not env.ranks.main:
         return {}
     # log of the softmax differs from the logits by a per-row constant, which softmax(z / T) ignores

@@ -25,7 +25,7 @@ from maskdata.layout import read_train_dir
 from maskdata.geometry import ASPECT_POLICIES, parse_crop
 from maskdata.preprocess import FILTERS
 from maskdata.relabel import check_relabel_digest, relabel_values
-from training import dist
+from training import dist, precision
 from training.config import CLI_FIELDS, NEGATED, SECTIONS, RunConfig, config_yaml, field_default, field_of
 from training.augment import BatchMix, presets_help
 from training.data import AUGMENTS
@@ -37,7 +37,7 @@ from maskdata.yamlconfig import explicit_dests, load_config_file, parse_with_con
 
 log = logging.getLogger("training")
 
-AMP_CHOICES = ("off", "auto", "bf16", "fp16")
+AMP_CHOICES = precision.MODES
 SAMPLERS = ("random", "weighted")
 # --config keys that recipes commonly use for options this CLI names otherwise
 CONFIG_ALIASES = {"loss": ("criterion", None),
@@ -190,6 +190,7 @@ def config_from_args(a: argparse.Namespace, given: set[str] = frozenset()) -> Ru
     """Validate every option before any data is read or any model is built; dataclasses by keyword.
     ``given``: the options the user set (command line or --config); the others may follow the
     pretrained weights' own preprocessing."""
+    a.amp = precision.normalize_mode(a.amp)   # recipes may still say `amp: true`
     _check_args(a)
     try:
         milestones = tuple(int(m) for m in str(a.milestones).split(",") if m.strip())
@@ -287,14 +288,10 @@ def resolve_device(name: str, ranks: dist.Dist) -> torch.device:
 
 
 def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
-    if mode == "off":
-        return None
-    if device.type != "cuda":
-        log.warning("--amp %s ignored: mixed precision is used on CUDA only; training in fp32", mode)
-        return None
-    if mode == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[mode]
+    """The autocast dtype for ``--amp mode`` on ``device`` (None = FP32); logs which and why."""
+    chosen = precision.resolve(mode, device)
+    log.info("precision %s (%s)", chosen.name, chosen.reason)
+    return chosen.dtype
 
 
 def run(cfg: RunConfig, resume: Path | None = None, on_epoch_end=None) -> dict:
@@ -324,7 +321,8 @@ def run(cfg: RunConfig, resume: Path | None = None, on_epoch_end=None) -> dict:
         if cfg.train.folds >= 2:
             if ranks.main:
                 atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
-                atomic_write_text(out / "config.yaml", config_yaml(cfg))
+                atomic_write_text(out / "config.yaml",
+                                  config_yaml(cfg) + precision.record_line(cfg.train.amp, env.amp_dtype))
             resume_dir = (resume if resume.is_dir() else resume.parent) if resume else None
             return run_kfold(cfg, samples, out, env, resume_dir, on_epoch_end=on_epoch_end)
         train_idx, val_idx = train_val_split(samples, cfg.data.val_fraction, cfg.train.seed)

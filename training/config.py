@@ -94,7 +94,8 @@ class TrainConfig:
     epochs: int = _f(12, "epochs (with --resume: as recorded unless given; more extends the run)")
     accum_steps: int = _f(1, "gradient accumulation micro-batches per update")
     clip_grad: float = _f(0.0, "max gradient norm (0 = off)")
-    amp: str = _f("off", "mixed precision on CUDA")
+    amp: str = _f("off", "mixed precision: off (FP32) | auto (bf16 on a CPU with native bf16, else FP32; "
+                         "bf16 or fp16 on CUDA) | bf16 (CPU or CUDA) | fp16 (CUDA only); --amp alone = auto")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
     seed: int = _f(0, "seed of the split, data order, augmentation and initialisation")
     early_stop: int = _f(0, "stop after N epochs without val F1 gain (0 = off)")

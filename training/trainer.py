@@ -30,7 +30,7 @@ from maskdata.io import atomic_write_text
 from maskdata.layout import Sample, fingerprint
 from maskdata.preprocess import Preprocess
 from maskdata.report import class_report, report_csv_text
-from training import calibration, data, dist, distill, engine, plots
+from training import calibration, data, dist, distill, engine, plots, precision
 from training.tensorboard import RunLogger
 from training.augment import BatchMix
 from training.checkpoint import build_checkpoint, load_checkpoint, save_checkpoint, unwrap
@@ -272,9 +272,9 @@ def _distilled(loaders: Loaders) -> dict:
     return {"distill": loaders.soft.record} if loaders.soft else {}
 
 
-def _write_run_record(out_dir: Path, cfg: RunConfig, split: dict, extra: dict | None = None) -> None:
+def _write_run_record(out_dir: Path, cfg: RunConfig, split: dict, env: Env, extra: dict | None = None) -> None:
     atomic_write_text(out_dir / "config.json", json.dumps({**cfg.to_dict(), **(extra or {})}, indent=2) + "\n")
-    atomic_write_text(out_dir / "config.yaml", config_yaml(cfg))
+    atomic_write_text(out_dir / "config.yaml", config_yaml(cfg) + precision.record_line(cfg.train.amp, env.amp_dtype))
     atomic_write_text(out_dir / "split.json", json.dumps(split, indent=1) + "\n")
 
 
@@ -330,9 +330,10 @@ def fit(cfg: RunConfig, samples: list[Sample], train_idx: list[int], val_idx: li
     split = {"train_people": sorted({s.person for s in loaders.train_samples}),
              "val_people": sorted({s.person for s in loaders.val_samples})}
     common = dict(age_bins=cfg.data.age_bins, config=cfg.to_dict(), data_fingerprint=fp, data_dir=cfg.data.data_dir,
-                  val_images=[s.path for s in loaders.val_samples[:64]], split=split, **_distilled(loaders))
+                  val_images=[s.path for s in loaders.val_samples[:64]], split=split, **_distilled(loaders),
+                  precision=precision.name_of(env.amp_dtype))
     if ranks.main:
-        _write_run_record(out_dir, cfg, split, _distilled(loaders))
+        _write_run_record(out_dir, cfg, split, env, _distilled(loaders))
     tb = RunLogger(out_dir, enabled=train_cfg.tensorboard and ranks.main)
     epochs_run = 0
     for epoch in range(progress.start, train_cfg.epochs):
