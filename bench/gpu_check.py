@@ -228,6 +228,45 @@ def _torch_row(arch: str, hw: tuple[int, int], precision: str) -> dict:
     return row
 
 
+def _train_row(arch: str, hw: tuple[int, int], compiled: bool) -> dict:
+    """Training steps (forward + cross-entropy + backward + Adam) under bf16 autocast with channels-last
+    weights, eager or through torch.compile; the GPU counterpart of bench.train_ceiling's bare step."""
+    row = {"engine": "pytorch-cuda train", "model": arch, "input": f"{hw[0]}x{hw[1]}",
+           "precision": "bf16 + channels_last" + (" + torch.compile" if compiled else ""), "batch": BENCH_BATCH}
+    try:
+        torch = need_cuda()
+        from maskdata.preprocess import Preprocess
+        from training.models import create_model
+
+        model = create_model(arch, "single", Preprocess(*hw)).cuda().train().to(memory_format=torch.channels_last)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        net = torch.compile(model) if compiled else model
+        x = torch.randint(0, 256, (BENCH_BATCH, hw[0], hw[1], 3), dtype=torch.uint8, device="cuda")
+        y = torch.randint(0, 18, (BENCH_BATCH,), device="cuda")
+
+        def step():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = torch.nn.functional.cross_entropy(net(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        for _ in range(5):   # with torch.compile the first steps compile
+            step()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(BENCH_ITERS):
+            step()
+        torch.cuda.synchronize()
+        row.update(measured=True, img_s=round(BENCH_BATCH * BENCH_ITERS / (time.perf_counter() - t0), 1),
+                   device=torch.cuda.get_device_name())
+    except Skip as e:
+        row.update(measured=False, reason=str(e))
+    except Exception as e:
+        row.update(measured=False, reason=f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    return row
+
+
 def _ort_row(w: Workdir) -> dict:
     row = {"engine": "onnxruntime-cuda", "model": "tiny_cnn (check model)", "input": "64x48", "precision": "fp32",
            "batch": BENCH_BATCH}
@@ -257,6 +296,7 @@ def run_bench(w: Workdir) -> list[dict]:
     rows = [_torch_row(arch, hw, prec) for arch in ("plain_cnn", "resnet18") for hw in ((128, 96), (224, 224))
             for prec in ("fp32", "bf16", "fp16")]
     rows.append(_ort_row(w))
+    rows += [_train_row("resnet18", (128, 96), compiled) for compiled in (False, True)]
     for r in rows:
         print(f"bench {r['engine']} {r['model']} {r['input']} {r['precision']}: "
               f"{r['img_s'] if r['measured'] else 'not measured (' + r['reason'] + ')'}", flush=True)

@@ -15,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from bench import budget_report, common, memory_report, rest_report
+from bench import budget_report, common, memory_report, rest_report, train_report
 from bench.fmt import f as _f, pct as _pct, table as _table
 from bench.targets_report import REST_CLIENTS, model_label as _model_label, targets_section
 from bench.targets_report import rest_level as _rest_level, rest_modes as _rest_modes
@@ -401,6 +401,8 @@ def render(results: dict[str, dict], docs_dir: Path) -> str:
              budget_report.bf16_section(results.get("bf16")),
              budget_report.eval_scale_section(results.get("eval_scale")),
              memory_report.section(results.get("memory_soak")),
+             train_report.ceiling_section(results.get("train_ceiling")),
+             train_report.baseline_section(results.get("train_baseline")),
              rest_report.compare_section(results.get("rest"), docs_dir), _ray_section(results.get("ray_job"))]
     return "\n".join(parts).rstrip() + "\n"
 
