@@ -179,26 +179,46 @@ def compare(data_dir: Path, seeds: list[int], epochs: int, amps: list[str]) -> d
                 runs.append(run_mask_train(data_dir, seed, epochs, amp, Path(tmp)))
                 log.info("mask-train --amp %s seed %d: %.1f img/s, F1 %.4f", amp, seed,
                                 runs[-1]["train_img_s"], runs[-1]["best_val_f1"])
-    by = {}
-    for r in runs:
-        by.setdefault(r["variant"], []).append(r)
-    base = by["competition baseline (FP32)"]
-    ratios = {v: [r["train_img_s"] / b["train_img_s"] for r, b in zip(rs, base)] for v, rs in by.items()}
-    f1 = {v: [r["best_val_f1"] for r in rs] for v, rs in by.items()}
-    return {"runs": runs, "speed_vs_baseline": ratios, "best_val_f1": f1,
+    return {"runs": runs, **_ratios_and_f1(runs),
             "commands": {"mask-train": "mask-train " + " ".join(mask_train_argv(data_dir, Path("RUN"), 0, epochs,
                                                                                  "AMP")[2:])}}
 
 
+def _ratios_and_f1(runs: list[dict]) -> dict:
+    by: dict[str, list[dict]] = {}
+    for r in runs:
+        by.setdefault(r["variant"], []).append(r)
+    base = {r["seed"]: r for r in by["competition baseline (FP32)"]}
+    return {"speed_vs_baseline": {v: [r["train_img_s"] / base[r["seed"]]["train_img_s"] for r in rs]
+                                  for v, rs in by.items()},
+            "best_val_f1": {v: [r["best_val_f1"] for r in rs] for v, rs in by.items()}}
+
+
+def merge(paths: list[Path]) -> dict:
+    """One result from invocations that ran different seeds (each compares its own runs within itself)."""
+    parts = [json.loads(p.read_text()) for p in paths]
+    runs = [r for part in parts for r in part["runs"]]
+    first = parts[0]
+    return {**first, **_ratios_and_f1(runs), "runs": runs, "command": " ; ".join(p["command"] for p in parts),
+            "started": min(p["started"] for p in parts), "finished": max(p["finished"] for p in parts),
+            "config": {**first["config"], "seeds": [s for p in parts for s in p["config"]["seeds"]]},
+            "parts": [{k: p[k] for k in ("command", "started", "finished", "cpu_monitor")} for p in parts]}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.train_baseline", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", type=Path, required=True, help="DIR/train (train.csv and images/)")
+    p.add_argument("--data-dir", type=Path, help="DIR/train (train.csv and images/); required unless --merge")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="default %(default)s")
     p.add_argument("--epochs", type=int, default=4, help="default %(default)s")
     p.add_argument("--amp", nargs="+", default=["off", "bf16"], help="mask-train --amp modes to run (default %(default)s)")
     p.add_argument("--one", type=int, metavar="SEED", help="run one baseline training here and print its JSON")
+    p.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                   help="combine result files of invocations that ran different --seeds into --out, and stop")
     p.add_argument("--out", type=Path, default=common.RESULTS_DIR / "train_baseline.json")
     args = p.parse_args(argv)
+    if args.merge:
+        common.write_result(args.out, merge(args.merge))
+        return 0
     if args.one is not None:
         print(json.dumps(one_run(args.data_dir, args.one, args.epochs)))
         return 0
@@ -208,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     def body() -> None:
-        if not (args.data_dir / "train.csv").is_file():
-            raise FileNotFoundError(f"no train.csv in {args.data_dir}")
+        if args.data_dir is None or not (args.data_dir / "train.csv").is_file():
+            raise FileNotFoundError(f"no train.csv in {args.data_dir} (--data-dir DIR/train)")
         started = common.utc_now()
         with common.CpuMonitor() as monitor:
             result = compare(args.data_dir, args.seeds, args.epochs, args.amp)

@@ -57,9 +57,12 @@ def baseline_section(result: dict | None) -> str:
     speed = [[v, " / ".join(_f(x, 2) for x in xs)] for v, xs in result["speed_vs_baseline"].items()]
     f1 = [[v, _spread(xs)] for v, xs in result["best_val_f1"].items()]
     c = result["config"]
+    parts = result.get("parts") or [result]
+    how = "; ".join(f"`{p['command']}` ({p['started']} → {p['finished']} UTC, {_load(p)})" for p in parts)
     return "\n".join([
         "## Training: the competition's loop vs `mask-train`", "",
-        f"`{result['command']}` — SIMD: {_flags(result)}; {_load(result)}. {c['model']}, {c['input'][0]}×"
+        f"{how} — SIMD: {_flags(result)}. {len(parts)} invocation(s), run at the same time, each comparing its "
+        f"own runs. {c['model']}, {c['input'][0]}×"
         f"{c['input'][1]}, batch {c['batch']}, Adam 1e-3, {c['epochs']} epochs, no augmentation, the same "
         f"person-level split per seed; OMP_WAIT_POLICY={c.get('omp_wait_policy', '?')} for every command. The "
         "baseline decodes and resizes every image with PIL every epoch in one worker process "
