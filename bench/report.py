@@ -401,6 +401,7 @@ def render(results: dict[str, dict], docs_dir: Path) -> str:
              budget_report.bf16_section(results.get("bf16")),
              budget_report.eval_scale_section(results.get("eval_scale")),
              memory_report.section(results.get("memory_soak")),
+             train_report.bare_section(results.get("train_bare")),
              train_report.ceiling_section(results.get("train_ceiling")),
              train_report.baseline_section(results.get("train_baseline")),
              rest_report.compare_section(results.get("rest"), docs_dir), _ray_section(results.get("ray_job"))]

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 DTYPES = {"off": None, "bf16": "bfloat16"}
 
 
-def bare_step(amp: str, channels_last: bool, steps: int, seed: int = 0) -> dict:
+def bare_step(amp: str, channels_last: bool, steps: int, seed: int = 0, arch: str = "resnet18") -> dict:
     """img/s (wall) and images per CPU-second of the bare step."""
     import torch
 
@@ -46,7 +46,7 @@ def bare_step(amp: str, channels_last: bool, steps: int, seed: int = 0) -> dict:
     from training.models import create_model
 
     torch.manual_seed(seed)
-    model = create_model("resnet18", "single", Preprocess(*SIZE))
+    model = create_model(arch, "single", Preprocess(*SIZE))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.train()
@@ -213,18 +213,60 @@ def measure(data_dir: Path, epochs: int, steps: int) -> dict:
                                "loop_per_cpu_s": runs["bf16"]["loop_img_per_cpu_s"] / runs["off"]["loop_img_per_cpu_s"]}}
 
 
+def bare_only(archs: list[str], steps: int, rounds: int) -> dict:
+    """FP32 vs bf16 bare steps per architecture, alternating ``rounds`` times (no full run)."""
+    import statistics
+
+    import torch
+
+    out = {}
+    for arch in archs:
+        got = {amp: [] for amp in DTYPES}
+        for _ in range(rounds):
+            for amp in DTYPES:
+                got[amp].append(bare_step(amp, False, steps, arch=arch))
+        med = {amp: {k: statistics.median(m[k] for m in ms) for k in ("img_s", "img_per_cpu_s")}
+               for amp, ms in got.items()}
+        out[arch] = {"median": med, "all": got,
+                     "bf16_over_fp32": {k: med["bf16"][k] / med["off"][k] for k in ("img_s", "img_per_cpu_s")}}
+        log.info("%s: bf16/FP32 %.2fx wall, %.2fx per CPU-s", arch, out[arch]["bf16_over_fp32"]["img_s"],
+                 out[arch]["bf16_over_fp32"]["img_per_cpu_s"])
+    return {"torch_threads": torch.get_num_threads(), "archs": out}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.train_ceiling", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", type=Path, required=True, help="DIR/train (train.csv and images/)")
+    p.add_argument("--data-dir", type=Path, help="DIR/train (train.csv and images/); required unless --bare-only")
     p.add_argument("--epochs", type=int, default=2, help="epochs of each full run (default %(default)s)")
     p.add_argument("--steps", type=int, default=4, help="timed bare steps per measurement (default %(default)s)")
-    p.add_argument("--out", type=Path, default=common.RESULTS_DIR / "train_ceiling.json")
+    p.add_argument("--bare-only", nargs="+", metavar="ARCH",
+                   help="only FP32 vs bf16 bare steps of these models, alternating --rounds times, into "
+                        "bench/results/train_bare.json (with --threads: torch threads)")
+    p.add_argument("--rounds", type=int, default=3, help="--bare-only: alternations (default %(default)s)")
+    p.add_argument("--threads", type=int, help="--bare-only: torch.set_num_threads (default: torch's own)")
+    p.add_argument("--out", type=Path, help="default bench/results/train_ceiling.json (train_bare.json with --bare-only)")
     args = p.parse_args(argv)
     common.setup_logging()
+    if args.bare_only:
+        import torch
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        out = args.out or common.RESULTS_DIR / "train_bare.json"
+
+        def bare_body() -> None:
+            started = common.utc_now()
+            with common.CpuMonitor() as monitor:
+                result = bare_only(args.bare_only, args.steps, args.rounds)
+            common.save_run("train_ceiling", argv, started, monitor, False,
+                            {"steps": args.steps, "rounds": args.rounds, "batch": BATCH, "input": list(SIZE)}, result, out)
+
+        return common.run_part(bare_body, no_report=True)
+    args.out = args.out or common.RESULTS_DIR / "train_ceiling.json"
 
     def body() -> None:
-        if not (args.data_dir / "train.csv").is_file():
-            raise FileNotFoundError(f"no train.csv in {args.data_dir}")
+        if args.data_dir is None or not (args.data_dir / "train.csv").is_file():
+            raise FileNotFoundError(f"no train.csv in {args.data_dir} (--data-dir DIR/train)")
         started = common.utc_now()
         with common.CpuMonitor() as monitor:
             result = measure(args.data_dir, args.epochs, args.steps)

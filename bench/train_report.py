@@ -73,3 +73,23 @@ def baseline_section(result: dict | None) -> str:
         "Training img/s relative to the baseline run of the same seed:", "",
         _table(["run", "× baseline (per seed)"], speed), "",
         "Best-epoch validation macro F1, mean (per seed):", "", _table(["run", "val macro F1"], f1), ""])
+
+
+def bare_section(result: dict | None) -> str:
+    if not result:
+        return ("## Training step: FP32 vs bf16 per model\n\nNot measured yet: "
+                "`python -m bench.train_ceiling --bare-only plain_cnn resnet18 --threads 1`.\n")
+    rows = []
+    for arch, r in result["archs"].items():
+        m, ratio = r["median"], r["bf16_over_fp32"]
+        rows.append([arch, _f(m["off"]["img_s"]), _f(m["bf16"]["img_s"]), _f(ratio["img_s"], 2),
+                     _f(m["off"]["img_per_cpu_s"]), _f(m["bf16"]["img_per_cpu_s"]), _f(ratio["img_per_cpu_s"], 2)])
+    c = result["config"]
+    return "\n".join([
+        "## Training step: FP32 vs bf16 per model", "",
+        f"`{result['command']}` — SIMD: {_flags(result)}; {_load(result)}; torch threads {result['torch_threads']}. "
+        f"Bare step (forward + cross-entropy + backward + Adam, random uint8 batch of {c['batch']} at "
+        f"{c['input'][0]}×{c['input'][1]}, single head), FP32 and bf16 autocast alternating {c['rounds']} times; "
+        "medians. Images per CPU-second is the figure that survives other jobs on the cores.", "",
+        _table(["model", "FP32 img/s", "bf16 img/s", "bf16 / FP32", "FP32 img per CPU-s", "bf16 img per CPU-s",
+                "bf16 / FP32 (CPU)"], rows), ""])
