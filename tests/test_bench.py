@@ -262,7 +262,8 @@ def test_reduced_precision_and_scale_targets_follow_the_cpu_and_the_figures(tmp_
 
 # --- the command lines ------------------------------------------------------------------------------
 @pytest.mark.parametrize("module", ["model_only", "batch_job", "rest", "report", "loadgen", "baseline", "eval_scale",
-                                    "thread_budget", "int8_calibration", "bf16", "label_audit", "memory_soak"])
+                                    "thread_budget", "int8_calibration", "bf16", "label_audit", "memory_soak",
+                                    "train_ceiling", "train_baseline"])
 def test_every_script_has_help(module):
     r = bench_cli(module, "--help")
     assert r.returncode == 0, f"bench.{module} --help exited {r.returncode}: {r.stderr[-500:]}"
@@ -350,3 +351,11 @@ def test_memory_soak_merges_parts_and_renders_them(tmp_path):
     assert "105 % of its pre-job RSS" in text, text
     assert "50,000 requests after warm-up: **met** (2.5 MB)" in text, text
     assert "pre-job RSS: **met** (105 %)" in text, text
+
+
+@pytest.mark.parametrize("module", ["train_ceiling", "train_baseline"])
+def test_training_benches_refuse_a_missing_data_dir_in_one_line(module, tmp_path):
+    r = bench_cli(module, "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.json"))
+    err = r.stderr.strip()
+    assert r.returncode == 2 and err.startswith("error: no train.csv in") and "\n" not in err, (r.returncode, err)
+    assert not (tmp_path / "x.json").exists(), f"bench.{module} wrote a result for a failed run"
