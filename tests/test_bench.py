@@ -305,28 +305,21 @@ def test_budget_scripts_refuse_missing_inputs_in_one_line(module, argv, tmp_path
     assert not (tmp_path / "x.json").exists(), f"bench.{module} wrote a result for a failed run"
 
 
-def test_memory_soak_refuses_bad_input_in_one_line(tmp_path, capsys):
-    from bench import memory_soak
-
+def test_memory_soak_refuses_bad_input_in_one_line(tmp_path):
     out = tmp_path / "m.json"
-    assert memory_soak.main(["--model", str(tmp_path / "missing.onnx"), "--no-report", "--out", str(out)]) == 2
-    assert capsys.readouterr().err.strip().startswith("error: model not found"), "a missing model is one line"
-    assert memory_soak.main(["--variants", "leaky", "--no-report", "--out", str(out)]) == 2
-    assert "unknown variant" in capsys.readouterr().err, "an unknown variant must be named"
-    with pytest.raises(SystemExit) as e:
-        memory_soak.main(["--checkpoints", "50000,10000", "--out", str(out)])
-    assert e.value.code == 2, "decreasing checkpoints are a usage error"
+    r = bench_cli("memory_soak", "--model", str(tmp_path / "missing.onnx"), "--no-report", "--out", str(out))
+    assert r.returncode == 2 and r.stderr.strip().startswith("error: model not found"), (r.returncode, r.stderr)
+    r = bench_cli("memory_soak", "--variants", "leaky", "--no-report", "--out", str(out))
+    assert r.returncode == 2 and "unknown variant" in r.stderr, ("an unknown variant must be named", r.stderr)
+    r = bench_cli("memory_soak", "--checkpoints", "50000,10000", "--out", str(out))
+    assert r.returncode == 2, "decreasing checkpoints are a usage error"
     assert not out.exists(), "no result file on bad input"
 
 
 def test_memory_soak_merges_parts_and_renders_them(tmp_path):
-    import json
-
-    from bench import memory_report, memory_soak
-
     def part(name, service, predictor=None, submission=None):
         payload = {"command": f"cmd {name}", "started": "2026-01-01T00:00:00Z", "finished": "2026-01-01T01:00:00Z",
-                   "machine": {"cpu_flags": ["avx2"]}, "cpu_monitor": {"loadavg_start": [1.0], "loadavg_end": [2.0]},
+                   "machine": _base()["machine"], "cpu_monitor": {"loadavg_start": [1.0], "loadavg_end": [2.0]},
                    "model": "m.onnx", "threads": 8, "service": service, "predictor": predictor,
                    "submission": submission}
         (tmp_path / f"{name}.json").write_text(json.dumps(payload))
@@ -340,10 +333,11 @@ def test_memory_soak_merges_parts_and_renders_them(tmp_path):
            "jobs": [{"rows": 12600, "wall_s": 90.0, "peak_rss_mb": 400.0, "rss_after_mb": 205.0}] * 2}
     extra = part("c", [], predictor={"variant": "predictor", "rows": rows}, submission=sub)
     out = tmp_path / "memory_soak.json"
-    assert memory_soak.main(["--merge", str(shipped), str(upstream), str(extra), "--out", str(out), "--no-report"]) == 0
+    r = bench_cli("memory_soak", "--merge", str(shipped), str(upstream), str(extra), "--out", str(out), "--no-report")
+    assert r.returncode == 0, r.stderr[-1500:]
     merged = json.loads(out.read_text())
     assert [s["variant"] for s in merged["service"]] == ["shipped", "bentoml-timeout"], merged["service"]
-    text = memory_report.section(merged)
+    text = render(tmp_path, memory_soak=merged)
     shipped_line = next(line for line in text.splitlines() if line.startswith("| service as shipped"))
     assert "| 160.0 | 161.0 | 162.5 | 2.5 |" in shipped_line, shipped_line
     upstream_line = next(line for line in text.splitlines() if "BentoML's own request timeout" in line)
