@@ -30,7 +30,7 @@ from pathlib import Path
 
 from demo.ready import wait_ready
 from maskdata.artifact import STORE_NAME
-from maskdata.io import atomic_write_text
+from maskdata.io import atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -158,12 +158,6 @@ def _train(cfg: DemoConfig) -> Path:
     return run
 
 
-def sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _cpu_flags() -> list[str]:
     try:
         words = set(Path("/proc/cpuinfo").read_text().split())
@@ -190,7 +184,7 @@ def rebuild(cfg: DemoConfig) -> str:
     tmp = cfg.model_file.with_name(f".{cfg.model_file.name}.tmp")
     shutil.copyfile(onnx_path, tmp)
     os.replace(tmp, cfg.model_file)
-    card = {"built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "sha256": sha256(cfg.model_file),
+    card = {"built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "sha256": sha256_file(cfg.model_file),
             "command": "make demo-model", "training": {"people": cfg.people, "seed": cfg.seed,
                                                       "recipe": "mask-train defaults (recipes/cpu_demo.yaml)",
                                                       "overrides": {"model": cfg.model, "epochs": cfg.epochs,

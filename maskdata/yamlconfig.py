@@ -25,16 +25,20 @@ def parser_dests(parser: argparse.ArgumentParser) -> list[str]:
     return sorted(vars(known))
 
 
-def _read_mapping(path: Path) -> dict:
+def read_yaml(path: Path, what: str = "config file"):
+    """The YAML document in ``path``; FileNotFoundError / ValueError naming ``what`` and the parse error."""
     import yaml
 
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+        raise FileNotFoundError(f"{what} not found: {path}")
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    values = values or {}
+
+
+def _read_mapping(path: Path) -> dict:
+    values = read_yaml(path) or {}
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of option names to values, got {type(values).__name__}")
     return values

@@ -17,7 +17,6 @@ trained on), batched through ONNX Runtime, and written as
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import sys
@@ -28,21 +27,13 @@ import numpy as np
 from tqdm import tqdm
 
 from maskdata import labels
-from maskdata.io import atomic_write_text
+from maskdata.io import atomic_write_text, sha256_file
 from maskdata.layout import fingerprint, read_train_dir
 from serving.shards import write_csv_text
 
 log = logging.getLogger("serving.teacher")
 
 DEFAULT_BATCH = 64
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -99,7 +90,7 @@ def write_teacher(model: str, data_dir: str, out: str | Path, batch_size: int = 
     rows = [dict(zip(header, [p, *(f"{v:.9g}" for v in row)])) for p, row in zip(paths, logp)]
     model_path = Path(model)
     meta = {"model": str(model_path.resolve()) if model_path.is_file() else model,
-            "model_sha256": _sha256(model_path) if model_path.is_file() else "",
+            "model_sha256": sha256_file(model_path) if model_path.is_file() else "",
             "preprocess": preprocess, "data_dir": str(Path(data_dir).resolve()),
             "data_fingerprint": fingerprint(samples), "images": len(paths), "values": "log_probs"}
     atomic_write_text(out.with_suffix(".json"), json.dumps(meta, indent=1) + "\n")

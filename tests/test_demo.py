@@ -12,14 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from demo.build import MIN_MACRO_F1, SHIPPED, SHIPPED_CARD, DemoConfig, install, sha256
+from demo.build import MIN_MACRO_F1, SHIPPED, SHIPPED_CARD, DemoConfig, install
+from maskdata.io import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_shipped_model_is_the_one_its_card_describes():
     card = json.loads(SHIPPED_CARD.read_text())
-    assert card["sha256"] == sha256(SHIPPED), "demo/model.onnx changed without demo/model.json: run make demo-model"
+    assert card["sha256"] == sha256_file(SHIPPED), "demo/model.onnx changed without demo/model.json: run make demo-model"
     assert card["check_set"]["macro_f1"] >= MIN_MACRO_F1, card["check_set"]
     assert card["check_set"]["images"] == 7 * DemoConfig().eval_people, card["check_set"]
 

@@ -19,7 +19,6 @@ as a separate ``python -m serving.teacher`` process whose output is cached in th
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import math
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from maskdata import labels
+from maskdata.io import sha256_file
 from maskdata.layout import Sample, fingerprint
 from maskdata.preprocess import Preprocess
 
@@ -177,14 +177,6 @@ def check_preprocess(table: TeacherTable, student: Preprocess) -> None:
     diffs = view_differences(table.preprocess, student)
     if diffs:
         raise ValueError(f"teacher {table.source} saw other pixels than the student: {'; '.join(diffs)}")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def teacher_file(cfg) -> Path | None:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from maskdata.yamlconfig import read_yaml
+
 # --config keys that name where or how a run executes, not what it learns: a search over them is a mistake
 NOT_SEARCHABLE = ("data_dir", "out", "resume", "stop_after", "folds", "device", "workers", "no_progress",
                   "no_tensorboard", "list_models", "config", "help")
@@ -130,15 +132,8 @@ def key_types(parser: argparse.ArgumentParser) -> dict[str, type]:
 
 def load_space(path: str | Path, types: dict[str, type], aliases: dict | None = None) -> Space:
     """The space in ``path``; ValueError with a one-line reason (file, key and what is wrong)."""
-    import yaml
-
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"space file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    raw = read_yaml(path, "space file")
     if not raw:
         raise ValueError(f"{path}: the space is empty; give at least one key with a distribution, "
                          "e.g. lr: {low: 1.0e-4, high: 1.0e-2, log: true}")
