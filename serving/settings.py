@@ -225,7 +225,17 @@ class Settings(BaseSettings):
             return _one_line(cls)
         values = {k[len(ENV_PREFIX):].lower(): v for k, v in env.items()
                   if k.upper().startswith(ENV_PREFIX) and v.strip() and k[len(ENV_PREFIX):].lower() in cls.model_fields}
-        return _one_line(lambda: cls.model_validate(values))
+        return _one_line(lambda: _FromMapping.model_validate(values))
+
+
+class _FromMapping(Settings):
+    """Settings from a given mapping only. pydantic-settings fills every field a mapping lacks from
+    ``os.environ``, so ``Settings.from_env({})`` would see the process's ``MASK_*``, not the defaults."""
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        return (init_settings,)
 
 
 def get_settings() -> Settings:

@@ -102,3 +102,11 @@ def test_schema_example_limits_are_the_defaults():
     example = ModelInfo.model_config["json_schema_extra"]["example"]["limits"]
     defaults = Settings.from_env({}).model_dump()
     assert example == {k: defaults[k] for k in example}, example
+
+
+def test_an_explicit_mapping_ignores_the_process_environment(monkeypatch):
+    monkeypatch.setenv("MASK_MAX_FILES", "4")
+    assert Settings.from_env({}).max_files == Settings.model_fields["max_files"].default, \
+        "from_env(mapping) must read the mapping only, not os.environ"
+    assert Settings.from_env({"MASK_MAX_FILES": "7"}).max_files == 7
+    assert Settings.from_env().max_files == 4, "from_env() with no mapping reads the environment"
