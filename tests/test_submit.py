@@ -209,8 +209,11 @@ def test_resume_after_kill(sig, eval_dir, onnx_model, tmp_path):
     out = tmp_path / "out.csv"
     journal = Journal.path_for(out)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # Ctrl-C as a terminal delivers it: to a process whose SIGINT is at its default. An ignored signal is
+    # inherited across exec, and Python then installs no KeyboardInterrupt handler; earlier tests in this
+    # pytest process (Ray's driver among them) may leave SIGINT ignored, so the child resets it.
     proc = subprocess.Popen([sys.executable, "-m", "serving.submit", *args, "--out", str(out)], cwd=REPO, env=env,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         if journal.exists() and journal.read_text().count("\n") >= 6:

@@ -324,11 +324,15 @@ def run(cfg: RunConfig, resume: Path | None = None, on_epoch_end=None) -> dict:
                 atomic_write_text(out / "config.yaml",
                                   config_yaml(cfg) + precision.record_line(cfg.train.amp, env.amp_dtype))
             resume_dir = (resume if resume.is_dir() else resume.parent) if resume else None
-            return run_kfold(cfg, samples, out, env, resume_dir, on_epoch_end=on_epoch_end)
-        train_idx, val_idx = train_val_split(samples, cfg.data.val_fraction, cfg.train.seed)
-        hook = None if on_epoch_end is None else (lambda epoch, row: on_epoch_end(0, epoch, row))
-        result = fit(cfg, samples, train_idx, val_idx, out, env, resume=resume, on_epoch_end=hook)
-        return result.best
+            best = run_kfold(cfg, samples, out, env, resume_dir, on_epoch_end=on_epoch_end)
+        else:
+            train_idx, val_idx = train_val_split(samples, cfg.data.val_fraction, cfg.train.seed)
+            hook = None if on_epoch_end is None else (lambda epoch, row: on_epoch_end(0, epoch, row))
+            best = fit(cfg, samples, train_idx, val_idx, out, env, resume=resume, on_epoch_end=hook).best
+        # every rank leaves together: a rank that tears its gloo group down while a peer still calibrates
+        # or writes can be aborted by gloo ("terminate called without an active exception")
+        dist.barrier(ranks)
+        return best
     finally:
         dist.shutdown()
 
