@@ -67,7 +67,12 @@ def test_mask_submit_flags_default_to_the_settings():
     opts = SubmitOptions()
     assert (opts.batch_size, opts.workers, opts.worker_kind, opts.on_error) == \
         (JOB_DEFAULTS.batch_size, JOB_DEFAULTS.workers(), JOB_DEFAULTS.worker_kind, JOB_DEFAULTS.on_error), opts
-    assert 1 <= JOB_DEFAULTS.workers() <= JOB_DEFAULTS.max_workers
+
+
+@pytest.mark.parametrize("cpus, expected", [(None, 1), (1, 1), (2, 2), (6, 6), (64, JOB_DEFAULTS.max_workers)])
+def test_decode_workers_are_one_per_core_up_to_the_cap(cpus, expected, monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: cpus)
+    assert JOB_DEFAULTS.workers() == expected, f"{cpus} CPUs should give {expected} decode workers"
 
 
 def test_the_ray_engine_defaults_to_the_same_grid():
