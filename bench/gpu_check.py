@@ -221,11 +221,16 @@ def _torch_row(arch: str, hw: tuple[int, int], precision: str) -> dict:
         seconds = time.perf_counter() - t0
         row.update(measured=True, img_s=round(BENCH_BATCH * BENCH_ITERS / seconds, 1),
                    device=torch.cuda.get_device_name())
-    except Skip as e:
-        row.update(measured=False, reason=str(e))
-    except Exception as e:
-        row.update(measured=False, reason=f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    except Exception as e:   # Skip included: not_measured says which
+        not_measured(row, e)
     return row
+
+
+def not_measured(row: dict, e: Exception) -> None:
+    """Mark ``row`` unmeasured: a :class:`Skip`'s reason as it is, any other error as ``failed: ...``."""
+    reason = str(e) if isinstance(e, Skip) else \
+        f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    row.update(measured=False, reason=reason)
 
 
 def _train_row(arch: str, hw: tuple[int, int], compiled: bool) -> dict:
@@ -260,10 +265,8 @@ def _train_row(arch: str, hw: tuple[int, int], compiled: bool) -> dict:
         torch.cuda.synchronize()
         row.update(measured=True, img_s=round(BENCH_BATCH * BENCH_ITERS / (time.perf_counter() - t0), 1),
                    device=torch.cuda.get_device_name())
-    except Skip as e:
-        row.update(measured=False, reason=str(e))
-    except Exception as e:
-        row.update(measured=False, reason=f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    except Exception as e:   # Skip included: not_measured says which
+        not_measured(row, e)
     return row
 
 

@@ -122,20 +122,25 @@ def _fresh_env() -> dict:
     return env
 
 
+def torch_import_probe(run: str) -> str:
+    """A ``python -c`` program that prints ``AT_TORCH_IMPORT <OMP_WAIT_POLICY>`` the moment ``import torch``
+    starts, then runs ``run`` (code that starts an entry point)."""
+    return ("import os, sys\n"
+            "class Probe:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'torch':\n"
+            "            print('AT_TORCH_IMPORT', os.environ.get('OMP_WAIT_POLICY', '<unset>'), flush=True)\n"
+            "            sys.meta_path.remove(self)\n"
+            "        return None\n"
+            "sys.meta_path.insert(0, Probe())\n" + run)
+
+
 def test_console_script_sets_omp_wait_policy_before_torch_is_imported():
     """Runs the installed ``mask-train`` script in a fresh interpreter and records the environment at
     the moment ``import torch`` starts."""
-    probe = (
-        "import os, runpy, sys\n"
-        "class Probe:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'torch':\n"
-        "            print('AT_TORCH_IMPORT', os.environ.get('OMP_WAIT_POLICY', '<unset>'), flush=True)\n"
-        "            sys.meta_path.remove(self)\n"
-        "        return None\n"
-        "sys.meta_path.insert(0, Probe())\n"
-        f"sys.argv = ['mask-train', '--help']\n"
-        f"runpy.run_path({str(BIN / 'mask-train')!r}, run_name='__main__')\n")
+    probe = torch_import_probe("import runpy\n"
+                               "sys.argv = ['mask-train', '--help']\n"
+                               f"runpy.run_path({str(BIN / 'mask-train')!r}, run_name='__main__')\n")
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=_fresh_env(), timeout=120)
     assert "AT_TORCH_IMPORT PASSIVE" in proc.stdout, f"rc {proc.returncode}\n{proc.stdout[:500]}\n{proc.stderr[-2000:]}"
     proc = subprocess.run([sys.executable, "-c", "import os, training; print(os.environ.get('OMP_WAIT_POLICY'))"],
@@ -151,16 +156,8 @@ def test_mask_export_entry_point_sets_omp_wait_policy_before_torch_is_imported()
     scripts = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
     module, func = scripts["mask-export"].split(":")
     assert module.split(".")[0] == "export", f"mask-export must enter through export/, not {module}"
-    probe = (
-        "import importlib, os, sys\n"
-        "class Probe:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'torch':\n"
-        "            print('AT_TORCH_IMPORT', os.environ.get('OMP_WAIT_POLICY', '<unset>'), flush=True)\n"
-        "            sys.meta_path.remove(self)\n"
-        "        return None\n"
-        "sys.meta_path.insert(0, Probe())\n"
-        f"sys.exit(getattr(importlib.import_module({module!r}), {func!r})(['--help']))\n")
+    probe = torch_import_probe("import importlib\n"
+                               f"sys.exit(getattr(importlib.import_module({module!r}), {func!r})(['--help']))\n")
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=_fresh_env(), timeout=120)
     assert proc.returncode == 0 and "usage: mask-export" in proc.stdout, f"rc {proc.returncode}\n{proc.stderr[-2000:]}"
     assert "AT_TORCH_IMPORT PASSIVE" in proc.stdout, proc.stdout[:500]
