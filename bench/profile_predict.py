@@ -87,15 +87,12 @@ def profile(model: str, image: Path, duration_s: float, cprofile: int = 0, http:
     validators.FileSchema.decode = _timed("bentoml: temp file per upload", validators.FileSchema.decode)
     service = importlib.import_module("serving.service")
     instrument(service)
-    from _bentoml_impl.tasks.result import Sqlite3Store
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     with tempfile.TemporaryDirectory() as tmp:
-        db = str(Path(tmp) / "task_result.db")
-        os.environ["BENTOML_RESULT_STORE"] = db
-        Sqlite3Store.init_db(db)
+        os.environ["MASK_TASKS_DIR"] = tmp
         server = uvicorn.Server(uvicorn.Config(service.MaskClassifier.to_asgi(), host="127.0.0.1", port=port,
                                                log_level="warning", lifespan="on",
                                                http=http, loop=loop))

@@ -4,26 +4,27 @@
 What BentoML 1.4 (seen with 1.4.40) answers on its own, and why this module exists:
 
 - its input validation answers ``{"error": "1 validation error for Input", "detail": [...]}`` (400),
-  its task routes ``{"error": "task_id not found"}`` (404), some of its exceptions a JSON *list*
+  some of its exceptions a JSON *list*
   ``[{"error": ...}]``, and the router plain text (``Not Found``, ``Method Not Allowed``). The
   service's own errors are ``{"error", "status"}``. :class:`ErrorEnvelope` rewrites every error
   response (status >= 400) that is not already in that shape into it, keeping a validation error's
   ``detail`` list, so a client parses one shape whatever answered;
 - its generated document declares only 400/404/500, each with a schema that lacks ``status``, no
-  415/413/411/401/503, no ``GET /model`` (the request guard answers it), and a task-status enum
-  (``success``, ``failure``, ``cancelled``) that its own status route never sends (it sends
-  ``pending``, ``in_progress``, ``completed``, ``failed``, ``canceled``). :func:`patch_openapi`
-  fixes each (and two schemas BentoML gets wrong: ``POST /infer``'s null rows, and the task answers
-  of submit/retry, which carry only ``task_id`` and ``status``), and :class:`ErrorEnvelope` serves the patched document at ``/docs.json``, which the
-  Swagger UI at ``/`` reads too.
+  415/413/411/401/503, no ``GET /model`` (the request guard answers it), and nothing of mounted
+  apps, so not the ``/submission/*`` task routes (:mod:`serving.task_routes`). :func:`patch_openapi`
+  fixes each (and one schema BentoML gets wrong: ``POST /infer``'s null rows), and
+  :class:`ErrorEnvelope` serves the patched document at ``/docs.json``, which the Swagger UI at
+  ``/`` reads too.
 
-Plain ASGI and the standard library: nothing here imports BentoML, so the rules are testable alone.
+Plain ASGI, the standard library and the task routes' own description: nothing here imports BentoML, so the rules are testable alone.
 """
 from __future__ import annotations
 
 import copy
 import json
 from http import HTTPStatus
+
+from serving import task_routes
 
 DOCS_PATH = "/docs.json"
 ERROR_SCHEMA_NAME = "Error"
@@ -37,8 +38,6 @@ ERROR_SCHEMA = {
                    "description": "input validation only: one entry per invalid field (pydantic's errors)"},
     },
 }
-# The values BentoML's task status route sends (bentoml's ResultStatus; pinned by tests/test_api_contract.py).
-TASK_STATUSES = ["pending", "in_progress", "completed", "failed", "canceled"]
 # Statuses every API route can answer: a malformed or unauthorised request, an unknown task, a body over
 # its limit, a server fault. Routes that take a body add 411/413/415; model routes add 503 (queue full).
 COMMON_ERRORS = (400, 401, 404, 500)
@@ -86,22 +85,22 @@ def _op_errors(path: str, method: str) -> tuple[int, ...]:
         codes.append(503)
     if path == "/explain":
         codes.append(501)
+    if path.startswith("/submission/"):   # canceled or inputs gone (409), a job's reason on /get, loading
+        codes += [409, 413, 503]
     return tuple(sorted(set(codes)))
 
 
 def patch_openapi(doc: dict) -> dict:
     """BentoML's generated document with the service's error shape on every route, ``GET /model``,
-    and the task statuses that are really sent."""
+    and the ``/submission`` task routes."""
     doc = copy.deepcopy(doc)
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     schemas[ERROR_SCHEMA_NAME] = ERROR_SCHEMA
     ref = {"$ref": f"#/components/schemas/{ERROR_SCHEMA_NAME}"}
-    task = schemas.get("TaskStatusResponse", {})
-    if isinstance(task.get("properties", {}).get("status"), dict):
-        task["properties"]["status"]["enum"] = list(TASK_STATUSES)
-        # /submission/submit and /retry answer only these two; /status adds created_at and executed_at
-        task["required"] = ["task_id", "status"]
-    paths = doc.get("paths", {})
+    schemas[task_routes.STATUS_SCHEMA["title"]] = copy.deepcopy(task_routes.STATUS_SCHEMA)
+    paths = doc.setdefault("paths", {})
+    for path, item in task_routes.openapi_paths().items():
+        paths.setdefault(path, {}).update(copy.deepcopy(item))
     infer = paths.get("/infer", {}).get("post", {}).get("responses", {}).get("200", {})
     rows = infer.get("content", {}).get("application/json", {}).get("schema", {}).get("items")
     if isinstance(rows, dict):

@@ -31,21 +31,17 @@ import asyncio
 import base64
 import logging
 import os
-import shutil
-import tempfile
 import typing as t
 from pathlib import Path
 
 import anyio
 import bentoml
 import numpy as np
-from PIL import Image
 from starlette.responses import JSONResponse, Response
 
 from maskdata.artifact import MODEL_FILE, STORE_NAME
 from maskdata.preprocess import ImageError
-from serving import monitoring, request_timeout, ui
-from serving.archive import ArchiveError
+from serving import monitoring, request_timeout, task_routes, ui
 from serving.batching import Batcher, QueueFull
 from serving.contract import ErrorEnvelope
 from serving.explain import Explainer, ExplainUnavailable, availability
@@ -55,6 +51,7 @@ from serving.guard import MULTIPART_FIELDS, RequestGuard, body_limits
 from serving.predictor import Predictor
 from serving.schemas import ModelInfo, Prediction
 from serving.settings import Settings, get_settings
+from serving.tasks import TaskStore
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +106,7 @@ _DECLARED = get_settings()
 @bentoml.service(
     name=STORE_NAME,
     workers=_DECLARED.workers,
-    # a task endpoint makes BentoML default `concurrency` to 1 (a BentoCloud scaling hint). No
-    # `max_concurrency`: BentoML would answer 429 before our queue; MASK_MAX_QUEUE's 503 is the one
+    # `concurrency` is a BentoCloud scaling hint. No `max_concurrency`: BentoML would answer 429 before our queue; MASK_MAX_QUEUE's 503 is the one
     # overload answer, and the hint says how many requests a worker can hold.
     traffic={"timeout": 600, "concurrency": _DECLARED.max_queue * _DECLARED.workers},
     http={"cors": {"enabled": False}},
@@ -140,6 +136,8 @@ class MaskClassifier:
         # Predictor warms up before __init__ returns, so /readyz only turns 200 after a real inference.
         self.predictor = Predictor(source, settings=self.settings)
         self.predictor.source = name
+        self.tasks = task_routes.TaskQueue(TaskStore(self.settings.tasks_dir or None, self.settings.task_retention_s),
+                                           source, self.settings)
         log.info("serving %s on %s", self.predictor.source, self.predictor.provider)
 
     # --- model calls ------------------------------------------------------------------------
@@ -283,35 +281,42 @@ class MaskClassifier:
         return ModelInfo.model_validate({**self.predictor.info(), "limits": limits,
                                          "explain": availability(self.predictor.metadata)})
 
-    @bentoml.task(route="/submission")
+    @bentoml.api(route="/submission")
     async def submission(self, info: Path, archive: Path) -> str:
-        """Competition submission as a background task: ``info`` (info.csv with ImageID,ans) and
-        ``archive`` (zip/tar of the eval images) → the filled-in CSV from ``/submission/get``."""
-        from serving import submission as job  # the batch-submission core; imported on first use
-
+        """Competition submission in one request: ``info`` (info.csv with ImageID,ans) and ``archive``
+        (zip/tar of the eval images) → the filled-in CSV. The same job as ``POST /submission/submit``
+        (serving/task_routes.py), waited for; long jobs should use that and poll instead."""
         if info.stat().st_size > self.settings.max_upload_bytes:
             return error_response(413, f"info: CSV over the limit of {self.settings.max_upload_bytes} bytes")
         if archive.stat().st_size > self.settings.max_archive_bytes:
             return error_response(413, f"archive: over the limit of {self.settings.max_archive_bytes} bytes")
-        workdir = Path(tempfile.mkdtemp(prefix="mask-submission-"))
-        try:
-            csv_bytes = await anyio.to_thread.run_sync(
-                job.run_archive_job, self.predictor, info.read_bytes(), archive, workdir, self.settings.archive_limits)
-        except (ValueError, FileNotFoundError, ArchiveError, Image.DecompressionBombError) as e:
-            return error_response(status_of(e), str(e))
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-        return Response(csv_bytes, media_type="text/csv",
-                        headers={"Content-Disposition": 'attachment; filename="submission.csv"'})
+        task_id = await self.tasks.submit_paths(info, archive)
+        await self.tasks.wait(task_id)
+        return task_routes.result_response(self.tasks.store, task_id)
+
+
+def _served() -> "MaskClassifier | None":
+    """This worker's service instance; None while it is still loading."""
+    try:
+        return bentoml.get_current_service()   # BentoML's public accessor of this worker's instance
+    except bentoml.exceptions.BentoMLException:
+        return None
 
 
 def served_model_info() -> dict | None:
     """``GET /model``'s body from the running service; None while it is still loading."""
-    try:
-        service = bentoml.get_current_service()   # BentoML's public accessor of this worker's instance
-    except bentoml.exceptions.BentoMLException:
-        return None
-    return service.model_info().model_dump(mode="json")
+    service = _served()
+    return None if service is None else service.model_info().model_dump(mode="json")
+
+
+def served_tasks() -> task_routes.TaskQueue | None:
+    service = _served()
+    return None if service is None else service.tasks
+
+
+def task_upload_limits() -> tuple[int, int]:
+    s = get_settings()
+    return s.max_upload_bytes, s.max_archive_bytes
 
 
 class ServiceGuard(RequestGuard):
@@ -329,3 +334,5 @@ MaskClassifier.add_asgi_middleware(ServiceGuard)
 
 # the browser page (serving/ui/index.html) at GET /ui/, beside the API on the same port
 MaskClassifier.mount_asgi_app(ui.app(), path="/ui")
+# the /submission task routes: the uploads stream to disk, each job runs in a process of its own
+MaskClassifier.mount_asgi_app(task_routes.app(served_tasks, task_upload_limits), path="/submission")

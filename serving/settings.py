@@ -36,6 +36,8 @@ default). The table below is checked against the fields by tests/test_settings.p
 | ``MASK_MAX_QUEUE`` | ``256`` | dynamic batching: most images waiting per worker (more: HTTP 503 + Retry-After) |
 | ``MASK_UNCERTAIN_BELOW`` | the artifact's | answer ``uncertain: true`` below this calibrated top probability (0..1) |
 | ``MASK_WORKERS`` | ``1`` | BentoML worker processes |
+| ``MASK_TASKS_DIR`` | – (a temp folder) | where ``/submission`` tasks keep their uploads, status and results (default ``<temp dir>/mask-classifier-tasks-<uid>``); every worker of a service must see the same folder (serving/tasks.py) |
+| ``MASK_TASK_RETENTION_S`` | ``86400`` | seconds a finished ``/submission`` task (its result, or a failed one's inputs) is kept |
 | ``MASK_ASPECT`` | – (as recorded) | ``stretch``, ``crop`` or ``pad``: override the model's recorded aspect policy (docs/serving.md) |
 """
 from __future__ import annotations
@@ -120,8 +122,10 @@ class Settings(BaseSettings):
     uncertain_below: float | None = Field(None, ge=0.0, le=1.0)   # None: the threshold recorded in the artifact
     workers: int = Field(1, ge=1)
     aspect: str = ""   # MASK_ASPECT: override the recorded aspect policy
+    tasks_dir: str = ""   # empty: serving.tasks.default_root()
+    task_retention_s: int = Field(86_400, ge=1)
 
-    @field_validator("model", "checkpoint", "trt_cache", "api_key", mode="before")
+    @field_validator("model", "checkpoint", "trt_cache", "api_key", "tasks_dir", mode="before")
     @classmethod
     def _strip(cls, value):
         return value.strip() if isinstance(value, str) else value
@@ -151,7 +155,7 @@ class Settings(BaseSettings):
 
     @field_validator("threads", "decode_nice", "max_upload_bytes", "max_pixels", "max_archive_bytes",
                      "max_archive_total_bytes", "max_archive_members", "max_files", "max_infer_bytes", "max_body_bytes", "max_batch_size",
-                     "batch_wait_ms", "max_queue", "workers", mode="before")
+                     "batch_wait_ms", "max_queue", "workers", "task_retention_s", mode="before")
     @classmethod
     def _int(cls, value, info: ValidationInfo):
         name = env_name(info.field_name)
@@ -226,6 +230,13 @@ class Settings(BaseSettings):
         values = {k[len(ENV_PREFIX):].lower(): v for k, v in env.items()
                   if k.upper().startswith(ENV_PREFIX) and v.strip() and k[len(ENV_PREFIX):].lower() in cls.model_fields}
         return _one_line(lambda: _FromMapping.model_validate(values))
+
+
+    @classmethod
+    def from_fields(cls, values: Mapping[str, object]) -> "Settings":
+        """Settings from field values (``model_dump()``'s keys) only, never the environment: how a
+        ``/submission`` job process gets exactly the settings of the service that queued it."""
+        return _one_line(lambda: _FromMapping.model_validate(dict(values)))
 
 
 class _FromMapping(Settings):

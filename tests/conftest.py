@@ -20,12 +20,16 @@ assert "bentoml" not in sys.modules, "bentoml was imported before tests/conftest
 BENTOML_HOME = tempfile.mkdtemp(prefix="mask-tests-bentoml-")
 os.environ["BENTOML_HOME"] = BENTOML_HOME
 os.environ["BENTOML_DO_NOT_TRACK"] = "true"  # no usage pings from tests
+# the /submission tasks of every service a test starts live here, not in the machine's shared default
+TASKS_DIR = tempfile.mkdtemp(prefix="mask-tests-tasks-")
+os.environ["MASK_TASKS_DIR"] = TASKS_DIR
 
 
 def pytest_sessionfinish(session, exitstatus):
     import shutil
 
     shutil.rmtree(BENTOML_HOME, ignore_errors=True)
+    shutil.rmtree(TASKS_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -84,20 +88,11 @@ def service_module(onnx_model):
 
 
 @pytest.fixture(scope="session")
-def client(service_module, tmp_path_factory):
+def client(service_module):
     from starlette.testclient import TestClient
 
-    # `bentoml serve` creates the task result database before starting workers; do the same here.
-    # BentoML 1.4.40 has no public API for it (only its serve command calls init_db), so this one
-    # internal stays, pinned by test_task_result_store_internal_is_still_there.
-    from _bentoml_impl.tasks.result import Sqlite3Store
-
-    db = tmp_path_factory.mktemp("tasks") / "task_result.db"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("BENTOML_RESULT_STORE", str(db))
-        Sqlite3Store.init_db(str(db))
-        with TestClient(service_module.MaskClassifier.to_asgi()) as c:
-            yield c
+    with TestClient(service_module.MaskClassifier.to_asgi()) as c:
+        yield c
 
 
 # ---------------------------------------------------------------- an S3-compatible server on loopback

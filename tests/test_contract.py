@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from serving.contract import TASK_STATUSES, patch_openapi, reshaped
+from serving.contract import patch_openapi, reshaped
+from serving.tasks import STATUSES
 
 
 def _body(raw: bytes | None) -> dict | None:
@@ -32,16 +33,14 @@ def test_lists_text_and_empty_bodies_become_the_shape():
         {"error": "task_id not found", "status": 404}
 
 
-def test_openapi_patch_declares_errors_get_model_and_real_task_statuses():
+def test_openapi_patch_declares_errors_get_model_and_the_task_routes():
     ref = {"$ref": "#/components/schemas/InvalidArgument"}
     answers = {"200": {"content": {"application/json": {"schema": {"type": "array", "items": {"type": "array"}}}}},
                "400": {"content": {"application/json": {"schema": ref}}}}
     doc = {"paths": {"/infer": {"post": {"responses": json.loads(json.dumps(answers)), "requestBody": {}}},
                      "/model": {"post": {"responses": {"200": {}}, "requestBody": {}, "operationId": "model"}},
                      "/readyz": {"get": {"responses": {"200": {}}}}},
-           "components": {"schemas": {"TaskStatusResponse": {
-               "required": ["task_id", "status", "created_at", "executed_at"],
-               "properties": {"status": {"enum": ["in_progress", "success", "failure", "cancelled"]}}}}}}
+           "components": {"schemas": {}}}
     patched = patch_openapi(doc)
     infer = patched["paths"]["/infer"]["post"]["responses"]
     assert {"400", "401", "404", "411", "413", "415", "500", "503"} <= set(infer), sorted(infer)
@@ -50,15 +49,13 @@ def test_openapi_patch_declares_errors_get_model_and_real_task_statuses():
     assert "get" in patched["paths"]["/model"] and "requestBody" not in patched["paths"]["/model"]["get"]
     assert patched["paths"]["/readyz"]["get"]["responses"] == {"200": {}}, "probes are left alone"
     task = patched["components"]["schemas"]["TaskStatusResponse"]
-    assert task["properties"]["status"]["enum"] == TASK_STATUSES and task["required"] == ["task_id", "status"]
+    assert task["properties"]["status"]["enum"] == list(STATUSES) and task["required"] == ["task_id", "status"]
+    routes = {(m, p) for p, ops in patched["paths"].items() if p.startswith("/submission/") for m in ops}
+    assert routes == {("post", "/submission/submit"), ("get", "/submission/status"), ("get", "/submission/get"),
+                      ("put", "/submission/cancel"), ("post", "/submission/retry")}, sorted(routes)
+    get = patched["paths"]["/submission/get"]["get"]["responses"]
+    assert {"200", "400", "404", "409", "413", "500", "503"} <= set(get), sorted(get)
     assert patched["components"]["schemas"]["Error"]["required"] == ["error", "status"]
     assert doc["paths"]["/infer"]["post"]["responses"] == answers, "the input document is not modified"
 
 
-def test_task_statuses_are_the_ones_bentoml_sends():
-    # BentoML's task status enum lives in a private module (_bentoml_impl); this pins that the values the
-    # patched document declares are still the ones its status route sends, so an upgrade that changes
-    # them fails here instead of in a generated client.
-    from _bentoml_impl.tasks.result import ResultStatus
-
-    assert sorted(s.value for s in ResultStatus) == sorted(TASK_STATUSES)

@@ -75,7 +75,8 @@ def bentoml_serve_process(python: str, env: dict, log: Path, timeout: float = 15
 
 def _env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MASK_", "BENTOML_"))}
-    return {**env, **LIMITS, "BENTOML_DO_NOT_TRACK": "true", **extra}
+    tasks = {"MASK_TASKS_DIR": os.environ["MASK_TASKS_DIR"]} if os.environ.get("MASK_TASKS_DIR") else {}
+    return {**env, **LIMITS, **tasks, "BENTOML_DO_NOT_TRACK": "true", **extra}
 
 
 @pytest.fixture(scope="module")

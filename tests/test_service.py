@@ -183,18 +183,19 @@ def test_plain_service_class_works_without_a_server(service_module, reference, s
     assert bad.status_code == 400 and b"not a recognised image" in bad.body, bad.body
 
 
-def test_task_result_store_internal_is_still_there():
-    """Pins the one BentoML internal the in-process tests need (see ``client``): if an upgrade moves it,
-    this names the cause instead of every task test failing on a missing table."""
-    from _bentoml_impl.tasks.result import Sqlite3Store
-
-    assert callable(getattr(Sqlite3Store, "init_db", None)), "BentoML moved Sqlite3Store.init_db"
-
-
 def body_routes(client) -> list[tuple[str, str]]:
-    """(method, path) of every route the served ASGI app has that takes a body (POST/PUT/PATCH)."""
-    return sorted((m, r.path) for r in client.app.routes for m in (getattr(r, "methods", None) or ())
-                  if m in ("POST", "PUT", "PATCH"))
+    """(method, path) of every route the served ASGI app has that takes a body (POST/PUT/PATCH),
+    mounted apps' routes included (the /submission task routes are one)."""
+    def walk(routes, prefix=""):
+        for r in routes:
+            inner = getattr(getattr(r, "app", None), "routes", None)
+            if inner is not None and not getattr(r, "methods", None):
+                yield from walk(inner, prefix + r.path)
+            for m in getattr(r, "methods", None) or ():
+                if m in ("POST", "PUT", "PATCH"):
+                    yield m, prefix + r.path
+
+    return sorted(set(walk(client.app.routes)))
 
 
 def test_every_body_route_refuses_an_oversize_body(client, service_module):

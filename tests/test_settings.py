@@ -15,7 +15,7 @@ from serving.settings import JOB_DEFAULTS, Settings, env_name, get_settings
 ROOT = Path(__file__).resolve().parent.parent
 # Defaults the table describes in words rather than as a value (all "empty" in the settings).
 IN_WORDS = {"providers": "auto", "checkpoint": "–", "api_key": "–", "uncertain_below": "the artifact's",
-            "aspect": "– (as recorded)"}
+            "aspect": "– (as recorded)", "tasks_dir": "– (a temp folder)"}
 
 
 def documented_table() -> dict[str, str]:

@@ -1,0 +1,141 @@
+"""serving.tasks and serving.task_runner on their own: a task's folder, its status rules, the owner
+lock that tells a running task from an interrupted one, retention, and the job process's outcome."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from serving import task_runner, tasks
+from test_service import submission_inputs
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def new_task(store: tasks.TaskStore, info: bytes = b"ImageID,ans\n", archive: bytes = b"", meta=None) -> str:
+    return store.create(io.BytesIO(info), io.BytesIO(archive), meta or {"model": "m.onnx", "settings": {}})
+
+
+def test_a_task_is_created_whole_and_reports_its_status(tmp_path):
+    store = tasks.TaskStore(tmp_path / "tasks")
+    task_id = new_task(store, b"ImageID,ans\na.jpg,0\n", b"zip bytes")
+    folder = store.folder(task_id)
+    assert (folder / tasks.INFO_FILE).read_bytes() == b"ImageID,ans\na.jpg,0\n"
+    assert (folder / tasks.ARCHIVE_FILE).read_bytes() == b"zip bytes"
+    assert [p.name for p in store.root.iterdir()] == [task_id], "no staging folder may stay behind"
+    status = store.status(task_id)
+    assert status["status"] == "in_progress" and status["executed_at"] is None, status
+    assert set(status) == {"task_id", "status", "created_at", "executed_at", "completed_at"}, status
+
+
+@pytest.mark.parametrize("task_id", ["", "x" * 32, "../" * 11, "A" * 32, "0" * 31, None])
+def test_malformed_or_unknown_ids_are_key_errors(tmp_path, task_id):
+    store = tasks.TaskStore(tmp_path)
+    with pytest.raises(KeyError):
+        store.folder(task_id)
+
+
+def test_a_final_status_is_never_overwritten(tmp_path):
+    store = tasks.TaskStore(tmp_path)
+    task_id = new_task(store)
+    store.set_status(task_id, tasks.CANCELED, error="canceled", http_status=409)
+    store.set_status(task_id, tasks.COMPLETED)
+    status = store.status(task_id)
+    assert status["status"] == "canceled" and status["error"] == "canceled" and status["completed_at"], status
+
+
+def test_the_owner_lock_tells_a_held_task_from_an_interrupted_one(tmp_path):
+    """The lock is the kernel's: it goes when its holder exits, however it exits."""
+    store = tasks.TaskStore(tmp_path)
+    task_id = new_task(store)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; sys.path.insert(0, sys.argv[1]); from serving.tasks import TaskStore;"
+        "h = TaskStore(sys.argv[2]).claim(sys.argv[3]); print(h is not None, flush=True); time.sleep(60)"),
+        str(REPO), str(tmp_path), task_id], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "True", "the other process should have claimed the new task"
+        assert store.claim(task_id) is None, "a task another live process holds must not be claimable"
+    finally:
+        holder.kill()
+        holder.wait()
+    handle = store.claim(task_id)
+    assert handle is not None, "the holder was killed: its task must be claimable again"
+    assert store.claim(task_id) is None, "and held once claimed, within this process too"
+    handle.close()
+    store.set_status(task_id, tasks.COMPLETED)
+    assert store.claim(task_id) is None, "a finished task is never claimed"
+
+
+def test_sweep_removes_finished_tasks_past_the_retention_only(tmp_path):
+    store = tasks.TaskStore(tmp_path, retention_s=60)
+    old, recent, running = new_task(store), new_task(store), new_task(store)
+    for task_id in (old, recent):
+        store.set_status(task_id, tasks.COMPLETED)
+    state_file = store.folder(old) / tasks.STATUS_FILE
+    state = json.loads(state_file.read_text())
+    state["completed_at"] = "2000-01-01T00:00:00+00:00"
+    state_file.write_text(json.dumps(state))
+    leftover = tmp_path / ".abandoned.upload"
+    leftover.mkdir()
+    os.utime(leftover, (time.time() - 7200, time.time() - 7200))
+    assert store.sweep() == 2
+    assert store.task_ids() == sorted([recent, running]) and not leftover.exists()
+
+
+def _job_task(store, synth_root, onnx_model, n=5, info=None) -> tuple[str, list[str]]:
+    ids, good_info, archive = submission_inputs(synth_root, n=n)
+    settings = {"max_upload_bytes": 300_000}
+    return new_task(store, info or good_info, archive, {"model": str(onnx_model), "settings": settings}), ids
+
+
+def test_the_job_process_writes_the_submission_and_drops_the_inputs(tmp_path, synth_root, onnx_model):
+    from serving.predictor import Predictor
+
+    store = tasks.TaskStore(tmp_path)
+    task_id, ids = _job_task(store, synth_root, onnx_model)
+    assert task_runner.run(store.folder(task_id)) == task_runner.DONE
+    assert store.status(task_id)["status"] == "completed", store.status(task_id)
+    rows = list(csv.DictReader(io.StringIO((store.folder(task_id) / tasks.RESULT_FILE).read_text())))
+    want = [p["class"] for p in Predictor(onnx_model).predict([synth_root / "eval" / "images" / i for i in ids])]
+    assert [int(r["ans"]) for r in rows] == want and [r["ImageID"] for r in rows] == ids
+    assert not (store.folder(task_id) / tasks.ARCHIVE_FILE).exists(), "a completed task's inputs are dropped"
+    assert not (store.folder(task_id) / "work").exists(), "the extracted images are removed"
+    with pytest.raises(LookupError, match="not kept"):
+        store.copy_inputs(task_id)
+    assert task_runner.run(store.folder(task_id)) == task_runner.BUSY, "a finished task is not run again"
+
+
+def test_a_bad_csv_fails_the_task_with_a_400_reason_and_keeps_the_inputs(tmp_path, synth_root, onnx_model):
+    store = tasks.TaskStore(tmp_path)
+    task_id, _ = _job_task(store, synth_root, onnx_model, n=1, info=b"foo,bar\n1,2\n")
+    assert task_runner.run(store.folder(task_id)) == task_runner.DONE
+    state = store.raw_status(task_id)
+    assert state["status"] == "failed" and state["http_status"] == 400 and "ImageID" in state["error"], state
+    info, archive, meta = store.copy_inputs(task_id)
+    assert info.read_bytes() == b"foo,bar\n1,2\n" and archive.stat().st_size > 0 and meta["model"]
+
+
+def test_the_job_process_never_runs_a_task_another_one_runs(tmp_path, synth_root, onnx_model):
+    store = tasks.TaskStore(tmp_path)
+    task_id, _ = _job_task(store, synth_root, onnx_model, n=1)
+    held = tasks.try_lock(store.folder(task_id) / tasks.RUN_LOCK)
+    try:
+        out = subprocess.run([sys.executable, "-m", "serving.task_runner", str(store.folder(task_id))],
+                             cwd=REPO, capture_output=True, text=True, timeout=120)
+    finally:
+        held.close()
+    assert out.returncode == task_runner.BUSY, out.stderr[-2000:]
+    assert store.status(task_id)["status"] == "in_progress", "a busy runner must leave the task alone"
+
+
+def test_the_job_process_refuses_a_bad_command_line():
+    out = subprocess.run([sys.executable, "-m", "serving.task_runner"], cwd=REPO, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2 and "usage: python -m serving.task_runner TASK_FOLDER" in out.stderr, out.stderr
