@@ -35,6 +35,18 @@ def verdicts(result: dict) -> list[str]:
             f"{fmt.met(back)}" + (f" ({_f(100 * sub['after_over_before'], 0)} %)." if sub else ".")]
 
 
+def _submission_lines(sub: dict) -> list[str]:
+    rows = [["before the first job", "–", "–", _f(sub["rss_before_mb"], 0)]]
+    rows += [[f"after job {i + 1} ({j['rows']:,} rows, {_f(j['wall_s'], 0)} s)", _f(j["peak_rss_mb"], 0),
+              _f(j.get("job_peak_rss_mb"), 0) if "job_peak_rss_mb" in j else "in the worker",
+              _f(j["rss_after_mb"], 0)] for i, j in enumerate(sub["jobs"])]
+    return [f"The `/submission` task, twice, on a {sub['images']:,}-image archive ({_f(sub['archive_mb'], 0)} MB "
+            "zip, bench.eval_scale's synthetic set), one worker. Peaks are the highest RSS sampled every 0.5 s; "
+            "the job runs in a process of its own (`serving.task_runner`), counted apart from the worker:", "",
+            _table(["when", "worker peak RSS MB", "job process peak RSS MB", "worker RSS MB"], rows), "",
+            f"After the second job the worker is at {_f(100 * sub['after_over_before'], 0)} % of its pre-job RSS.", ""]
+
+
 def section(result: dict | None) -> str:
     title = "## Memory under sustained load"
     if not result:
@@ -54,14 +66,7 @@ def section(result: dict | None) -> str:
                [_row(p, checkpoints) for p in parts]), ""]
     sub = result.get("submission")
     if sub:
-        rows = [["before the first job", "–", _f(sub["rss_before_mb"], 0)]]
-        rows += [[f"after job {i + 1} ({j['rows']:,} rows, {_f(j['wall_s'], 0)} s)", _f(j["peak_rss_mb"], 0),
-                  _f(j["rss_after_mb"], 0)] for i, j in enumerate(sub["jobs"])]
-        lines += [f"The `/submission` task, twice, on a {sub['images']:,}-image archive ({_f(sub['archive_mb'], 0)} MB "
-                  "zip, bench.eval_scale's synthetic set), one worker; peak is the highest RSS sampled every 0.5 s:", "",
-                  _table(["when", "peak RSS MB", "RSS MB"], rows), "",
-                  f"After the second job the worker is at {_f(100 * sub['after_over_before'], 0)} % of its pre-job RSS.",
-                  ""]
+        lines += _submission_lines(sub)
     lines += [" ".join(verdicts(result)), ""]
     if result.get("partial"):
         lines += ["Partial run: a part was stopped before its last count; what it measured up to then is shown.", ""]

@@ -129,37 +129,55 @@ def archive_inputs(n: int, workdir: Path) -> tuple[bytes, bytes]:
     return info.read_bytes(), buf.getvalue()
 
 
+def split_rss_mb(server_pid: int) -> tuple[float, float]:
+    """(workers, job processes) resident memory in MB: the /submission job runs in a child of its
+    worker (``python -m serving.task_runner``), counted apart so the worker's own figure is seen."""
+    workers = jobs = 0
+    for p in psutil.Process(server_pid).children(recursive=True):
+        try:
+            rss, job = p.memory_info().rss, "serving.task_runner" in " ".join(p.cmdline())
+        except psutil.NoSuchProcess:
+            continue
+        jobs, workers = (jobs + rss, workers) if job else (jobs, workers + rss)
+    return workers / 2**20, jobs / 2**20
+
+
 def submission_job(url: str, info: bytes, archive: bytes, pid: int) -> dict:
-    """One /submission task, polled to its end; the highest workers' RSS seen while it ran."""
+    """One /submission task, polled to its end; the highest RSS of the workers and of the job process
+    seen while it ran (sampled every 0.5 s)."""
     t0 = time.perf_counter()
     with httpx.Client(base_url=url, timeout=600) as c:
         r = c.post("/submission/submit", files={"info": ("info.csv", info, "text/csv"),
                                                 "archive": ("images.zip", archive, "application/zip")})
         if r.status_code != 200:
             raise ValueError(f"/submission/submit answered {r.status_code}: {r.text[:200]}")
-        task, peak = r.json()["task_id"], 0.0
+        task, peak, job_peak = r.json()["task_id"], 0.0, 0.0
         while (status := c.get("/submission/status", params={"task_id": task}).json()["status"]) == "in_progress":
-            peak = max(peak, rss_mb(pid, True))
+            workers, jobs = split_rss_mb(pid)
+            peak, job_peak = max(peak, workers), max(job_peak, jobs)
             time.sleep(0.5)
         rows = c.get("/submission/get", params={"task_id": task}).text.count("\n") - 1
     if status != "completed":
         raise ValueError(f"the /submission task ended {status}")
-    return {"wall_s": round(time.perf_counter() - t0, 1), "rows": rows, "peak_rss_mb": peak}
+    return {"wall_s": round(time.perf_counter() - t0, 1), "rows": rows, "peak_rss_mb": peak,
+            "job_peak_rss_mb": job_peak}
 
 
 def soak_submission(args, model: str, workdir: Path) -> dict:
     info, archive = archive_inputs(args.archive_images, workdir)
-    server = Server(model, {"MASK_WORKERS": "1"}, workdir / "serve-submission.log")
+    server = Server(model, {"MASK_WORKERS": "1", "MASK_TASKS_DIR": str(workdir / "tasks")},
+                    workdir / "serve-submission.log")
     try:
         server.wait_ready(300)
-        before = rss_mb(server.proc.pid, True)
+        before = split_rss_mb(server.proc.pid)[0]
         jobs = []
         for _ in range(2):
             job = submission_job(server.url, info, archive, server.proc.pid)
             time.sleep(2)
-            job["rss_after_mb"] = rss_mb(server.proc.pid, True)
-            log.info("submission of %d images: peak %.0f MB, after %.0f MB (before %.0f MB)", job["rows"],
-                     job["peak_rss_mb"], job["rss_after_mb"], before)
+            job["rss_after_mb"], job["job_rss_after_mb"] = split_rss_mb(server.proc.pid)
+            log.info("submission of %d images: worker peak %.0f MB, job process peak %.0f MB, worker after %.0f MB "
+                     "(before %.0f MB)", job["rows"], job["peak_rss_mb"], job["job_peak_rss_mb"], job["rss_after_mb"],
+                     before)
             jobs.append(job)
     finally:
         server.stop()
@@ -207,9 +225,9 @@ def merge(paths: list[Path], out: Path) -> None:
     merged = {"name": "memory_soak", "command": " ; ".join(p["command"] for p in parts),
               "started": min(p["started"] for p in parts), "finished": max(p.get("finished", "") for p in parts),
               "partial": any(p.get("partial") for p in parts), "machine": first["machine"],
-              "cpu_monitor": first.get("cpu_monitor", {}), "parts": [
-                  {"command": p["command"], "cpu_monitor": p.get("cpu_monitor"), "partial": p.get("partial", False)}
-                  for p in parts],
+              "cpu_monitor": first.get("cpu_monitor", {}), "parts": [   # an earlier merge keeps its parts
+                  inner for p in parts for inner in p.get("parts") or [
+                      {"command": p["command"], "cpu_monitor": p.get("cpu_monitor"), "partial": p.get("partial", False)}]],
               "model": first["model"], "threads": first["threads"],
               "service": [s for p in parts for s in p["service"]],
               "predictor": next((p["predictor"] for p in parts if p.get("predictor")), None),
