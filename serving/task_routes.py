@@ -107,7 +107,7 @@ class TaskQueue:
     def adopt_interrupted(self) -> int:
         """Claim every task whose worker exited before it finished; returns how many. At most once
         per :data:`ADOPT_EVERY_S`, so the status route can call it on every poll."""
-        if time.monotonic() - self._adopted_at < ADOPT_EVERY_S:
+        if not tasks.LOCKS or time.monotonic() - self._adopted_at < ADOPT_EVERY_S:
             return 0
         self._adopted_at = time.monotonic()
         adopted = 0

@@ -39,10 +39,11 @@ from typing import IO
 
 from maskdata.io import atomic_write_text
 
-try:  # POSIX advisory locks; without them (Windows) a task is never seen as interrupted
+try:  # POSIX advisory locks; without them (Windows) no task is ever adopted as interrupted
     import fcntl
 except ImportError:  # pragma: no cover - not on Linux
     fcntl = None
+LOCKS = fcntl is not None
 
 IN_PROGRESS, COMPLETED, FAILED, CANCELED = "in_progress", "completed", "failed", "canceled"
 FINAL = frozenset({COMPLETED, FAILED, CANCELED})
@@ -90,6 +91,9 @@ class TaskStore:
         self.root = Path(root) if root else default_root()
         self.retention_s = retention_s
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if hasattr(os, "getuid") and self.root.stat().st_uid != os.getuid():
+            # a folder another user made (say in a shared /tmp) could be read or filled by them
+            raise PermissionError(f"tasks folder {self.root} belongs to another user; set MASK_TASKS_DIR")
 
     def folder(self, task_id: str) -> Path:
         """The task's folder; KeyError for an id that is malformed or unknown."""
@@ -178,22 +182,23 @@ class TaskStore:
     def sweep(self) -> int:
         """Remove finished tasks older than the retention and leftovers of interrupted submissions;
         returns how many folders went."""
-        cutoff, removed = time.time() - self.retention_s, 0
+        removed = 0
         for entry in self.root.iterdir():
-            stale_upload = entry.name.startswith(".") and entry.stat().st_mtime < time.time() - 3600
-            if stale_upload:
-                shutil.rmtree(entry, ignore_errors=True)
-                removed += 1
-                continue
-            if not _TASK_ID.fullmatch(entry.name) or not (entry / STATUS_FILE).is_file():
-                continue
             try:
-                state = _read_json(entry / STATUS_FILE)
-            except (OSError, ValueError):
+                gone = self._expired(entry, time.time())
+            except (OSError, ValueError):   # removed or being written meanwhile
                 continue
-            done = state.get("completed_at")
-            if state.get("status") in FINAL and done and \
-                    datetime.datetime.fromisoformat(done).timestamp() < cutoff:
+            if gone:
                 shutil.rmtree(entry, ignore_errors=True)
                 removed += 1
         return removed
+
+    def _expired(self, entry: Path, clock: float) -> bool:
+        if entry.name.startswith("."):   # an upload's staging folder, left by a worker that died mid-copy
+            return entry.stat().st_mtime < clock - 3600
+        if not _TASK_ID.fullmatch(entry.name) or not (entry / STATUS_FILE).is_file():
+            return False
+        state = _read_json(entry / STATUS_FILE)
+        done = state.get("completed_at")
+        return bool(state.get("status") in FINAL and done
+                    and datetime.datetime.fromisoformat(done).timestamp() < clock - self.retention_s)

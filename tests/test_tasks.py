@@ -139,3 +139,12 @@ def test_the_job_process_refuses_a_bad_command_line():
     out = subprocess.run([sys.executable, "-m", "serving.task_runner"], cwd=REPO, capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 2 and "usage: python -m serving.task_runner TASK_FOLDER" in out.stderr, out.stderr
+
+
+def test_a_tasks_folder_of_another_user_is_refused(tmp_path, monkeypatch):
+    """The default folder sits in a shared temp dir: one made by someone else could read the uploads."""
+    tasks.TaskStore(tmp_path / "mine")
+    real = os.getuid()
+    monkeypatch.setattr(os, "getuid", lambda: real + 1)
+    with pytest.raises(PermissionError, match="belongs to another user; set MASK_TASKS_DIR"):
+        tasks.TaskStore(tmp_path / "mine")
