@@ -14,6 +14,7 @@ uninterrupted one would and writes a byte-identical file.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -21,12 +22,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
 
 from maskdata import labels
-from maskdata.scoring import SKIPPED
 from serving import objectstore
 from serving.archive import ArchiveLimits, extract_images
 from serving.job import GridOutcome, JobPlan, SubmitResult, check_on_error, finish_job, plan_job, predict_batch, read_info
@@ -52,6 +53,7 @@ class SubmitOptions:
     probs_csv: str | Path | None = None
     shard: Shard | None = None
     progress: bool = True
+    on_progress: Callable[[int, int], None] | None = None   # (images done, total) after every batch
     fsync_seconds: float = 5.0           # journal is flushed every batch, fsync'd at most this often
 
     def __post_init__(self):
@@ -145,6 +147,7 @@ def _run_grid(plan: JobPlan, predictor, opts: SubmitOptions, nice: int) -> GridO
     # missing rows never reach a worker; their batch keeps its place on the grid
     to_decode = [[plan.paths[i] for i in grid[b] if image_ids[i] not in plan.missing] for b in todo]
     started = time.perf_counter()
+    done = out.resumed
     bar = tqdm(total=n, initial=out.resumed, unit="img", desc="mask-submit", disable=not opts.progress,
                dynamic_ncols=True, smoothing=0.1)
     try:
@@ -161,6 +164,9 @@ def _run_grid(plan: JobPlan, predictor, opts: SubmitOptions, nice: int) -> GridO
                 _store(rows_b, b_ans, b_probs, b_errors, out.ans, out.probs, out.errors, image_ids)
                 out.processed += int(batch.ok.sum())
                 bar.update(len(b_ans))
+                done += len(rows_b)   # the bar's own count stays 0 when it is disabled
+                if opts.on_progress is not None:
+                    opts.on_progress(done, n)
     finally:
         bar.close()
         journal.close()
@@ -173,26 +179,39 @@ def _run_grid(plan: JobPlan, predictor, opts: SubmitOptions, nice: int) -> GridO
 # ---------------------------------------------------------------- the /submission task
 
 def run_archive_job(predictor, info_csv_bytes: bytes, archive_path: Path, workdir: Path,
-                    limits: ArchiveLimits | None = None) -> bytes:
+                    limits: ArchiveLimits | None = None, *, resume: bool = False,
+                    on_progress: Callable[[int, int], None] | None = None) -> bytes:
     """Extract the CSV's images from a zip/tar upload, run the job, return the submission CSV bytes.
 
     Every failure (bad CSV, unsafe or oversized archive, missing or undecodable images) raises
-    ValueError with the reason; the temporary folder under ``workdir`` is always removed.
+    ValueError with the reason. Without ``resume`` the job works in a temporary folder under
+    ``workdir``, always removed. With it, the job works in ``workdir`` itself and leaves it for the
+    caller to remove: a run stopped part-way (its process killed) continues from its journal when
+    called again on the same folder. ``on_progress(done, total)`` follows the images.
     """
     _, rows = read_info(info_csv_bytes)
     image_ids = [r["ImageID"] for r in rows]
     limits = limits or Settings.from_env({}).archive_limits   # the documented defaults, not the environment
     Path(workdir).mkdir(parents=True, exist_ok=True)
+    job = functools.partial(_archive_job_in, predictor=predictor, info_csv_bytes=info_csv_bytes, image_ids=image_ids,
+                            archive_path=archive_path, limits=limits, resume=resume, on_progress=on_progress)
+    if resume:
+        return job(Path(workdir))
     with tempfile.TemporaryDirectory(prefix="submission-", dir=workdir) as tmp:
-        images = Path(tmp) / "images"
-        found = extract_images(archive_path, image_ids, images, limits)
-        absent = [i for i in image_ids if i not in found]
-        if absent:
-            raise ValueError(f"{len(absent)} of {len(image_ids)} images named in info.csv are not in the archive "
-                             f"(e.g. {', '.join(absent[:5])})")
-        out = Path(tmp) / "submission.csv"
-        try:
-            run_submission(predictor, info_csv_bytes, images, out, progress=False)
-        except FileNotFoundError as e:
-            raise ValueError(str(e)) from None
-        return out.read_bytes()
+        return job(Path(tmp))
+
+
+def _archive_job_in(folder: Path, *, predictor, info_csv_bytes: bytes, image_ids: list[str], archive_path: Path,
+                    limits: ArchiveLimits, resume: bool, on_progress) -> bytes:
+    images = folder / "images"
+    found = extract_images(archive_path, image_ids, images, limits)
+    absent = [i for i in image_ids if i not in found]
+    if absent:
+        raise ValueError(f"{len(absent)} of {len(image_ids)} images named in info.csv are not in the archive "
+                         f"(e.g. {', '.join(absent[:5])})")
+    out = folder / "submission.csv"
+    try:
+        run_submission(predictor, info_csv_bytes, images, out, progress=False, resume=resume, on_progress=on_progress)
+    except FileNotFoundError as e:
+        raise ValueError(str(e)) from None
+    return out.read_bytes()

@@ -14,8 +14,10 @@ again from its inputs. Starlette and the standard library: nothing here imports 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -136,6 +138,9 @@ class TaskQueue:
                                   http_status=500)
         finally:
             self._procs.pop(task_id, None)
+            with contextlib.suppress(KeyError, OSError, ValueError):
+                if self.store.raw_status(task_id)["status"] in tasks.FINAL:   # canceled, or its process died
+                    shutil.rmtree(self.store.folder(task_id) / tasks.WORK_DIR, ignore_errors=True)
             self._owned.pop(task_id).close()
             self._finished[task_id].set()
             self._finished.pop(task_id, None)
@@ -259,6 +264,9 @@ STATUS_SCHEMA = {
                         "description": "when the job started; null while it waits its turn"},
         "completed_at": {"anyOf": [{"type": "string"}, {"type": "null"}], "title": "Completed At"},
         "error": {"type": "string", "title": "Error"},
+        "progress": {"type": "object", "title": "Progress", "required": ["done", "total"],
+                     "description": "images done of the total, about once a second while the job runs",
+                     "properties": {"done": {"type": "integer"}, "total": {"type": "integer"}}},
     },
 }
 

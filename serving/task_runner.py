@@ -7,8 +7,9 @@ when this process exits: the worker's memory is the same after a 12,600-image jo
 crash here (a decoder fault, the OOM killer) fails the task, not the worker.
 
 It loads the model the service serves with the service's settings (``task.json``), extracts the
-archive, runs :func:`serving.submission.run_archive_job`, and writes ``result.csv`` and the final
-status itself, so the outcome is recorded even if the worker is gone by then. On Linux it asks to
+archive, runs :func:`serving.submission.run_archive_job` in the task's ``work/`` folder (journalled:
+a run killed part-way is resumed by the next, not restarted), reports ``progress.json`` about once a
+second, and writes ``result.csv`` and the final status itself, so the outcome is recorded even if the worker is gone by then. On Linux it asks to
 be sent SIGTERM if the worker dies, so no job outlives the service that queued it; the next worker
 adopts the interrupted task (:meth:`serving.tasks.TaskStore.claim`) and runs it again.
 """
@@ -18,6 +19,7 @@ import logging
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 
 log = logging.getLogger("serving.task_runner")
@@ -41,6 +43,20 @@ def die_with_parent() -> None:
 
 def run(folder: Path) -> int:
     """The job of the task in ``folder``: its final status written, or BUSY if it is not ours to run."""
+    from serving import tasks
+
+    store = tasks.TaskStore(folder.parent)
+    run_lock = tasks.try_lock(folder / tasks.RUN_LOCK)
+    if run_lock is None:
+        return BUSY
+    with run_lock:
+        if store.raw_status(folder.name)["status"] in tasks.FINAL:
+            return BUSY
+        _run_job(store, folder.name)
+    return DONE
+
+
+def _run_job(store, task_id: str) -> None:
     from maskdata.io import atomic_write_bytes
     from serving import tasks
     from serving.errors import status_of
@@ -48,32 +64,39 @@ def run(folder: Path) -> int:
     from serving.settings import Settings
     from serving.submission import run_archive_job
 
-    store = tasks.TaskStore(folder.parent)
-    task_id = folder.name
-    run_lock = tasks.try_lock(folder / tasks.RUN_LOCK)
-    if run_lock is None or store.raw_status(task_id)["status"] in tasks.FINAL:
-        return BUSY
-    meta = store.meta(task_id)
-    work = folder / "work"
+    folder, meta = store.folder(task_id), store.meta(task_id)
+    work = folder / tasks.WORK_DIR
     try:
         settings = Settings.from_fields(meta["settings"])
         predictor = Predictor(meta["model"], settings=settings)
         csv_bytes = run_archive_job(predictor, (folder / tasks.INFO_FILE).read_bytes(), folder / tasks.ARCHIVE_FILE,
-                                    work, settings.archive_limits)
+                                    work, settings.archive_limits, resume=True,
+                                    on_progress=progress_writer(store, task_id))
     except Exception as e:
         status = status_of(e)
         reason = str(e) if status < 500 else f"internal error: {type(e).__name__}: {e}"
         store.set_status(task_id, tasks.FAILED, error=reason, http_status=status)
         if status >= 500:
             log.exception("task %s failed", task_id)
-        return DONE
-    finally:
         shutil.rmtree(work, ignore_errors=True)
+        return
     atomic_write_bytes(folder / tasks.RESULT_FILE, csv_bytes)
     store.set_status(task_id, tasks.COMPLETED)
     if store.raw_status(task_id)["status"] == tasks.COMPLETED:
         store.drop_inputs(task_id)
-    return DONE
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def progress_writer(store, task_id: str, every_s: float = 1.0):
+    """``on_progress`` for the job: ``progress.json`` at most every ``every_s`` seconds, and at the end."""
+    last = [float("-inf")]
+
+    def report(done: int, total: int) -> None:
+        if done < total and time.monotonic() - last[0] < every_s:
+            return
+        last[0] = time.monotonic()
+        store.set_progress(task_id, done, total)
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,9 @@ A task's folder ``<tasks dir>/<task_id>/``:
   ``http_status``; every write is atomic (temp file, fsync, rename);
 - ``info.csv`` and ``archive``: the inputs, removed once the task completes (a failed or canceled
   task keeps them, so ``/submission/retry`` can run it again);
+- ``progress.json``: ``{"done", "total"}`` images, rewritten about once a second while the job runs;
+- ``work/``: the job's extracted images and journal, kept while it is unfinished, so a job process
+  killed part-way is resumed, not restarted, by the next one;
 - ``result.csv``: the submission;
 - ``owner.lock``: held (``flock``) by the worker that queued or runs the task. The kernel drops it
   when that worker exits, however it exits, so a task whose lock is free and whose status is not
@@ -50,8 +53,8 @@ FINAL = frozenset({COMPLETED, FAILED, CANCELED})
 # The values GET /submission/status can send ("pending" is never sent: a queued task is in_progress
 # with executed_at null, so a client polling "while in_progress" keeps polling).
 STATUSES = (IN_PROGRESS, COMPLETED, FAILED, CANCELED)
-TASK_FILE, STATUS_FILE, RESULT_FILE = "task.json", "status.json", "result.csv"
-INFO_FILE, ARCHIVE_FILE = "info.csv", "archive"
+TASK_FILE, STATUS_FILE, RESULT_FILE, PROGRESS_FILE = "task.json", "status.json", "result.csv", "progress.json"
+INFO_FILE, ARCHIVE_FILE, WORK_DIR = "info.csv", "archive", "work"
 OWNER_LOCK, RUN_LOCK = "owner.lock", "run.lock"
 _TASK_ID = re.compile(r"[0-9a-f]{32}")
 COPY_CHUNK = 1 << 20
@@ -142,7 +145,14 @@ class TaskStore:
                 "executed_at": state.get("executed_at"), "completed_at": state.get("completed_at")}
         if state.get("error"):
             body["error"] = state["error"]
+        try:
+            body["progress"] = _read_json(folder / PROGRESS_FILE)
+        except (OSError, ValueError):   # not started, or its first batch not done yet
+            pass
         return body
+
+    def set_progress(self, task_id: str, done: int, total: int) -> None:
+        atomic_write_text(self.folder(task_id) / PROGRESS_FILE, json.dumps({"done": done, "total": total}))
 
     def raw_status(self, task_id: str) -> dict:
         return _read_json(self.folder(task_id) / STATUS_FILE)

@@ -1,7 +1,7 @@
 """The /submission task routes against a real `bentoml serve` (one worker): a job runs in a process of
 its own and the worker's memory is the same after it as before; a canceled job's process stops and
 the task can be retried; a worker killed with SIGKILL mid-job loses nothing (its replacement adopts
-the task and finishes it)."""
+the task and finishes it, resuming from the killed job's journal)."""
 from __future__ import annotations
 
 import csv
@@ -45,7 +45,7 @@ def server(onnx_model, big_job, tmp_path_factory):
                MASK_MAX_ARCHIVE_BYTES=str(len(big_job[2]) + 1))
     with bentoml_serve_process(sys.executable, env, folder / "serve.log") as (url, proc):
         with httpx.Client(base_url=url, timeout=120) as client:
-            yield client, proc
+            yield client, proc, folder / "serve.log"
 
 
 def worker_of(proc) -> psutil.Process:
@@ -96,7 +96,7 @@ def answers(text: str) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def reference(server, big_job):
     """The worker's RSS before and after two uninterrupted jobs, and their answers."""
-    client, proc = server
+    client, proc, _ = server
     ids, info, archive = big_job
     time.sleep(1)
     before, after, results = worker_of(proc).memory_info().rss, [], []
@@ -124,7 +124,7 @@ def test_the_worker_returns_to_its_memory_after_each_job(reference, big_job):
 
 
 def test_a_canceled_job_stops_its_process_and_can_be_retried(server, big_job, reference):
-    client, proc = server
+    client, proc, _ = server
     _, info, archive = big_job
     task_id = submit(client, info, archive)
     job = wait_running(client, proc, task_id)
@@ -141,11 +141,24 @@ def test_a_canceled_job_stops_its_process_and_can_be_retried(server, big_job, re
     assert answers(client.get("/submission/get", params={"task_id": retried}).text) == reference[2]
 
 
+def wait_progress(client, task_id: str, timeout: float = 60) -> dict:
+    """The task's first progress report (written after its first batch)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = client.get("/submission/status", params={"task_id": task_id}).json()
+        if status.get("progress"):
+            return status["progress"]
+        time.sleep(0.05)
+    raise AssertionError(f"task {task_id} reported no progress after {timeout} s")
+
+
 def test_a_worker_killed_mid_job_loses_nothing(server, big_job, reference):
-    client, proc = server
-    _, info, archive = big_job
+    client, proc, log = server
+    ids, info, archive = big_job
     task_id = submit(client, info, archive)
     job = wait_running(client, proc, task_id)
+    progress = wait_progress(client, task_id)
+    assert 0 < progress["done"] < progress["total"] == len(ids), progress
     worker = worker_of(proc)
     os.kill(worker.pid, signal.SIGKILL)
     job.wait(timeout=30)   # the job process goes with its worker (it asked for SIGTERM on its parent's death)
@@ -154,3 +167,5 @@ def test_a_worker_killed_mid_job_loses_nothing(server, big_job, reference):
     assert answers(client.get("/submission/get", params={"task_id": task_id}).text) == reference[2], \
         "the adopted task must give the same submission as an uninterrupted run"
     assert worker_of(proc).pid != worker.pid, "BentoML should have started a new worker"
+    assert f"of {len(ids)} images already done" in log.read_text(), \
+        "the adopted job should have resumed from the killed one's journal, not restarted"

@@ -105,6 +105,7 @@ def test_the_job_process_writes_the_submission_and_drops_the_inputs(tmp_path, sy
     rows = list(csv.DictReader(io.StringIO((store.folder(task_id) / tasks.RESULT_FILE).read_text())))
     want = [p["class"] for p in Predictor(onnx_model).predict([synth_root / "eval" / "images" / i for i in ids])]
     assert [int(r["ans"]) for r in rows] == want and [r["ImageID"] for r in rows] == ids
+    assert store.status(task_id)["progress"] == {"done": len(ids), "total": len(ids)}, store.status(task_id)
     assert not (store.folder(task_id) / tasks.ARCHIVE_FILE).exists(), "a completed task's inputs are dropped"
     assert not (store.folder(task_id) / "work").exists(), "the extracted images are removed"
     with pytest.raises(LookupError, match="not kept"):
@@ -148,3 +149,50 @@ def test_a_tasks_folder_of_another_user_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "getuid", lambda: real + 1)
     with pytest.raises(PermissionError, match="belongs to another user; set MASK_TASKS_DIR"):
         tasks.TaskStore(tmp_path / "mine")
+
+
+@pytest.fixture(scope="module")
+def three_batches(tmp_path_factory):
+    """(info.csv bytes, zip bytes) of 140 images: three batches of the job's 64."""
+    import zipfile
+
+    from maskdata.synth import generate
+
+    root = tmp_path_factory.mktemp("three_batches")
+    generate(root, people=2, eval_people=20, seed=2)
+    ids = sorted(p.name for p in (root / "eval" / "images").iterdir())
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for i in ids:
+            z.write(root / "eval" / "images" / i, i)
+    return ("ImageID,ans\n" + "".join(f"{i},0\n" for i in ids)).encode(), buf.getvalue()
+
+
+def test_a_job_stopped_part_way_is_resumed_not_restarted(tmp_path, three_batches, onnx_model, monkeypatch, caplog):
+    """A job process killed after its first batch leaves its journal in work/; the next job process
+    continues from there and writes what an uninterrupted run writes."""
+    info, archive = three_batches
+    meta = {"model": str(onnx_model), "settings": {}}
+    store = tasks.TaskStore(tmp_path)
+    clean, stopped = new_task(store, info, archive, meta), new_task(store, info, archive, meta)
+    assert task_runner.run(store.folder(clean)) == task_runner.DONE
+
+    def stop_after_first_batch(store_, task_id):
+        def report(done, total):
+            if done < total:
+                raise KeyboardInterrupt   # like a kill: no handler of the job's runs
+        return report
+
+    with monkeypatch.context() as mp:
+        mp.setattr(task_runner, "progress_writer", stop_after_first_batch)
+        with pytest.raises(KeyboardInterrupt):
+            task_runner.run(store.folder(stopped))
+    assert store.status(stopped)["status"] == "in_progress"
+    assert (store.folder(stopped) / tasks.WORK_DIR).is_dir(), "the stopped job's journal must stay for the next run"
+    with caplog.at_level("INFO", logger="serving.submission"):
+        assert task_runner.run(store.folder(stopped)) == task_runner.DONE
+    assert "resuming: 64 of 140 images already done" in caplog.text, caplog.text[-2000:]
+    assert store.status(stopped)["status"] == "completed", store.status(stopped)
+    result = lambda t: (store.folder(t) / tasks.RESULT_FILE).read_bytes()   # noqa: E731
+    assert result(stopped) == result(clean), "a resumed job must write what an uninterrupted one writes"
+    assert not (store.folder(stopped) / tasks.WORK_DIR).exists()
