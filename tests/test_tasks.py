@@ -196,3 +196,11 @@ def test_a_job_stopped_part_way_is_resumed_not_restarted(tmp_path, three_batches
     result = lambda t: (store.folder(t) / tasks.RESULT_FILE).read_bytes()   # noqa: E731
     assert result(stopped) == result(clean), "a resumed job must write what an uninterrupted one writes"
     assert not (store.folder(stopped) / tasks.WORK_DIR).exists()
+
+
+def test_the_task_modules_and_the_job_process_import_neither_bentoml_nor_torch():
+    """The job process starts once per task: it loads the serving stack, not BentoML or PyTorch."""
+    code = ("import sys; import serving.task_runner, serving.tasks, serving.task_routes, serving.submission, "
+            "serving.predictor; print(sorted(m for m in ('bentoml', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", (out.stdout, out.stderr[-2000:])
