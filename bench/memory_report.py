@@ -58,7 +58,8 @@ def section(result: dict | None) -> str:
     lines = [
         title, "",
         f"`{result['command']}` — model `{result['model']}`; SIMD: {', '.join(fmt.flags(result)) or 'unknown'}; "
-        f"load average {loads} (other work was running on the machine; these are memory figures, not timings). "
+        f"load average {loads}, one pair per part (a high one: other work shared the machine; these are memory "
+        "figures, not timings). "
         f"{result['threads']} loopback clients; 8 of 9 requests `/predict`, 1 of 9 `/predict_batch` with 4 "
         "images; RSS of the worker process(es) read after a warm-up round (row 0) and after each count of "
         "further requests. The Predictor row runs the same mix (decode → infer → labels) in one process.", "",
