@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -39,6 +40,9 @@ JOBS_PER_WORKER = 1       # job processes one worker runs at once; more wait the
 ADOPT_EVERY_S = 5.0       # how often a worker looks for interrupted tasks to adopt
 CANCEL_POLL_S = 1.0       # how often a running job's status is checked for a cancel from any worker
 PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+# a job process ended by one of these was stopped (a shutdown, its worker gone), so its task is
+# resumed; any other end (SIGKILL from the OOM killer, a crash) fails the task
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 
 
 def _exit_reason(code: int) -> str:
@@ -148,15 +152,23 @@ class TaskQueue:
     async def _run_process(self, task_id: str) -> None:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             p for p in (PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")) if p)}
+        # a session of its own: a Ctrl-C meant for the server must not fail the job (the job goes with its
+        # worker, and the task stays unfinished for the next worker to resume)
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "serving.task_runner", str(self.store.root / task_id), env=env)
+            sys.executable, "-m", "serving.task_runner", str(self.store.root / task_id), env=env,
+            start_new_session=True)
         self._procs[task_id] = proc
         waiting = asyncio.ensure_future(proc.wait())
         while not (await asyncio.wait({waiting}, timeout=CANCEL_POLL_S))[0]:
             if self.store.raw_status(task_id)["status"] == tasks.CANCELED and proc.returncode is None:
                 proc.terminate()
         code = waiting.result()
-        if code not in (task_runner.DONE, task_runner.BUSY):
+        if self.store.raw_status(task_id)["status"] in tasks.FINAL:   # it ended, or was canceled, first
+            return
+        if -code in STOP_SIGNALS:   # stopped, not crashed: a shutdown, or its worker's death
+            log.warning("/submission task %s: its job process was stopped (%s); the task stays unfinished and "
+                        "the next worker to look resumes it", task_id, _exit_reason(code))
+        elif code not in (task_runner.DONE, task_runner.BUSY):
             self.store.set_status(task_id, tasks.FAILED, http_status=500,
                                   error=f"internal error: the job process ended with {_exit_reason(code)}")
 

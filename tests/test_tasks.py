@@ -204,3 +204,71 @@ def test_the_task_modules_and_the_job_process_import_neither_bentoml_nor_torch()
             "serving.predictor; print(sorted(m for m in ('bentoml', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "[]", (out.stdout, out.stderr[-2000:])
+
+
+@pytest.fixture(scope="module")
+def seven_batches(tmp_path_factory):
+    """(info.csv bytes, zip bytes) of 420 images: seven batches of the job's 64."""
+    import zipfile
+
+    from maskdata.synth import generate
+
+    root = tmp_path_factory.mktemp("seven_batches")
+    generate(root, people=2, eval_people=60, seed=3)
+    ids = sorted(p.name for p in (root / "eval" / "images").iterdir())
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for i in ids:
+            z.write(root / "eval" / "images" / i, i)
+    return ("ImageID,ans\n" + "".join(f"{i},0\n" for i in ids)).encode(), buf.getvalue()
+
+
+def _stop_job_mid_way(queue, store, task_id: str, sig: int) -> None:
+    """Start the task on ``queue``, send ``sig`` to its job process after its first batch, wait for the end."""
+    import asyncio
+    import signal
+
+    async def scenario():
+        assert queue._start(task_id), "a new task must be claimable"
+        deadline = time.monotonic() + 120
+        while not (task_id in queue._procs and (store.folder(task_id) / tasks.PROGRESS_FILE).exists()):
+            assert time.monotonic() < deadline, "the job process reported no progress"
+            await asyncio.sleep(0.005)
+        queue._procs[task_id].send_signal(sig)
+        await queue.wait(task_id)
+        assert store.raw_status(task_id)["status"] != "completed", f"the job ended before {signal.Signals(sig).name}"
+
+    asyncio.run(scenario())
+
+
+def test_a_stopped_job_process_leaves_its_task_to_resume_and_a_killed_one_fails_it(tmp_path, seven_batches,
+                                                                                   onnx_model, caplog):
+    """SIGTERM (a shutdown, its worker gone) is not the job's fault: the task stays unfinished with its
+    journal and the next look adopts and resumes it. SIGKILL (the OOM killer) fails the task."""
+    import asyncio
+    import signal
+
+    from serving.settings import Settings
+    from serving.task_routes import TaskQueue
+
+    store = tasks.TaskStore(tmp_path)
+    queue = TaskQueue(store, str(onnx_model), Settings.from_env({}))
+    stopped, killed = (store.create(io.BytesIO(seven_batches[0]), io.BytesIO(seven_batches[1]), queue.meta())
+                       for _ in range(2))
+    _stop_job_mid_way(queue, store, stopped, signal.SIGTERM)
+    assert store.status(stopped)["status"] == "in_progress", store.status(stopped)
+    assert (store.folder(stopped) / tasks.WORK_DIR).is_dir(), "a stopped job keeps its journal"
+
+    _stop_job_mid_way(queue, store, killed, signal.SIGKILL)
+    state = store.raw_status(killed)
+    assert state["status"] == "failed" and state["http_status"] == 500 and "signal 9" in state["error"], state
+
+    async def adopt():
+        queue._adopted_at = float("-inf")
+        assert queue.adopt_interrupted() == 1, "exactly the stopped task is unfinished and free"
+        await queue.wait(stopped)
+
+    asyncio.run(adopt())
+    assert store.status(stopped)["status"] == "completed", store.status(stopped)
+    rows = (store.folder(stopped) / tasks.RESULT_FILE).read_text().splitlines()
+    assert len(rows) == 421 and rows[0] == "ImageID,ans", rows[:2]
