@@ -16,7 +16,8 @@ What BentoML 1.4 (seen with 1.4.40) answers on its own, and why this module exis
   :class:`ErrorEnvelope` serves the patched document at ``/docs.json``, which the Swagger UI at
   ``/`` reads too.
 
-Plain ASGI, the standard library and the task routes' own description: nothing here imports BentoML, so the rules are testable alone.
+Plain ASGI, the standard library and the task routes' own description: nothing here imports
+BentoML, so the rules are testable alone.
 """
 from __future__ import annotations
 

@@ -106,8 +106,9 @@ _DECLARED = get_settings()
 @bentoml.service(
     name=STORE_NAME,
     workers=_DECLARED.workers,
-    # `concurrency` is a BentoCloud scaling hint. No `max_concurrency`: BentoML would answer 429 before our queue; MASK_MAX_QUEUE's 503 is the one
-    # overload answer, and the hint says how many requests a worker can hold.
+    # `concurrency` is a BentoCloud scaling hint. No `max_concurrency`: BentoML would answer 429
+    # before our queue; MASK_MAX_QUEUE's 503 is the one overload answer, and the hint says how many
+    # requests a worker can hold.
     traffic={"timeout": 600, "concurrency": _DECLARED.max_queue * _DECLARED.workers},
     http={"cors": {"enabled": False}},
 )
@@ -314,11 +315,6 @@ def served_tasks() -> task_routes.TaskQueue | None:
     return None if service is None else service.tasks
 
 
-def task_upload_limits() -> tuple[int, int]:
-    s = get_settings()
-    return s.max_upload_bytes, s.max_archive_bytes
-
-
 class ServiceGuard(RequestGuard):
     """The request guard with this deployment's limits and key, read when BentoML builds the app."""
 
@@ -335,4 +331,4 @@ MaskClassifier.add_asgi_middleware(ServiceGuard)
 # the browser page (serving/ui/index.html) at GET /ui/, beside the API on the same port
 MaskClassifier.mount_asgi_app(ui.app(), path="/ui")
 # the /submission task routes: the uploads stream to disk, each job runs in a process of its own
-MaskClassifier.mount_asgi_app(task_routes.app(served_tasks, task_upload_limits), path="/submission")
+MaskClassifier.mount_asgi_app(task_routes.app(served_tasks), path="/submission")

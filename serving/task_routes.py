@@ -202,9 +202,9 @@ def _check_uploads(files: dict, limits: tuple[int, int]) -> Response | None:
     return None
 
 
-def app(get_queue: Callable[[], TaskQueue | None], settings_limits: Callable[[], tuple[int, int]]) -> Starlette:
+def app(get_queue: Callable[[], TaskQueue | None]) -> Starlette:
     """The routes under ``/submission``. ``get_queue`` gives this worker's queue (None while the
-    service is loading: 503); ``settings_limits`` the largest ``info`` and ``archive`` in bytes."""
+    service is loading: 503); its settings hold the largest ``info`` and ``archive`` in bytes."""
 
     def queue_or_503() -> TaskQueue | Response:
         queue = get_queue()
@@ -219,7 +219,7 @@ def app(get_queue: Callable[[], TaskQueue | None], settings_limits: Callable[[],
             return queue
         async with request.form(max_files=2, max_fields=0) as form:
             files = {k: form.get(k) for k in ("info", "archive")}
-            refusal = _check_uploads(files, settings_limits())
+            refusal = _check_uploads(files, (queue.settings.max_upload_bytes, queue.settings.max_archive_bytes))
             if refusal is not None:
                 return refusal
             task_id = await queue.submit(files["info"].file, files["archive"].file)

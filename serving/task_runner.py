@@ -9,9 +9,10 @@ crash here (a decoder fault, the OOM killer) fails the task, not the worker.
 It loads the model the service serves with the service's settings (``task.json``), extracts the
 archive, runs :func:`serving.submission.run_archive_job` in the task's ``work/`` folder (journalled:
 a run killed part-way is resumed by the next, not restarted), reports ``progress.json`` about once a
-second, and writes ``result.csv`` and the final status itself, so the outcome is recorded even if the worker is gone by then. On Linux it asks to
-be sent SIGTERM if the worker dies, so no job outlives the service that queued it; the next worker
-adopts the interrupted task (:meth:`serving.tasks.TaskStore.claim`) and runs it again.
+second, and writes ``result.csv`` and the final status itself, so the outcome is recorded even if
+the worker is gone by then. On Linux it asks to be sent SIGTERM if the worker dies, so no job
+outlives the service that queued it; the next worker adopts the interrupted task
+(:meth:`serving.tasks.TaskStore.claim`) and resumes it.
 """
 from __future__ import annotations
 

@@ -49,7 +49,8 @@ def server(onnx_model, big_job, tmp_path_factory):
 
 
 def worker_of(proc) -> psutil.Process:
-    workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if "task_runner" not in " ".join(p.cmdline())]
+    workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
+               if "serving.task_runner" not in " ".join(p.cmdline())]
     assert len(workers) == 1, f"expected one worker process, got {[w.cmdline() for w in workers]}"
     return workers[0]
 
