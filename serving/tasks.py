@@ -4,7 +4,7 @@ Why the service keeps its own tasks rather than BentoML's ``@bentoml.task`` (see
 BentoML's task store reads the whole upload into memory, writes it base64-encoded inside a JSON
 blob into SQLite, holds the request for the whole job and decodes the stored input again on every
 ``/get``. A 343 MB archive took a worker from 139 MB to a 1.6 GB peak and left it at 1.2 GB
-(docs/benchmarks.md, "Memory under load"). Here the upload is copied to disk as it streams in, the
+(docs/benchmarks.md, "Memory under sustained load"). Here the upload is copied to disk as it streams in, the
 job runs in a child process (:mod:`serving.task_runner`) that gives everything it allocated back
 when it exits, and the state is a few small files.
 
@@ -23,8 +23,9 @@ A task's folder ``<tasks dir>/<task_id>/``:
 - ``result.csv``: the submission;
 - ``owner.lock``: held (``flock``) by the worker that queued or runs the task. The kernel drops it
   when that worker exits, however it exits, so a task whose lock is free and whose status is not
-  final was interrupted: the next worker that looks at it adopts it and runs it again;
-- ``run.lock``: held by the child running the job, so two children never run one task.
+  final was interrupted: the next worker that looks at it adopts it and resumes it;
+- ``run.lock``: held by the child running the job, so two children never run one task;
+- ``status.lock``: held while ``status.json`` is read and rewritten.
 
 Standard library and :mod:`maskdata.io` only: nothing here imports BentoML or the web stack.
 """
@@ -40,7 +41,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from maskdata.io import atomic_write_text
+from maskdata.io import atomic_write_text, fsync_path
 
 try:  # POSIX advisory locks; without them (Windows) no task is ever adopted as interrupted
     import fcntl
@@ -55,7 +56,7 @@ FINAL = frozenset({COMPLETED, FAILED, CANCELED})
 STATUSES = (IN_PROGRESS, COMPLETED, FAILED, CANCELED)
 TASK_FILE, STATUS_FILE, RESULT_FILE, PROGRESS_FILE = "task.json", "status.json", "result.csv", "progress.json"
 INFO_FILE, ARCHIVE_FILE, WORK_DIR = "info.csv", "archive", "work"
-OWNER_LOCK, RUN_LOCK = "owner.lock", "run.lock"
+OWNER_LOCK, RUN_LOCK, STATUS_LOCK = "owner.lock", "run.lock", "status.lock"
 _TASK_ID = re.compile(r"[0-9a-f]{32}")
 COPY_CHUNK = 1 << 20
 
@@ -118,9 +119,12 @@ class TaskStore:
             for name, source in ((INFO_FILE, info), (ARCHIVE_FILE, archive)):
                 with open(staging / name, "wb") as out:
                     shutil.copyfileobj(source, out, COPY_CHUNK)
+                    out.flush()
+                    os.fsync(out.fileno())   # the task is answered as accepted: its inputs must survive
             atomic_write_text(staging / TASK_FILE, json.dumps({**meta, "created_at": now()}))
             atomic_write_text(staging / STATUS_FILE, json.dumps({"status": IN_PROGRESS, "executed_at": None}))
             os.replace(staging, folder)   # the task exists, whole, from here on
+            fsync_path(self.root, directory=True)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -159,15 +163,19 @@ class TaskStore:
 
     def set_status(self, task_id: str, status: str, **fields) -> None:
         """Write a new status (keeping the fields not given); a final status is never overwritten,
-        so a cancel and a job that ends at the same moment cannot both win."""
+        so of a cancel and a job that ends at the same moment, the first stays (the read and the write
+        happen under a lock the worker and the job process share)."""
         folder = self.folder(task_id)
-        state = _read_json(folder / STATUS_FILE)
-        if state["status"] in FINAL:
-            return
-        state.update(fields, status=status)
-        if status in FINAL:
-            state["completed_at"] = now()
-        atomic_write_text(folder / STATUS_FILE, json.dumps(state))
+        with open(folder / STATUS_LOCK, "a+b") as lock:
+            if fcntl is not None:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX)   # held for one small read and write
+            state = _read_json(folder / STATUS_FILE)
+            if state["status"] in FINAL:
+                return
+            state.update(fields, status=status)
+            if status in FINAL:
+                state["completed_at"] = now()
+            atomic_write_text(folder / STATUS_FILE, json.dumps(state))
 
     def drop_inputs(self, task_id: str) -> None:
         folder = self.folder(task_id)
