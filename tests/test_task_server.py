@@ -10,13 +10,13 @@ import os
 import signal
 import sys
 import time
-import zipfile
 
 import httpx
 import psutil
 import pytest
 
 from test_serve_subprocess import _env, bentoml_serve_process
+from test_tasks import synthetic_job
 
 EVAL_PEOPLE = 220          # 7 images each: 1,540 images, a job of a few seconds
 MEMORY_BOUND = 1.10        # the worker's RSS after a job, as a multiple of before it
@@ -25,17 +25,7 @@ MEMORY_BOUND = 1.10        # the worker's RSS after a job, as a multiple of befo
 @pytest.fixture(scope="module")
 def big_job(tmp_path_factory):
     """(ImageIDs, info.csv bytes, zip bytes) of a synthetic eval set large enough to interrupt."""
-    from maskdata.synth import generate
-
-    root = tmp_path_factory.mktemp("big_synth")
-    generate(root, people=2, eval_people=EVAL_PEOPLE, seed=1)
-    with open(root / "eval" / "info.csv", newline="") as f:
-        ids = [r["ImageID"] for r in csv.DictReader(f)]
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
-        for i in ids:
-            z.write(root / "eval" / "images" / i, i)
-    return ids, ("ImageID,ans\n" + "".join(f"{i},0\n" for i in ids)).encode(), buf.getvalue()
+    return synthetic_job(tmp_path_factory.mktemp("big_synth"), EVAL_PEOPLE, seed=1)
 
 
 @pytest.fixture(scope="module")

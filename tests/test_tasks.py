@@ -151,21 +151,25 @@ def test_a_tasks_folder_of_another_user_is_refused(tmp_path, monkeypatch):
         tasks.TaskStore(tmp_path / "mine")
 
 
-@pytest.fixture(scope="module")
-def three_batches(tmp_path_factory):
-    """(info.csv bytes, zip bytes) of 140 images: three batches of the job's 64."""
+def synthetic_job(root: Path, eval_people: int, seed: int) -> tuple[list[str], bytes, bytes]:
+    """(ImageIDs, info.csv bytes, zip bytes) of a synthetic eval set of ``eval_people`` × 7 images."""
     import zipfile
 
     from maskdata.synth import generate
 
-    root = tmp_path_factory.mktemp("three_batches")
-    generate(root, people=2, eval_people=20, seed=2)
+    generate(root, people=2, eval_people=eval_people, seed=seed)
     ids = sorted(p.name for p in (root / "eval" / "images").iterdir())
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
         for i in ids:
             z.write(root / "eval" / "images" / i, i)
-    return ("ImageID,ans\n" + "".join(f"{i},0\n" for i in ids)).encode(), buf.getvalue()
+    return ids, ("ImageID,ans\n" + "".join(f"{i},0\n" for i in ids)).encode(), buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def three_batches(tmp_path_factory):
+    """(info.csv bytes, zip bytes) of 140 images: three batches of the job's 64."""
+    return synthetic_job(tmp_path_factory.mktemp("three_batches"), 20, seed=2)[1:]
 
 
 def test_a_job_stopped_part_way_is_resumed_not_restarted(tmp_path, three_batches, onnx_model, monkeypatch, caplog):
@@ -209,18 +213,7 @@ def test_the_task_modules_and_the_job_process_import_neither_bentoml_nor_torch()
 @pytest.fixture(scope="module")
 def seven_batches(tmp_path_factory):
     """(info.csv bytes, zip bytes) of 420 images: seven batches of the job's 64."""
-    import zipfile
-
-    from maskdata.synth import generate
-
-    root = tmp_path_factory.mktemp("seven_batches")
-    generate(root, people=2, eval_people=60, seed=3)
-    ids = sorted(p.name for p in (root / "eval" / "images").iterdir())
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        for i in ids:
-            z.write(root / "eval" / "images" / i, i)
-    return ("ImageID,ans\n" + "".join(f"{i},0\n" for i in ids)).encode(), buf.getvalue()
+    return synthetic_job(tmp_path_factory.mktemp("seven_batches"), 60, seed=3)[1:]
 
 
 def _stop_job_mid_way(queue, store, task_id: str, sig: int) -> None:
