@@ -5,6 +5,7 @@ page keeps working, the heatmap loads. Without a browser it fails with the comma
 MASK_UI_SCREENSHOT=FILE (``make docs-ui``) also copies the screenshot there (docs/ui.png)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -39,6 +40,24 @@ def _browser():
     return webdriver.Chrome(service=Service(driver), options=opts)
 
 
+@contextlib.contextmanager
+def ui_page(url: str, timeout: float):
+    """(driver, WebDriverWait(timeout)) on ``url``/ui/ once the model panel has loaded; quits the browser."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = _browser()
+    try:
+        driver.set_page_load_timeout(30)
+        driver.get(f"{url}/ui/")
+        wait = WebDriverWait(driver, timeout)
+        wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#model-panel dl")))
+        yield driver, wait
+    finally:
+        driver.quit()
+
+
 def _sample(text: str, name: str, **labels) -> float:
     """Sum of the Prometheus samples ``name{labels...}`` on a /metrics page (0 when absent)."""
     total = 0.0
@@ -63,7 +82,6 @@ def ui_server(store_home, tmp_path_factory):  # noqa: F811
 def test_page_labels_errors_and_heatmap(ui_server, synth_root, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
-    from selenium.webdriver.support.ui import WebDriverWait
 
     photo = sorted((synth_root / "eval" / "images").iterdir())[0]
     with httpx.Client(base_url=ui_server, timeout=60) as c:
@@ -72,12 +90,7 @@ def test_page_labels_errors_and_heatmap(ui_server, synth_root, tmp_path):
         want = c.post("/predict", files={"image": (photo.name, photo.read_bytes(), "image/jpeg")}).json()
     text = tmp_path / "notes.txt"
     text.write_text("not a photo\n")
-    driver = _browser()
-    try:
-        driver.set_page_load_timeout(30)
-        driver.get(f"{ui_server}/ui/")
-        wait = WebDriverWait(driver, 40)
-        wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#model-panel dl")))
+    with ui_page(ui_server, 40) as (driver, wait):
         assert "CPUExecutionProvider" in driver.find_element(By.ID, "model-panel").text
 
         driver.find_element(By.ID, "files").send_keys(str(text))
@@ -93,8 +106,6 @@ def test_page_labels_errors_and_heatmap(ui_server, synth_root, tmp_path):
         assert not driver.find_elements(By.CSS_SELECTOR, ".result .error"), "heatmap must load without an error"
         shot = tmp_path / "ui.png"
         assert driver.save_screenshot(str(shot)), "screenshot failed"
-    finally:
-        driver.quit()
     assert shot.stat().st_size > 10_000, "screenshot is suspiciously small"
     with httpx.Client(base_url=ui_server, timeout=30) as c:
         metrics = c.get("/metrics").text
@@ -133,8 +144,6 @@ def test_page_several_photos_one_bad_and_word_wrap(ui_server, synth_root, tmp_pa
     """Several photos chosen at once, one of them not an image: every good photo gets its card and the
     bad file its own reason. The model panel, squeezed to force wrapping, breaks lines only between words."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as EC
-    from selenium.webdriver.support.ui import WebDriverWait
 
     photos = sorted((synth_root / "eval" / "images").iterdir())[1:3]
     bad = tmp_path / "shopping-list.txt"
@@ -142,12 +151,7 @@ def test_page_several_photos_one_bad_and_word_wrap(ui_server, synth_root, tmp_pa
     with httpx.Client(base_url=ui_server, timeout=60) as c:
         want = sorted(c.post("/predict", files={"image": (p.name, p.read_bytes(), "image/jpeg")}).json()["label"]
                       for p in photos)
-    driver = _browser()
-    try:
-        driver.set_page_load_timeout(30)
-        driver.get(f"{ui_server}/ui/")
-        wait = WebDriverWait(driver, 60)
-        wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#model-panel dl")))
+    with ui_page(ui_server, 60) as (driver, wait):
         # a long value: the metrics line and the source path must wrap, at word boundaries only
         driver.execute_script("document.querySelector('aside').style.width = '190px';"
                               "document.querySelector('main').style.gridTemplateColumns = 'minmax(0, 1fr) 190px';")
@@ -160,7 +164,5 @@ def test_page_several_photos_one_bad_and_word_wrap(ui_server, synth_root, tmp_pa
                    and d.find_elements(By.CSS_SELECTOR, "#messages .error"))
         labels = sorted(e.text for e in driver.find_elements(By.CSS_SELECTOR, ".result .label"))
         errors = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#messages .error")]
-    finally:
-        driver.quit()
     assert labels == want, f"the page shows {labels}, POST /predict says {want} for the two good photos"
     assert len(errors) == 1 and errors[0].startswith(bad.name) and "not a recognised image" in errors[0], errors
