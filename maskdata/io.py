@@ -1,5 +1,5 @@
-"""Small I/O helpers every stage shares: durable atomic writes and CSV reading that tolerates what
-spreadsheets do to files (UTF-8 BOM, CRLF, quoted fields, extra columns)."""
+"""Small I/O helpers every stage shares: durable atomic writes, advisory file locks, and CSV reading
+that tolerates what spreadsheets do to files (UTF-8 BOM, CRLF, quoted fields, extra columns)."""
 from __future__ import annotations
 
 import contextlib
@@ -9,7 +9,13 @@ import io
 import os
 import secrets
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Iterator
+
+try:  # POSIX advisory locks (flock); on a system without them the lock helpers lock nothing
+    import fcntl
+except ImportError:  # pragma: no cover - not on Linux
+    fcntl = None
+LOCKS = fcntl is not None
 
 # Outputs get the usual umask-based mode, not mkstemp's owner-only 0600 (a model written here is
 # often read by a service running as another user): the temporary file is created with this mode
@@ -82,6 +88,30 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block, waiting for it.
+    The kernel drops it when its holder exits, however it exits."""
+    with open(path, "a+b") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        yield
+
+
+def try_lock(path: str | os.PathLike) -> IO[bytes] | None:
+    """An open file holding an exclusive ``flock`` on ``path`` (closing it releases the lock), or
+    None at once if another holder has it."""
+    handle = open(path, "a+b")
+    if fcntl is None:
+        return handle
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
 
 
 def sha256_file(path: str | os.PathLike) -> str:

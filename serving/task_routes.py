@@ -31,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from maskdata.io import LOCKS
 from serving import task_runner, tasks
 from serving.errors import error_response
 
@@ -113,7 +114,7 @@ class TaskQueue:
     def adopt_interrupted(self) -> int:
         """Claim every task whose worker exited before it finished; returns how many. At most once
         per :data:`ADOPT_EVERY_S`, so the status route can call it on every poll."""
-        if not tasks.LOCKS or time.monotonic() - self._adopted_at < ADOPT_EVERY_S:
+        if not LOCKS or time.monotonic() - self._adopted_at < ADOPT_EVERY_S:
             return 0
         self._adopted_at = time.monotonic()
         adopted = 0

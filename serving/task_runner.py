@@ -44,10 +44,11 @@ def die_with_parent() -> None:
 
 def run(folder: Path) -> int:
     """The job of the task in ``folder``: its final status written, or BUSY if it is not ours to run."""
+    from maskdata.io import try_lock
     from serving import tasks
 
     store = tasks.TaskStore(folder.parent)
-    run_lock = tasks.try_lock(folder / tasks.RUN_LOCK)
+    run_lock = try_lock(folder / tasks.RUN_LOCK)
     if run_lock is None:
         return BUSY
     with run_lock:

@@ -41,13 +41,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from maskdata.io import atomic_write_text, fsync_path
-
-try:  # POSIX advisory locks; without them (Windows) no task is ever adopted as interrupted
-    import fcntl
-except ImportError:  # pragma: no cover - not on Linux
-    fcntl = None
-LOCKS = fcntl is not None
+from maskdata.io import atomic_write_text, fsync_path, locked, try_lock
 
 IN_PROGRESS, COMPLETED, FAILED, CANCELED = "in_progress", "completed", "failed", "canceled"
 FINAL = frozenset({COMPLETED, FAILED, CANCELED})
@@ -73,19 +67,6 @@ def now() -> str:
 
 def _read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
-
-
-def try_lock(path: Path):
-    """An open file holding an exclusive ``flock`` on ``path``, or None if another holder has it."""
-    handle = open(path, "a+b")
-    if fcntl is None:
-        return handle
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        return None
-    return handle
 
 
 class TaskStore:
@@ -166,9 +147,7 @@ class TaskStore:
         so of a cancel and a job that ends at the same moment, the first stays (the read and the write
         happen under a lock the worker and the job process share)."""
         folder = self.folder(task_id)
-        with open(folder / STATUS_LOCK, "a+b") as lock:
-            if fcntl is not None:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_EX)   # held for one small read and write
+        with locked(folder / STATUS_LOCK):   # held for one small read and write
             state = _read_json(folder / STATUS_FILE)
             if state["status"] in FINAL:
                 return

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from maskdata.io import try_lock
 from serving import task_runner, tasks
 from test_service import submission_inputs
 
@@ -126,7 +127,7 @@ def test_a_bad_csv_fails_the_task_with_a_400_reason_and_keeps_the_inputs(tmp_pat
 def test_the_job_process_never_runs_a_task_another_one_runs(tmp_path, synth_root, onnx_model):
     store = tasks.TaskStore(tmp_path)
     task_id, _ = _job_task(store, synth_root, onnx_model, n=1)
-    held = tasks.try_lock(store.folder(task_id) / tasks.RUN_LOCK)
+    held = try_lock(store.folder(task_id) / tasks.RUN_LOCK)
     try:
         out = subprocess.run([sys.executable, "-m", "serving.task_runner", str(store.folder(task_id))],
                              cwd=REPO, capture_output=True, text=True, timeout=120)

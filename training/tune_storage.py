@@ -25,6 +25,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from maskdata.io import locked
+
 log = logging.getLogger(__name__)
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -84,17 +86,10 @@ def _creation_lock(target: Path | None):
     if target is None:
         yield
         return
-    import fcntl
-
     if not target.parent.is_dir():
         raise ValueError(f"folder {target.parent} does not exist")
-    # not "<file>.lock": Optuna's journal lock uses that name
-    with open(f"{target}.create-lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with locked(f"{target}.create-lock"):   # not "<file>.lock": Optuna's journal lock uses that name
+        yield
 
 
 def open_study(storage, lock: Path | None, name: str, objective: str, sampler, pruner,
