@@ -101,6 +101,12 @@ def check_options(o: argparse.Namespace) -> None:
         raise ValueError(f"--stale-after ({o.stale_after}) must exceed --heartbeat ({o.heartbeat}) > 0")
 
 
+def _storage_errors() -> tuple[type[BaseException], ...]:
+    from optuna.exceptions import StorageInternalError   # imported late: --help does not load Optuna
+
+    return (StorageInternalError,)
+
+
 def main(argv: list[str] | None = None) -> int:
     import os
 
@@ -128,6 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"interrupted: study kept in {o.out}; the same command resumes it", file=sys.stderr)
         return 130
+    except _storage_errors() as e:   # the database went away or stayed locked: what finished is kept
+        from training.tune_storage import _one_line
+
+        study = None   # finish() would only wait on the same storage again
+        print(f"error: the study's storage failed: {_one_line(e.__cause__ or e)}; what finished is kept "
+              "and the same command resumes the study", file=sys.stderr)
+        return 1
     finally:
         if study is not None:
             tune_run.finish(study, ctx)

@@ -11,6 +11,10 @@
 - A trial left RUNNING by a dead worker (same host: its pid is gone; any host: no heartbeat for
   ``stale_after`` seconds) is marked FAIL and its parameters are queued again, so it is retried and
   not lost.
+- SQLite lets one writer at a time in and answers "database is locked" to a connection that waited
+  longer than its busy timeout (Python's default: 5 s). Two workers whose commits queue behind each
+  other's fsyncs on a busy disk can pass that, so an SQLite study waits ``SQLITE_BUSY_TIMEOUT_S``
+  instead (``RDBStorage``'s documented ``engine_kwargs``).
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ log = logging.getLogger(__name__)
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 OBJECTIVE_ATTR = "mask_tune_objective"
+SQLITE_BUSY_TIMEOUT_S = 120.0
 
 
 def worker_id() -> str:
@@ -51,8 +56,9 @@ def open_storage(spec: str | None, out: Path):
     """A journal file (``spec`` None or a path) or an RDB URL; ValueError with one line if it cannot be opened."""
     if spec and "://" in spec:
         try:
+            kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}} if spec.startswith("sqlite:") else {}
             with _creation_lock(lock_target(spec, out)):
-                return optuna.storages.RDBStorage(spec)
+                return optuna.storages.RDBStorage(spec, engine_kwargs=kwargs)
         except Exception as e:   # sqlalchemy raises its own types (bad driver, unreachable host, bad path)
             raise ValueError(f"cannot open storage {spec}: {_one_line(e)}") from None
     path = Path(spec) if spec else default_journal(out)
