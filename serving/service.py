@@ -141,6 +141,16 @@ class MaskClassifier:
                                            source, self.settings)
         log.info("serving %s on %s", self.predictor.source, self.predictor.provider)
 
+    @bentoml.on_startup
+    def _adopt_tasks(self) -> None:
+        """Runs in this worker's event loop once it has started: /submission tasks a dead worker left
+        unfinished resume now, not when somebody next asks after them (serving.task_routes)."""
+        self.tasks.start_adopting()
+
+    @bentoml.on_shutdown
+    def _stop_adopting(self) -> None:
+        self.tasks.stop_adopting()
+
     # --- model calls ------------------------------------------------------------------------
     @bentoml.api(route="/infer")
     async def infer(self, images: list[str], ctx: bentoml.Context = None) -> list[list[float] | None]:

@@ -6,10 +6,11 @@
 URLs and answers of BentoML's task protocol, served by a small Starlette app the service mounts at
 ``/submission``. Why not ``@bentoml.task``: :mod:`serving.tasks` says.
 
-Each worker runs at most :data:`JOBS_PER_WORKER` job processes (:mod:`serving.task_runner`) at a
-time; the others wait in order, ``in_progress`` with ``executed_at`` null. A task whose worker
-exited (``kill -9``, a restart) is adopted by the next worker that answers a task route, and runs
-again from its inputs. Starlette and the standard library: nothing here imports BentoML.
+Each worker runs at most ``MASK_TASK_JOBS`` job processes (:mod:`serving.task_runner`) at a time;
+the others wait in order, ``in_progress`` with ``executed_at`` null. A task whose worker exited
+(``kill -9``, a restart) is adopted by the next worker that looks — every worker looks when it
+starts, every :data:`ADOPT_EVERY_S` after that, and when it answers a task route — and resumes from
+its journal. Starlette and the standard library: nothing here imports BentoML.
 """
 from __future__ import annotations
 
@@ -37,7 +38,6 @@ from serving.errors import error_response
 
 log = logging.getLogger(__name__)
 
-JOBS_PER_WORKER = 1       # job processes one worker runs at once; more wait their turn
 ADOPT_EVERY_S = 5.0       # how often a worker looks for interrupted tasks to adopt
 CANCEL_POLL_S = 1.0       # how often a running job's status is checked for a cancel from any worker
 PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
@@ -60,7 +60,8 @@ class TaskQueue:
         self._finished: dict[str, asyncio.Event] = {}
         self._runs: set[asyncio.Task] = set()           # strong references to the running coroutines
         self._slots: asyncio.Semaphore | None = None
-        self._adopted_at = 0.0
+        self._adopted_at = float("-inf")
+        self._adopter: asyncio.Task | None = None
 
     def meta(self) -> dict:
         """``task.json``: the model and the settings (never the API key) the job process loads."""
@@ -128,9 +129,28 @@ class TaskQueue:
             log.info("adopted %d interrupted /submission task(s)", adopted)
         return adopted
 
+    def start_adopting(self) -> None:
+        """Adopt interrupted tasks now and every :data:`ADOPT_EVERY_S` from now on, in this event loop
+        (the worker's start-up hook): a task left by a dead worker runs even if nobody asks after it."""
+        async def loop() -> None:
+            while True:
+                try:
+                    self.adopt_interrupted()
+                except Exception:   # a bad folder must not end the loop; the next look tries again
+                    log.exception("looking for interrupted /submission tasks failed")
+                await asyncio.sleep(ADOPT_EVERY_S)
+
+        if self._adopter is None or self._adopter.done():
+            self._adopter = asyncio.ensure_future(loop())
+
+    def stop_adopting(self) -> None:
+        if self._adopter is not None:
+            self._adopter.cancel()
+            self._adopter = None
+
     async def _run(self, task_id: str) -> None:
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(JOBS_PER_WORKER)
+        if self._slots is None:   # made in the loop that runs the jobs
+            self._slots = asyncio.Semaphore(self.settings.task_jobs)
         try:
             async with self._slots:
                 if self.store.raw_status(task_id)["status"] in tasks.FINAL:

@@ -15,6 +15,7 @@ import httpx
 import psutil
 import pytest
 
+from serving.tasks import TaskStore
 from test_serve_subprocess import _env, bentoml_serve_process
 from test_tasks import synthetic_job
 
@@ -153,6 +154,11 @@ def test_a_worker_killed_mid_job_loses_nothing(server, big_job, reference):
     worker = worker_of(proc)
     os.kill(worker.pid, signal.SIGKILL)
     job.wait(timeout=30)   # the job process goes with its worker (it asked for SIGTERM on its parent's death)
+    # no task route is called until it is done: the new worker adopts the task when it starts
+    store, deadline = TaskStore(log.parent / "tasks"), time.monotonic() + 240
+    while store.raw_status(task_id)["status"] == "in_progress":
+        assert time.monotonic() < deadline, "the new worker did not adopt and finish the task by itself"
+        time.sleep(0.3)
     status = wait_final(client, task_id)
     assert status["status"] == "completed", status
     assert answers(client.get("/submission/get", params={"task_id": task_id}).text) == reference[2], \

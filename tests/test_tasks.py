@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -257,12 +258,46 @@ def test_a_stopped_job_process_leaves_its_task_to_resume_and_a_killed_one_fails_
     state = store.raw_status(killed)
     assert state["status"] == "failed" and state["http_status"] == 500 and "signal 9" in state["error"], state
 
-    async def adopt():
+    async def adopt():   # what a worker does when it starts: nobody calls a task route here
         queue._adopted_at = float("-inf")
-        assert queue.adopt_interrupted() == 1, "exactly the stopped task is unfinished and free"
+        queue.start_adopting()
+        deadline = time.monotonic() + 120
+        while store.raw_status(stopped)["status"] == "in_progress":
+            assert time.monotonic() < deadline, "the stopped task was never adopted and finished"
+            await asyncio.sleep(0.05)
         await queue.wait(stopped)
+        queue.stop_adopting()
 
-    asyncio.run(adopt())
+    with caplog.at_level("INFO", logger="serving.task_routes"):
+        asyncio.run(adopt())
+    assert "adopted 1 interrupted /submission task(s)" in caplog.text, "exactly the stopped task is adopted"
     assert store.status(stopped)["status"] == "completed", store.status(stopped)
     rows = (store.folder(stopped) / tasks.RESULT_FILE).read_text().splitlines()
     assert len(rows) == 421 and rows[0] == "ImageID,ans", rows[:2]
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_worker_runs_mask_task_jobs_jobs_at_once_and_the_rest_wait(tmp_path, three_batches, onnx_model, jobs):
+    import asyncio
+
+    from serving.settings import Settings
+    from serving.task_routes import TaskQueue
+
+    store = tasks.TaskStore(tmp_path)
+    queue = TaskQueue(store, str(onnx_model), Settings.from_fields({"task_jobs": jobs}))
+    ids = [store.create(io.BytesIO(three_batches[0]), io.BytesIO(three_batches[1]), queue.meta()) for _ in range(3)]
+
+    async def scenario() -> None:
+        assert all(queue._start(t) for t in ids)
+        for t in ids:
+            await queue.wait(t)
+
+    asyncio.run(scenario())
+    states = [store.status(t) for t in ids]
+    assert [s["status"] for s in states] == ["completed"] * 3, states
+    spans = [(datetime.fromisoformat(s["executed_at"]), datetime.fromisoformat(s["completed_at"])) for s in states]
+    running_at_start = [sum(a <= start < b for a, b in spans) for start, _ in spans]
+    assert max(running_at_start) == jobs, f"MASK_TASK_JOBS={jobs}: jobs running as each started: {running_at_start}"
+    assert spans[2][0] >= min(end for _, end in spans[:jobs]), "the third task must wait for a free slot"
+    results = {(store.folder(t) / tasks.RESULT_FILE).read_bytes() for t in ids}
+    assert len(results) == 1, "the same inputs must give the same submission however many jobs run at once"
