@@ -12,9 +12,9 @@
   ``stale_after`` seconds) is marked FAIL and its parameters are queued again, so it is retried and
   not lost.
 - SQLite lets one writer at a time in and answers "database is locked" to a connection that waited
-  longer than its busy timeout (Python's default: 5 s). Two workers whose commits queue behind each
-  other's fsyncs on a busy disk can pass that, so an SQLite study waits ``SQLITE_BUSY_TIMEOUT_S``
-  instead (``RDBStorage``'s documented ``engine_kwargs``).
+  longer than its busy timeout (Python's default: 5 s); two workers on one SQLite file on a busy
+  2-core machine have met that, so an SQLite study waits ``SQLITE_BUSY_TIMEOUT_S`` instead
+  (``RDBStorage``'s documented ``engine_kwargs``).
 """
 from __future__ import annotations
 
