@@ -5,15 +5,28 @@ folder, model and shard) and the batch size; every further line is one finished 
 answers, probabilities and per-row errors. Appending one line per batch (flushed each time, fsync'd
 every few seconds) costs next to nothing, survives Ctrl-C and kill -9 (which can only tear the last
 line; :meth:`Journal.open` drops it), and lets ``mask-submit --resume`` skip finished batches.
+
+Both engines write the same journal (:func:`open_job_journal`): the fingerprint names the model by
+what loaded (:func:`model_identity`, which a Ray actor reports back), so a run stopped on one engine
+can be resumed on the other.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import time
 from pathlib import Path
 
 import numpy as np
+
+from maskdata import labels
+from serving import objectstore
+
+log = logging.getLogger(__name__)
+
+JOURNAL_VERSION = 1
 
 
 class Journal:
@@ -97,3 +110,47 @@ def read_journal(path: Path) -> tuple[dict | None, dict[int, dict], int]:
         done[record["batch"]] = record
         good_bytes += len(raw) + 1
     return header, done, good_bytes
+
+
+def model_identity(predictor) -> dict:
+    """What the answers depend on besides the images: the model as given, its recorded metadata,
+    and the preprocessing (an ``--aspect`` override changes the answers). JSON, so a Ray actor can send it."""
+    preprocess = getattr(predictor, "preprocess", None)
+    return {"source": str(getattr(predictor, "source", "")), "props": predictor.metadata.to_props(),
+            "preprocess": preprocess.to_dict() if preprocess is not None else None}
+
+
+def job_fingerprint(image_ids: list[str], images_dir, identity: dict, shard) -> str:
+    h = hashlib.sha256()
+    h.update("\n".join(image_ids).encode())
+    h.update((str(images_dir) if objectstore.is_remote(images_dir) else str(Path(images_dir).resolve())).encode())
+    h.update(identity["source"].encode())
+    h.update(json.dumps(identity["props"], sort_keys=True).encode())
+    if identity["preprocess"] is not None:
+        h.update(json.dumps(identity["preprocess"], sort_keys=True).encode())
+    h.update(str(shard).encode())
+    return h.hexdigest()[:24]
+
+
+def open_job_journal(plan, identity: dict, shard, batch_size: int, resume: bool,
+                     fsync_seconds: float = 5.0) -> tuple[Journal, dict[int, dict], int]:
+    """``OUT.journal`` for ``plan`` (a :class:`serving.job.JobPlan`): (journal, {batch: record}
+    already done, the batch size to use: a resumed journal's). ValueError if one exists without
+    ``resume``, or belongs to another job."""
+    header = {"journal": "mask-submit", "version": JOURNAL_VERSION, "rows": len(plan.rows),
+              "fingerprint": job_fingerprint(plan.image_ids, plan.images, identity, shard),
+              "batch_size": batch_size}
+    journal, done = Journal.open(Journal.path_for(plan.out_csv), header, resume, fsync_seconds)
+    if journal.header["batch_size"] != batch_size:
+        log.info("resuming with the interrupted run's batch size %d", journal.header["batch_size"])
+    return journal, done, journal.header["batch_size"]
+
+
+def record_rows(record: dict) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+    """A journal line back as (ans, probs with NaN rows where skipped, {position in batch: reason})."""
+    ans = np.asarray(record["ans"], dtype=np.int64)
+    probs = np.full((len(ans), labels.NUM_CLASSES), np.nan, dtype=np.float32)
+    for i, row in enumerate(record["probs"]):
+        if row is not None:
+            probs[i] = row
+    return ans, probs, {int(k): v for k, v in record["errors"].items()}

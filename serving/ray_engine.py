@@ -14,9 +14,13 @@ The job is the local one (:mod:`serving.job`: plan → run the grid → finish) 
    one :class:`~serving.predictor.Predictor` per actor (model loaded once per actor). Each actor
    reads its images' bytes, decodes them and predicts the very batch the local engine would, so
    the file is byte-identical (ONNX Runtime's float results may depend on the batch's make-up);
-4. the driver gathers ``ans`` (and the probabilities for ``--probs``) and finishes the job as the
-   local engine does (:func:`serving.job.finish_job`); ``--probs-dir`` Parquet partitions are
-   written by the workers (:mod:`serving.ray_output`) and committed once the outputs are in place.
+4. the driver gathers ``ans`` and the probabilities and finishes the job as the local engine does
+   (:func:`serving.job.finish_job`); ``--probs-dir`` Parquet partitions are written by the workers
+   (:mod:`serving.ray_output`) and committed once the outputs are in place;
+5. as the rows come back, every batch whose rows are all in is appended to the local engine's
+   journal (``OUT.journal``, :mod:`serving.journal`), so an interrupted run (Ctrl-C, a lost cluster)
+   continues with ``--resume``, on either engine. A ``--probs-dir`` run has no journal: its Parquet
+   parts are written by the workers and committed whole, so it is rerun, not resumed.
 
 Faults: actors run with ``max_restarts`` / ``max_task_retries`` (``RESTARTS``), so a worker that
 dies mid-job is restarted and its batch retried. ``MASK_RAY_TEST_CRASH_ONCE=MARKER`` (tests only)
@@ -36,6 +40,7 @@ import numpy as np
 from maskdata.scoring import SKIPPED
 from serving import objectstore, ray_output
 from serving.job import GridOutcome, JobPlan, SubmitResult, finish_job, plan_job, predict_batch
+from serving.journal import Journal, model_identity, open_job_journal, record_rows
 from serving.pipeline import DecodedBatch, decode_batch
 from serving.ray_output import PROB_COLUMNS
 from serving.settings import JOB_DEFAULTS
@@ -128,7 +133,7 @@ def _probe_model(model: str, precision: str | None) -> dict:
     p = load_actor_predictor(model, precision, threads=1, gpu=False)
     return {"arch": p.metadata.arch, "input": list(p.input_shape[:2]), "file": str(p.backend.path)
             if hasattr(p.backend, "path") else model, "node": socket.gethostname(),
-            "uncertain_below": p.uncertain_below}
+            "uncertain_below": p.uncertain_below, "identity": model_identity(p)}
 
 
 # ---------------------------------------------------------------- Ray session
@@ -199,11 +204,12 @@ def user_error(e: BaseException) -> ValueError | None:
 
 # ---------------------------------------------------------------- the job
 
-def _grid_items(plan: JobPlan, batch_size: int) -> list[dict]:
-    """The plan's grid as Ray dataset rows: one JSON job per batch (ImageIDs, paths, missing ones)."""
+def _grid_items(plan: JobPlan, grid: list[range], todo: list[int]) -> list[dict]:
+    """The batches ``todo`` of the grid as Ray dataset rows: one JSON job per batch (ImageIDs, paths, missing ones)."""
     items = []
     image_ids = plan.image_ids
-    for b, rows in enumerate(plan.grid(batch_size)):
+    for b in todo:
+        rows = grid[b]
         ids = image_ids[rows.start:rows.stop]
         job = {"start": rows.start, "ids": ids, "paths": plan.paths[rows.start:rows.stop],
                "missing": {i: plan.missing[i] for i in ids if i in plan.missing}}
@@ -213,14 +219,20 @@ def _grid_items(plan: JobPlan, batch_size: int) -> list[dict]:
 
 def run_ray_submission(model: str, info_csv, images: str, out_csv, *, precision: str | None = None,
                        batch_size: int = JOB_DEFAULTS.batch_size, on_error: str = JOB_DEFAULTS.on_error,
-                       probs_csv=None, probs_dir=None, ray_options: RayOptions = RayOptions()) -> SubmitResult:
-    """The submission job on Ray Data; same outputs as :func:`serving.submission.run_submission`.
-    ValueError on bad input."""
+                       probs_csv=None, probs_dir=None, resume: bool = False,
+                       ray_options: RayOptions = RayOptions()) -> SubmitResult:
+    """The submission job on Ray Data; same outputs as :func:`serving.submission.run_submission`,
+    and the same journal, so ``resume=True`` continues an interrupted run. ValueError on bad input."""
     ray = require_ray()
+    if probs_dir and resume:
+        raise ValueError("--resume cannot continue a --probs-dir run: its Parquet parts are committed whole, so "
+                         "rerun it without --resume")
     plan = plan_job(info_csv, images, out_csv, on_error)
+    if not probs_dir and not resume and Journal.path_for(plan.out_csv).exists():   # before Ray starts
+        raise ValueError(f"{Journal.path_for(plan.out_csv)} holds an unfinished run of this output; pass --resume "
+                         f"to continue it, or delete the file to start over")
     sink = ray_output.ProbsSink.open(probs_dir) if probs_dir else None
-    grid = _grid_items(plan, batch_size)
-    outcome = _run_grid(ray, plan, grid, model, precision, sink, probs_csv is not None, ray_options)
+    outcome = _run_grid(ray, plan, batch_size, model, precision, sink, probs_csv is not None, ray_options, resume)
     return finish_job(plan, outcome, probs_csv)
 
 
@@ -236,34 +248,96 @@ def _probe(ray, model: str, precision: str | None) -> dict:
     return info
 
 
-def _run_grid(ray, plan: JobPlan, grid: list[dict], model: str, precision: str | None, sink, want_probs: bool,
-              ray_options: RayOptions) -> GridOutcome:
-    """The grid on a Ray actor pool; the driver gathers the rows back in plan order."""
+def _run_grid(ray, plan: JobPlan, batch_size: int, model: str, precision: str | None, sink, want_probs: bool,
+              ray_options: RayOptions, resume: bool) -> GridOutcome:
+    """The grid on a Ray actor pool; the driver journals the batches as they come back and gathers
+    the rows in plan order."""
     owns = connect(ray, ray_options.address)
+    journal = None
     try:
         info = _probe(ray, model, precision)
+        done: dict[int, dict] = {}
+        if sink is None:
+            journal, done, batch_size = open_job_journal(plan, info["identity"], None, batch_size, resume)
+        grid = plan.grid(batch_size)
+        todo = [b for b in range(len(grid)) if b not in done]
+        if done:
+            log.info("resuming: %d of %d images already done", sum(len(grid[b]) for b in done), len(plan.rows))
         started = time.perf_counter()
-        ds = _dataset(ray, model, precision, plan.images, plan.on_error, grid, ray_options)
         try:
-            columns = ray_output.collect(ds, sink, want_probs=want_probs)
+            columns = _empty_columns()
+            if todo:
+                ds = _dataset(ray, model, precision, plan.images, plan.on_error, _grid_items(plan, grid, todo),
+                              ray_options)
+                record = _BatchRecorder(journal, grid) if journal is not None else None
+                columns = ray_output.collect(ds, sink, want_probs=want_probs or journal is not None, on_rows=record)
         except Exception as e:
             err = user_error(e)
             if err is not None:
                 raise err from None
             if isinstance(e, ray.exceptions.RayError):   # lost capacity beyond the retries: one line, exit 2
+                kept = (f"finished batches are kept in {journal.path}; rerun the same command with --resume to "
+                        "continue") if journal is not None else "rerun the same command"
                 raise ValueError(f"the Ray job failed ({type(e).__name__}: {_first_line(e)}); nothing was written "
-                                 f"to {plan.out_csv}; rerun the same command") from None
+                                 f"to {plan.out_csv}; {kept}") from None
             raise
         seconds = time.perf_counter() - started
     finally:
+        if journal is not None:
+            journal.close()
         if owns:
             ray.shutdown()
-    outcome = _in_plan_order(columns, plan)
+    processed = int((columns["ans"] != SKIPPED).sum())
+    outcome = _in_plan_order(_with_done(columns, done, grid), plan)
     outcome.seconds, outcome.uncertain_below = seconds, info.get("uncertain_below")
+    outcome.processed, outcome.resumed = processed, sum(len(grid[b]) for b in done)
     if sink is not None:
         n = len(plan.rows)
         outcome.written = lambda: sink.commit(n)
+    else:
+        outcome.written = journal.path.unlink
     return outcome
+
+
+class _BatchRecorder:
+    """Appends a grid batch to the journal once all its rows are back at the driver (Ray returns
+    rows in blocks that need not match the batches)."""
+
+    def __init__(self, journal: Journal, grid: list[range]) -> None:
+        self.journal, self.grid = journal, grid
+        self.size = len(grid[0]) if grid else 1   # every batch but the last has this many rows
+        self.parts: dict[int, list[dict]] = {}
+
+    def __call__(self, rows: dict[str, np.ndarray]) -> None:
+        batch_of = rows["row"] // self.size
+        for b in np.unique(batch_of):
+            b = int(b)
+            pick = batch_of == b
+            self.parts.setdefault(b, []).append({k: v[pick] for k, v in rows.items()})
+            if sum(len(p["row"]) for p in self.parts[b]) == len(self.grid[b]):
+                parts = self.parts.pop(b)
+                got = {k: np.concatenate([p[k] for p in parts]) for k in rows}
+                order = np.argsort(got["row"], kind="stable")
+                errors = {i: str(e) for i, e in enumerate(got["error"][order]) if e}
+                self.journal.append(b, got["ans"][order], got["probs"][order], errors)
+
+
+def _empty_columns() -> dict[str, np.ndarray]:
+    return {"row": np.zeros(0, dtype=np.int64), "ans": np.zeros(0, dtype=np.int64),
+            "error": np.zeros(0, dtype=object), "probs": np.zeros((0, len(PROB_COLUMNS)), dtype=np.float32)}
+
+
+def _with_done(columns: dict[str, np.ndarray], done: dict[int, dict], grid: list[range]) -> dict[str, np.ndarray]:
+    """Ray's rows plus the rows of the batches a journal already held."""
+    if not done:
+        return columns
+    parts = [columns]
+    for b, record in done.items():
+        ans, probs, errors = record_rows(record)
+        parts.append({"row": np.arange(grid[b].start, grid[b].stop, dtype=np.int64), "ans": ans,
+                      "error": np.asarray([errors.get(i, "") for i in range(len(ans))], dtype=object),
+                      "probs": probs})
+    return {k: np.concatenate([p[k] for p in parts]) for k in columns}
 
 
 def _dataset(ray, model, precision, images: str, on_error, items, opts: RayOptions):

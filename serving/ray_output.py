@@ -75,29 +75,32 @@ class ProbsSink:
             shutil.rmtree(self.write_to, ignore_errors=True)
 
 
-def _gather(batches, names: list[str], want_probs: bool) -> dict[str, np.ndarray]:
-    parts: dict[str, list] = {k: [] for k in KEEP}
-    probs: list[np.ndarray] = []
+def _gather(batches, names: list[str], want_probs: bool, on_rows=None) -> dict[str, np.ndarray]:
+    parts: dict[str, list] = {k: [] for k in KEEP + (["probs"] if want_probs else [])}
     for batch in batches:
-        for k in KEEP:
-            parts[k].append(np.asarray(batch[k]))
+        rows = {k: np.asarray(batch[k]) for k in KEEP}
         if want_probs:
-            probs.append(np.stack([np.asarray(batch[c], dtype=np.float32) for c in names], axis=1))
+            rows["probs"] = np.stack([np.asarray(batch[c], dtype=np.float32) for c in names], axis=1)
+        if on_rows is not None:
+            on_rows(rows)
+        for k, v in rows.items():
+            parts[k].append(v)
     out = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
-    if want_probs:
-        out["probs"] = np.concatenate(probs) if probs else np.zeros((0, len(names)), dtype=np.float32)
+    if want_probs and not parts["probs"]:
+        out["probs"] = np.zeros((0, len(names)), dtype=np.float32)
     return out
 
 
-def collect(ds, sink: ProbsSink | None, want_probs: bool) -> dict[str, np.ndarray]:
-    """Run the job; ``{row, ans, error[, probs]}`` at the driver, Parquet on the way when ``sink``."""
+def collect(ds, sink: ProbsSink | None, want_probs: bool, on_rows=None) -> dict[str, np.ndarray]:
+    """Run the job; ``{row, ans, error[, probs]}`` at the driver, Parquet on the way when ``sink``.
+    ``on_rows(rows)`` sees each block of rows as it arrives (the journal; only without ``sink``)."""
     import ray
 
     names = PROB_COLUMNS
     wanted = KEEP + (names if want_probs else [])
     if sink is None:
         return _gather(ds.select_columns(wanted).iter_batches(batch_size=None, batch_format="numpy"),
-                       names, want_probs)
+                       names, want_probs, on_rows)
     try:
         path, fs = sink.target()
         ds.write_parquet(path, filesystem=fs)

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
-import json
 import logging
 import tempfile
 import time
@@ -24,21 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 from tqdm import tqdm
 
-from maskdata import labels
 from serving import objectstore
 from serving.archive import ArchiveLimits, extract_images
 from serving.job import GridOutcome, JobPlan, SubmitResult, check_on_error, finish_job, plan_job, predict_batch, read_info
-from serving.journal import Journal
+from serving.journal import model_identity, open_job_journal, record_rows
 from serving.pipeline import EXECUTORS, decoded_batches
 from serving.settings import JOB_DEFAULTS, Settings, check_nice, get_settings
 from serving.shards import Shard
 
 log = logging.getLogger(__name__)
-
-JOURNAL_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -68,30 +62,7 @@ class SubmitOptions:
             check_nice(self.decode_nice, "decode nice")
 
 
-# ---------------------------------------------------------------- journal (resume)
-
-def job_fingerprint(image_ids: list[str], images_dir, predictor, shard: Shard | None) -> str:
-    h = hashlib.sha256()
-    h.update("\n".join(image_ids).encode())
-    h.update((str(images_dir) if objectstore.is_remote(images_dir) else str(Path(images_dir).resolve())).encode())
-    h.update(str(getattr(predictor, "source", "")).encode())
-    h.update(json.dumps(predictor.metadata.to_props(), sort_keys=True).encode())
-    if getattr(predictor, "preprocess", None) is not None:   # a --aspect override changes the answers
-        h.update(json.dumps(predictor.preprocess.to_dict(), sort_keys=True).encode())
-    h.update(str(shard).encode())
-    return h.hexdigest()[:24]
-
-
 # ---------------------------------------------------------------- the job
-
-def _record_rows(record: dict) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
-    ans = np.asarray(record["ans"], dtype=np.int64)
-    probs = np.full((len(ans), labels.NUM_CLASSES), np.nan, dtype=np.float32)
-    for i, row in enumerate(record["probs"]):
-        if row is not None:
-            probs[i] = row
-    return ans, probs, {int(k): v for k, v in record["errors"].items()}
-
 
 def _store(rows: range, b_ans, b_probs, b_errors: dict[int, str], ans, probs, errors: dict[str, str],
            image_ids: list[str]) -> None:
@@ -120,26 +91,15 @@ def run_submission(predictor, info_csv: str | Path | bytes, images_dir: str | Pa
     return finish_job(plan, _run_grid(plan, predictor, opts, nice), opts.probs_csv)
 
 
-def _open_journal(plan: JobPlan, predictor, opts: SubmitOptions) -> tuple[Journal, dict, int]:
-    """(journal, {batch: record} already done, the batch size to use: a resumed journal's)."""
-    header = {"journal": "mask-submit", "version": JOURNAL_VERSION, "rows": len(plan.rows),
-              "fingerprint": job_fingerprint(plan.image_ids, plan.images, predictor, opts.shard),
-              "batch_size": opts.batch_size}
-    journal, done = Journal.open(Journal.path_for(plan.out_csv), header, opts.resume, opts.fsync_seconds)
-    batch_size = journal.header["batch_size"]
-    if batch_size != opts.batch_size:
-        log.info("resuming with the interrupted run's batch size %d", batch_size)
-    return journal, done, batch_size
-
-
 def _run_grid(plan: JobPlan, predictor, opts: SubmitOptions, nice: int) -> GridOutcome:
     """The grid in this process: decode workers feed batches to the model, each batch journalled."""
-    journal, done, batch_size = _open_journal(plan, predictor, opts)
+    journal, done, batch_size = open_job_journal(plan, model_identity(predictor), opts.shard, opts.batch_size,
+                                                 opts.resume, opts.fsync_seconds)
     image_ids, n = plan.image_ids, len(plan.rows)
     out = GridOutcome.empty(n)
     grid = plan.grid(batch_size)
     for b, record in done.items():
-        _store(grid[b], *_record_rows(record), out.ans, out.probs, out.errors, image_ids)
+        _store(grid[b], *record_rows(record), out.ans, out.probs, out.errors, image_ids)
     out.resumed = sum(len(grid[b]) for b in done)
     if done:
         log.info("resuming: %d of %d images already done", out.resumed, n)

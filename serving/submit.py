@@ -120,16 +120,16 @@ def build_merge_parser() -> argparse.ArgumentParser:
 def _run_ray(args: argparse.Namespace):
     from serving import ray_engine
 
-    if args.shard or args.resume:
-        raise ValueError("--shard and --resume are for --engine local; Ray spreads the job itself and a rerun "
-                         "replaces an interrupted one (docs/submit.md)")
+    if args.shard:
+        raise ValueError("--shard is for --engine local; Ray spreads the job itself (docs/submit.md)")
     ray_engine.require_ray()
     opts = ray_engine.RayOptions(address=args.ray_address, num_actors=args.num_actors,
                                  cpus_per_actor=args.cpus_per_actor or ray_engine.DEFAULT_CPUS_PER_ACTOR,
                                  gpus_per_actor=args.gpus_per_actor)
     return ray_engine.run_ray_submission(args.model, args.info, args.images, args.out, precision=args.precision,
                                          batch_size=args.batch_size, on_error=args.on_error,
-                                         probs_csv=args.probs, probs_dir=args.probs_dir, ray_options=opts)
+                                         probs_csv=args.probs, probs_dir=args.probs_dir, resume=args.resume,
+                                         ray_options=opts)
 
 
 def write_class_report(result, labels_csv, out) -> Path:
@@ -208,8 +208,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\ninterrupted: finished batches are kept in {args.out}.journal; rerun the same command with "
-              f"--resume to continue", file=sys.stderr)
+        if Path(f"{args.out}.journal").exists():
+            print(f"\ninterrupted: finished batches are kept in {args.out}.journal; rerun the same command with "
+                  f"--resume to continue", file=sys.stderr)
+        else:
+            print(f"\ninterrupted: nothing was written to {args.out}; rerun the same command", file=sys.stderr)
         return 130
 
 

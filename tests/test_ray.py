@@ -179,3 +179,59 @@ def test_without_ray_says_how_to_install(eval_dir, onnx_model, tmp_path, capsys,
     monkeypatch.setitem(sys.modules, "ray", None)   # `import ray` now raises ImportError
     rc, printed = submit(eval_dir, onnx_model, tmp_path / "sub.csv", "--engine", "ray", capsys=capsys)
     assert rc == 2 and "pip install 'mask-classifier[ray]'" in printed, printed
+
+
+def test_resume_works_across_engines_and_gives_the_same_bytes(eval_dir, onnx_model, tmp_path, capsys, monkeypatch,
+                                                              caplog):
+    """Both engines keep the same journal: a local run stopped after two batches is finished by Ray
+    with --resume, and a Ray run stopped just before writing leaves every batch for the local engine."""
+    from serving import ray_engine
+    from serving.journal import Journal, read_journal
+
+    ref = tmp_path / "ref.csv"
+    rc, printed = submit(eval_dir, onnx_model, ref, "--probs", tmp_path / "ref.probs.csv", capsys=capsys)
+    assert rc == 0, printed
+    n = ref.read_bytes().count(b"\n") - 1
+    batches = -(-n // 8)
+    assert batches > 3, f"the eval set is too small to stop part-way ({n} images)"
+
+    out = tmp_path / "a.csv"
+    appended = []
+    real_append = Journal.append
+
+    def stop_after_two(self, *args, **kwargs):
+        if len(appended) == 2:
+            raise KeyboardInterrupt
+        appended.append(args[0])
+        real_append(self, *args, **kwargs)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(Journal, "append", stop_after_two)
+        rc, printed = submit(eval_dir, onnx_model, out, capsys=capsys)
+    assert rc == 130 and "--resume to continue" in printed and not out.exists(), printed
+    rc, printed = submit(eval_dir, onnx_model, out, "--engine", "ray", capsys=capsys)
+    assert rc == 2 and "pass --resume" in printed, f"an unfinished run must not be overwritten: {printed}"
+    with caplog.at_level("INFO", logger="serving.ray_engine"):
+        rc, printed = submit(eval_dir, onnx_model, out, "--engine", "ray", "--resume", "--probs",
+                             tmp_path / "a.probs.csv", capsys=capsys)
+    assert rc == 0, printed
+    assert f"resuming: 16 of {n} images already done" in caplog.text, caplog.text[-2000:]
+    assert "16 resumed" in printed, printed
+    assert out.read_bytes() == ref.read_bytes(), "Ray resuming a local run wrote other bytes"
+    assert (tmp_path / "a.probs.csv").read_bytes() == (tmp_path / "ref.probs.csv").read_bytes()
+    assert not Journal.path_for(out).exists(), "the journal must go once the outputs are written"
+
+    out = tmp_path / "b.csv"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as mp:
+        mp.setattr(ray_engine, "finish_job", interrupted)
+        rc, printed = submit(eval_dir, onnx_model, out, "--engine", "ray", "--num-actors", "2", capsys=capsys)
+    assert rc == 130 and not out.exists(), printed
+    header, done, _ = read_journal(Journal.path_for(out))
+    assert sorted(done) == list(range(batches)), f"the Ray run journalled batches {sorted(done)} of {batches}"
+    rc, printed = submit(eval_dir, onnx_model, out, "--resume", capsys=capsys)
+    assert rc == 0 and f"{n} resumed" in printed, printed
+    assert out.read_bytes() == ref.read_bytes(), "the local engine finishing a Ray run's journal wrote other bytes"

@@ -126,7 +126,8 @@ def test_lost_worker_node_mid_job_finishes_or_stops_then_rerun_is_identical(
 
     Either outcome is accepted, and each is checked for what it promises: the job finishes on the
     remaining node with the same bytes, or it stops with one ``error:`` line, exit 2 and nothing at
-    ``--out`` — and then the same command, rerun on what is left of the cluster, writes the same bytes.
+    ``--out`` — and then the same command with ``--resume`` (the batches that came back before the
+    loss are in the journal), on what is left of the cluster, writes the same bytes.
     Which one happens depends on timing: a batch call already sent to an actor whose node dies comes
     back as ``ActorUnavailableError`` ("may or may not have been executed"), which Ray Data does not
     retry; a node lost between calls is absorbed by the actor restarts.
@@ -168,7 +169,9 @@ def test_lost_worker_node_mid_job_finishes_or_stops_then_rerun_is_identical(
     assert proc.returncode == 2 and len(errors) == 1 and "rerun the same command" in errors[0], \
         f"a lost node must finish the job or stop it with one line and exit 2: exit {proc.returncode}, {stderr[-3000:]}"
     assert not out.exists(), "a stopped job left an output file"
-    rerun = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=JOB_TIMEOUT_S)
-    print(f"stopped with: {errors[0][:200]}; rerun exit {rerun.returncode}")
+    assert "--resume" in errors[0], f"the stop must say how to continue: {errors[0]}"
+    rerun = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, cwd=REPO, timeout=JOB_TIMEOUT_S)
+    resumed = [line for line in rerun.stderr.splitlines() if "resuming:" in line]
+    print(f"stopped with: {errors[0][:200]}; rerun exit {rerun.returncode}; {resumed or 'nothing to resume'}")
     assert rerun.returncode == 0, f"the rerun on the remaining node failed: {rerun.stderr[-3000:]}"
     assert out.read_bytes() == local_reference, "the rerun after a lost node differs from the local engine"

@@ -17,7 +17,8 @@ from maskdata import metrics
 from maskdata.io import read_csv
 from serving.shards import Shard
 from maskdata.scoring import score
-from serving.submission import Journal, run_submission
+from serving.journal import Journal
+from serving.submission import run_submission
 from serving.submit import main
 
 REPO = Path(__file__).resolve().parents[1]
