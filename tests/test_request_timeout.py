@@ -35,9 +35,15 @@ def call(app, scope: dict | None = None) -> list[dict]:
     return sent
 
 
+def _armed_timers() -> int:
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if type(o) is asyncio.TimerHandle and not o.cancelled())
+
+
 def live_timers_after(middleware_cls, requests: int) -> int:
-    """Requests through ``middleware_cls(answer_ok, timeout=3600)`` on one loop; then how many armed
-    (not cancelled) timers that loop still holds."""
+    """Requests through ``middleware_cls(answer_ok, timeout=3600)`` on one loop; then how many more
+    armed (not cancelled) timers the process holds than before them. Counted as a difference: gc sees
+    every loop's timers, and an earlier test in the same process may have left one on a loop of its own."""
     app = middleware_cls(answer_ok, timeout=3600)
 
     async def many():
@@ -47,10 +53,10 @@ def live_timers_after(middleware_cls, requests: int) -> int:
         async def send(message):
             pass
 
+        before = _armed_timers()
         for _ in range(requests):
             await app({"type": "http", "path": "/x", "method": "POST"}, receive, send)
-        gc.collect()
-        return sum(1 for o in gc.get_objects() if type(o) is asyncio.TimerHandle and not o.cancelled())
+        return _armed_timers() - before
 
     return asyncio.run(many())
 
