@@ -46,14 +46,19 @@ class Journal:
     def path_for(out_csv: Path) -> Path:
         return out_csv.with_name(out_csv.name + ".journal")
 
+    @staticmethod
+    def unfinished(path: Path) -> ValueError:
+        """The error for a run started over an unfinished one without ``--resume``."""
+        return ValueError(f"{path} holds an unfinished run of this output; pass --resume to continue it, "
+                          f"or delete the file to start over")
+
     @classmethod
     def open(cls, path: Path, header: dict, resume: bool, fsync_seconds: float = 5.0) -> tuple["Journal", dict]:
         """(journal, {batch: record}); ``header["batch_size"]`` follows a resumed journal's."""
         journal = cls(path, dict(header), fsync_seconds)
         old, done, good_bytes = read_journal(path) if path.exists() else (None, {}, 0)
         if old is not None and not resume:
-            raise ValueError(f"{path} holds an unfinished run of this output; pass --resume to continue it, "
-                             f"or delete the file to start over")
+            raise cls.unfinished(path)
         if old is None:
             journal._file = open(path, "w", encoding="utf-8")
             journal._write(journal.header, sync=True)

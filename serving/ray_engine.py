@@ -228,9 +228,9 @@ def run_ray_submission(model: str, info_csv, images: str, out_csv, *, precision:
         raise ValueError("--resume cannot continue a --probs-dir run: its Parquet parts are committed whole, so "
                          "rerun it without --resume")
     plan = plan_job(info_csv, images, out_csv, on_error)
-    if not probs_dir and not resume and Journal.path_for(plan.out_csv).exists():   # before Ray starts
-        raise ValueError(f"{Journal.path_for(plan.out_csv)} holds an unfinished run of this output; pass --resume "
-                         f"to continue it, or delete the file to start over")
+    journal_path = Journal.path_for(plan.out_csv)
+    if not probs_dir and not resume and journal_path.exists():   # now, not after Ray has started
+        raise Journal.unfinished(journal_path)
     sink = ray_output.ProbsSink.open(probs_dir) if probs_dir else None
     outcome = _run_grid(ray, plan, batch_size, model, precision, sink, probs_csv is not None, ray_options, resume)
     return finish_job(plan, outcome, probs_csv)
