@@ -235,3 +235,17 @@ def test_resume_works_across_engines_and_gives_the_same_bytes(eval_dir, onnx_mod
     rc, printed = submit(eval_dir, onnx_model, out, "--resume", capsys=capsys)
     assert rc == 0 and f"{n} resumed" in printed, printed
     assert out.read_bytes() == ref.read_bytes(), "the local engine finishing a Ray run's journal wrote other bytes"
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--resume", "--probs-dir", "PROBS"], "--resume cannot continue a --probs-dir run"),
+    (["--shard", "0/2"], "--shard is for --engine local"),
+])
+def test_options_the_ray_engine_cannot_honour_are_one_line_errors(extra, expected, eval_dir, onnx_model, tmp_path,
+                                                                  capsys):
+    out = tmp_path / "sub.csv"
+    extra = [str(tmp_path / "probs") if e == "PROBS" else e for e in extra]
+    rc, printed = submit(eval_dir, onnx_model, out, "--engine", "ray", *extra, capsys=capsys)
+    errors = [line for line in printed.splitlines() if line.startswith("error:")]
+    assert rc == 2 and len(errors) == 1 and expected in errors[0], printed
+    assert not out.exists() and not (tmp_path / "probs").exists()
