@@ -5,6 +5,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import bentoml
 from bentoml._internal.server.http import traffic
@@ -35,15 +39,9 @@ def call(app, scope: dict | None = None) -> list[dict]:
     return sent
 
 
-def _armed_timers() -> int:
-    gc.collect()
-    return sum(1 for o in gc.get_objects() if type(o) is asyncio.TimerHandle and not o.cancelled())
-
-
-def live_timers_after(middleware_cls, requests: int) -> int:
-    """Requests through ``middleware_cls(answer_ok, timeout=3600)`` on one loop; then how many more
-    armed (not cancelled) timers the process holds than before them. Counted as a difference: gc sees
-    every loop's timers, and an earlier test in the same process may have left one on a loop of its own."""
+def timers_left_here(middleware_cls, requests: int) -> int:
+    """Requests through ``middleware_cls(answer_ok, timeout=3600)`` on one loop; then how many armed
+    (not cancelled) timers this process holds."""
     app = middleware_cls(answer_ok, timeout=3600)
 
     async def many():
@@ -53,22 +51,33 @@ def live_timers_after(middleware_cls, requests: int) -> int:
         async def send(message):
             pass
 
-        before = _armed_timers()
         for _ in range(requests):
             await app({"type": "http", "path": "/x", "method": "POST"}, receive, send)
-        return _armed_timers() - before
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if type(o) is asyncio.TimerHandle and not o.cancelled())
 
     return asyncio.run(many())
 
 
+def live_timers_after(middleware: str, requests: int) -> int:
+    """:func:`timers_left_here` in a fresh interpreter: gc sees the timers of every loop in a process,
+    and earlier tests leave loops running in threads of this one (a full run counted their timers)."""
+    here = Path(__file__).resolve().parent
+    code = f"import test_request_timeout as t; print(t.timers_left_here(t.{middleware}, {requests}))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=here, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(here), str(here.parent)])})
+    assert out.returncode == 0, out.stderr[-3000:]
+    return int(out.stdout.strip().splitlines()[-1])
+
+
 def test_no_timer_outlives_its_request():
-    assert live_timers_after(RequestTimeout, 200) == 0, "RequestTimeout must cancel every request's deadline"
+    assert live_timers_after("RequestTimeout", 200) == 0, "RequestTimeout must cancel every request's deadline"
 
 
 def test_bentoml_timeout_middleware_still_keeps_a_timer_per_request():
     """The reason for the workaround: when this fails, the installed BentoML lets go of its timers
     and serving/request_timeout.py can be dropped (docs/serving.md, known issues)."""
-    kept = live_timers_after(UPSTREAM, 200)
+    kept = live_timers_after("UPSTREAM", 200)
     assert kept == 200, f"BentoML's TimeoutMiddleware kept {kept} of 200 timers; revisit serving/request_timeout.py"
 
 
