@@ -9,8 +9,8 @@ URLs and answers of BentoML's task protocol, served by a small Starlette app the
 Each worker runs at most ``MASK_TASK_JOBS`` job processes (:mod:`serving.task_runner`) at a time;
 the others wait in order, ``in_progress`` with ``executed_at`` null. A task whose worker exited
 (``kill -9``, a restart) is adopted by the next worker that looks — every worker looks when it
-starts, every :data:`ADOPT_EVERY_S` after that, and when it answers a task route — and resumes from
-its journal. Starlette and the standard library: nothing here imports BentoML.
+starts and every :data:`ADOPT_EVERY_S` after that (:meth:`TaskQueue.start_adopting`) — and resumes
+from its journal. Starlette and the standard library: nothing here imports BentoML.
 """
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ import os
 import shutil
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import IO, Callable
 
@@ -60,7 +59,6 @@ class TaskQueue:
         self._finished: dict[str, asyncio.Event] = {}
         self._runs: set[asyncio.Task] = set()           # strong references to the running coroutines
         self._slots: asyncio.Semaphore | None = None
-        self._adopted_at = float("-inf")
         self._adopter: asyncio.Task | None = None
 
     def meta(self) -> dict:
@@ -113,11 +111,9 @@ class TaskQueue:
         return True
 
     def adopt_interrupted(self) -> int:
-        """Claim every task whose worker exited before it finished; returns how many. At most once
-        per :data:`ADOPT_EVERY_S`, so the status route can call it on every poll."""
-        if not LOCKS or time.monotonic() - self._adopted_at < ADOPT_EVERY_S:
+        """Claim every task whose worker exited before it finished; returns how many."""
+        if not LOCKS:
             return 0
-        self._adopted_at = time.monotonic()
         adopted = 0
         for task_id in self.store.task_ids():
             try:
@@ -231,7 +227,6 @@ def app(get_queue: Callable[[], TaskQueue | None]) -> Starlette:
         queue = get_queue()
         if queue is None:
             return error_response(503, "the service is still loading")
-        queue.adopt_interrupted()
         return queue
 
     async def submit(request: Request) -> Response:

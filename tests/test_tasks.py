@@ -259,7 +259,6 @@ def test_a_stopped_job_process_leaves_its_task_to_resume_and_a_killed_one_fails_
     assert state["status"] == "failed" and state["http_status"] == 500 and "signal 9" in state["error"], state
 
     async def adopt():   # what a worker does when it starts: nobody calls a task route here
-        queue._adopted_at = float("-inf")
         queue.start_adopting()
         deadline = time.monotonic() + 120
         while store.raw_status(stopped)["status"] == "in_progress":
