@@ -261,8 +261,9 @@ def _run_grid(ray, plan: JobPlan, batch_size: int, model: str, precision: str | 
             journal, done, batch_size = open_job_journal(plan, info["identity"], None, batch_size, resume)
         grid = plan.grid(batch_size)
         todo = [b for b in range(len(grid)) if b not in done]
+        resumed = sum(len(grid[b]) for b in done)
         if done:
-            log.info("resuming: %d of %d images already done", sum(len(grid[b]) for b in done), len(plan.rows))
+            log.info("resuming: %d of %d images already done", resumed, len(plan.rows))
         started = time.perf_counter()
         try:
             columns = _empty_columns()
@@ -290,7 +291,7 @@ def _run_grid(ray, plan: JobPlan, batch_size: int, model: str, precision: str | 
     processed = int((columns["ans"] != SKIPPED).sum())
     outcome = _in_plan_order(_with_done(columns, done, grid), plan)
     outcome.seconds, outcome.uncertain_below = seconds, info.get("uncertain_below")
-    outcome.processed, outcome.resumed = processed, sum(len(grid[b]) for b in done)
+    outcome.processed, outcome.resumed = processed, resumed
     if sink is not None:
         n = len(plan.rows)
         outcome.written = lambda: sink.commit(n)

@@ -107,7 +107,7 @@ def _run_grid(plan: JobPlan, predictor, opts: SubmitOptions, nice: int) -> GridO
     # missing rows never reach a worker; their batch keeps its place on the grid
     to_decode = [[plan.paths[i] for i in grid[b] if image_ids[i] not in plan.missing] for b in todo]
     started = time.perf_counter()
-    done = out.resumed
+    finished = out.resumed
     bar = tqdm(total=n, initial=out.resumed, unit="img", desc="mask-submit", disable=not opts.progress,
                dynamic_ncols=True, smoothing=0.1)
     try:
@@ -124,9 +124,9 @@ def _run_grid(plan: JobPlan, predictor, opts: SubmitOptions, nice: int) -> GridO
                 _store(rows_b, b_ans, b_probs, b_errors, out.ans, out.probs, out.errors, image_ids)
                 out.processed += int(batch.ok.sum())
                 bar.update(len(b_ans))
-                done += len(rows_b)   # the bar's own count stays 0 when it is disabled
+                finished += len(rows_b)   # the bar's own count stays 0 when it is disabled
                 if opts.on_progress is not None:
-                    opts.on_progress(done, n)
+                    opts.on_progress(finished, n)
     finally:
         bar.close()
         journal.close()
