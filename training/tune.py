@@ -135,10 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted: study kept in {o.out}; the same command resumes it", file=sys.stderr)
         return 130
     except _storage_errors() as e:   # the database went away or stayed locked: what finished is kept
-        from training.tune_storage import _one_line
+        from training.tune_storage import one_line
 
         study = None   # finish() would only wait on the same storage again
-        print(f"error: the study's storage failed: {_one_line(e.__cause__ or e)}; what finished is kept "
+        print(f"error: the study's storage failed: {one_line(e.__cause__ or e)}; what finished is kept "
               "and the same command resumes the study", file=sys.stderr)
         return 1
     finally:

@@ -138,7 +138,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: Context) -> optuna.
         store.requeue(study, _frozen(study, trial.number), "interrupted")
         raise
     except Exception as e:   # one bad trial (NaN loss, out of memory) must not end the study
-        trial.set_user_attr("error", f"{type(e).__name__}: {store._one_line(e)}")
+        trial.set_user_attr("error", f"{type(e).__name__}: {store.one_line(e)}")
         study.tell(trial, state=TrialState.FAIL)
         log.error("trial %d failed: %s", trial.number, trial.user_attrs["error"])
     else:

@@ -60,7 +60,7 @@ def open_storage(spec: str | None, out: Path):
             with _creation_lock(lock_target(spec, out)):
                 return optuna.storages.RDBStorage(spec, engine_kwargs=kwargs)
         except Exception as e:   # sqlalchemy raises its own types (bad driver, unreachable host, bad path)
-            raise ValueError(f"cannot open storage {spec}: {_one_line(e)}") from None
+            raise ValueError(f"cannot open storage {spec}: {one_line(e)}") from None
     path = Path(spec) if spec else default_journal(out)
     if path.is_dir():
         raise ValueError(f"cannot open storage {path}: it is a folder; give a journal file path or a database URL")
@@ -70,10 +70,11 @@ def open_storage(spec: str | None, out: Path):
 
         return JournalStorage(JournalFileBackend(str(path)))
     except OSError as e:
-        raise ValueError(f"cannot open storage {path}: {_one_line(e)}") from None
+        raise ValueError(f"cannot open storage {path}: {one_line(e)}") from None
 
 
-def _one_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type name if it has none), at most 300 characters."""
     text = str(e).strip().splitlines()
     return (text[0] if text else type(e).__name__)[:300]
 
