@@ -1,31 +1,41 @@
-# Two commands matter: `make serve` and `make test`. Each creates/updates .venv itself.
+# Two commands matter: `make serve` and `make test`. Each creates/updates .venv itself: `make serve`
+# installs only the serving runtime (`pip install -e .`: ONNX Runtime, BentoML; no torch), every other
+# target the whole project with the test tools (`pip install -e '.[dev]'`). `. .venv/bin/activate`
+# puts the mask-* and bentoml commands on PATH.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+SERVE_STAMP := $(VENV)/.installed-serve
+DEV_STAMP   := $(VENV)/.installed-dev
 
 .PHONY: venv test test-fast serve demo-model bench gpu-check clean docs-ui
 
-$(STAMP): pyproject.toml
+$(SERVE_STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e .
+	@touch $(SERVE_STAMP)
+
+# the dev install is a superset of the serving one, so it stamps both
+$(DEV_STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -e '.[dev]'
-	@touch $(STAMP)
+	@touch $(DEV_STAMP) $(SERVE_STAMP)
 
-venv: $(STAMP)
+venv: $(DEV_STAMP)
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q
 
-# the inner loop: everything but the tests marked slow (real servers, Ray, the browser, long training)
-test-fast: $(STAMP)
+# the inner loop (a few minutes): everything but the tests marked slow (servers, Ray, the browser,
+# training beyond a few steps, subprocess-heavy tests); `make test` runs those too
+test-fast: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # `make serve`: environment, then the demo model if the BentoML store has no mask-classifier (the
 # shipped demo/model.onnx, checked on 350 fresh synthetic images and imported: seconds, no training),
 # then `bentoml serve` on PORT with a ready-to-paste curl command once /readyz answers. Ctrl-C stops it.
 PORT ?= 3000
-serve: $(STAMP)
+serve: $(SERVE_STAMP)
 	$(BIN)/python -m demo
 	@$(BIN)/bentoml serve --port $(PORT) & pid=$$!; \
 	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null' INT TERM; \
@@ -34,17 +44,17 @@ serve: $(STAMP)
 
 # Rebuild the shipped demo model from scratch (synthetic data -> the default training recipe -> export ->
 # the same check), replace demo/model.onnx + demo/model.json and store it: minutes on 2 CPUs.
-demo-model: $(STAMP)
+demo-model: $(DEV_STAMP)
 	$(BIN)/python -m demo --rebuild
 
 # Throughput/latency harness (minutes; results in bench/results/, rendered into docs/benchmarks.md).
 # The batch and REST parts run the default recipe's model, trained once into $(BENCH_RUN).
 BENCH_RUN ?= runs/default
-$(BENCH_RUN)/best.pt: | $(STAMP)
+$(BENCH_RUN)/best.pt: | $(DEV_STAMP)
 	$(BIN)/mask-data synth --out data/synth300 --people 300 --eval-people 0 --seed 0 --overwrite
 	$(BIN)/mask-train --data-dir data/synth300/train --out $(BENCH_RUN) --no-progress
 
-bench: $(STAMP) $(BENCH_RUN)/best.pt
+bench: $(DEV_STAMP) $(BENCH_RUN)/best.pt
 	$(BIN)/python -m bench.model_only
 	$(BIN)/python -m bench.batch_job --checkpoint $(BENCH_RUN)/best.pt
 	$(BIN)/python -m bench.rest
@@ -61,5 +71,5 @@ clean:
 
 # Regenerate docs/ui.png (the README's screenshot) with the browser test serving the shipped demo model
 # (demo/model.onnx, what `make serve` serves); needs chromium + chromium-driver.
-docs-ui: $(STAMP)
+docs-ui: $(DEV_STAMP)
 	MASK_UI_SCREENSHOT=$(CURDIR)/docs/ui.png $(BIN)/python -m pytest -q tests/test_ui_browser.py

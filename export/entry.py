@@ -6,10 +6,12 @@ the real CLI. This module must not import torch or ``export.cli`` at module leve
 """
 from __future__ import annotations
 
+from maskdata.extras import exit_unless_installed
 from training.entry import prepare_process
 
 
 def main(argv: list[str] | None = None) -> int:
+    exit_unless_installed("train", "mask-export")
     prepare_process()
     from export.cli import main as cli_main
 

@@ -4,3 +4,5 @@ the ``--config FILE.yaml`` loader of ``mask-train`` and ``mask-export``.
 
 Nothing here imports torch, so serving can use it on its torch-free path.
 """
+
+__version__ = "0.2.0"   # the package version (pyproject reads it from here)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from maskdata import labels
+from maskdata.extras import install_hint
 from maskdata.io import atomic_write_text, read_csv
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ def find_issues(given: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.nd
         from cleanlab.filter import find_label_issues
         from cleanlab.rank import get_label_quality_scores
     except ImportError:
-        raise ValueError("the label audit needs cleanlab: pip install 'mask-classifier[audit]'") from None
+        raise ValueError(install_hint("audit", "the label audit", ["cleanlab"])) from None
 
     if len(given) < 2:
         return np.zeros(len(given), dtype=bool), np.ones(len(given))

@@ -27,7 +27,9 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from urllib.parse import urlparse
 
-INSTALL_HINT = "object-store images need pyarrow: pip install 'mask-classifier[s3]'"
+from maskdata.extras import install_hint
+
+INSTALL_HINT = install_hint("s3", "an object-store URI (s3://...)", ["pyarrow"])
 REMOTE_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs", "viewfs")
 ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")   # the service-specific one wins, as in boto3
 REGION_ENV = ("AWS_REGION", "AWS_DEFAULT_REGION")

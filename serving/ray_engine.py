@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from maskdata.extras import install_hint
 from maskdata.scoring import SKIPPED
 from serving import objectstore, ray_output
 from serving.job import GridOutcome, JobPlan, SubmitResult, finish_job, plan_job, predict_batch
@@ -47,7 +48,7 @@ from serving.settings import JOB_DEFAULTS
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "--engine ray needs Ray Data: pip install 'mask-classifier[ray]' (or pip install 'ray[data]')"
+INSTALL_HINT = install_hint("ray", "--engine ray", ["ray[data]"])
 CRASH_ONCE_ENV = "MASK_RAY_TEST_CRASH_ONCE"   # tests only: path of a marker file; see _PredictActor
 RESTARTS = 3                 # actor restarts and task retries per actor: survives crashes, not a crash loop
 CONNECT_TIMEOUT_S = 5.0      # TCP probe of --ray-address before ray.init

@@ -13,12 +13,14 @@ The model is a BentoML store tag (default ``mask-classifier:latest``), an ``.onn
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import sys
 from pathlib import Path
 
 from maskdata import labels
+from maskdata.extras import install_hint
 from maskdata.io import read_csv
 from serving.shards import Shard, merge_parts
 from serving.settings import DEFAULT_MODEL, JOB_DEFAULTS, MAX_NICE, PRECISIONS, Settings, check_nice
@@ -180,11 +182,15 @@ def _score(args: argparse.Namespace, result) -> int:
     from maskdata.scoring import score
 
     if args.labels:
+        # the confusion PNG needs matplotlib (the 'train' extra); the score itself does not
+        drawn = importlib.util.find_spec("matplotlib") is not None
         png = Path(args.out).with_suffix(".confusion.png")
-        s = score(result.image_ids, result.ans, args.labels, png)
+        s = score(result.image_ids, result.ans, args.labels, png if drawn else None)
+        where = f"confusion matrix {png}" if drawn else "no confusion PNG (" + install_hint(
+            "train", "drawing it", ["matplotlib"]) + ")"
         print(f"score: macro F1 {s['f1']:.4f}, accuracy {s['acc']:.4f}, F1 mask {s['f1_mask']:.4f}, "
               f"gender {s['f1_gender']:.4f}, age {s['f1_age']:.4f} (n={s['n']}, skipped={s['skipped']}); "
-              f"confusion matrix {png}")
+              f"{where}")
         log.debug("score %s", json.dumps(s))
         print(f"per-class report: {write_class_report(result, args.labels, args.out)}")
     return 0

@@ -9,11 +9,14 @@ They set process-wide settings *before* torch is first imported, then import the
   100 img/s with PASSIVE on the same loaded 2-core machine. libgomp reads it once, when torch loads,
   so setting it inside ``training.cli.main`` (which imports torch at module level) would be too late.
 
+Without the ``train`` (or ``tune``) extra they stop with one line naming it (:mod:`maskdata.extras`).
 This module must not import torch or ``training.cli`` at module level, nor anything from ``export``.
 """
 from __future__ import annotations
 
 import os
+
+from maskdata.extras import exit_unless_installed
 
 
 def prepare_process() -> None:
@@ -21,6 +24,7 @@ def prepare_process() -> None:
 
 
 def train(argv: list[str] | None = None) -> int:
+    exit_unless_installed("train", "mask-train")
     prepare_process()
     from training.cli import main
 
@@ -28,6 +32,7 @@ def train(argv: list[str] | None = None) -> int:
 
 
 def tune(argv: list[str] | None = None) -> int:
+    exit_unless_installed("tune", "mask-tune")
     prepare_process()
     from training.tune import main
 
