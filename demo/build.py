@@ -67,6 +67,18 @@ def stored_model() -> str | None:
         return None
 
 
+def describe_stored(tag: str, demo_file: Path = SHIPPED) -> str:
+    """What `make serve` is about to serve: the demo model, or a model a user stored under its name."""
+    from export.store import model_file
+
+    stored = model_file(tag)
+    if demo_file.is_file() and sha256_file(stored) == sha256_file(demo_file):
+        return f"model store already has {tag} (the demo model {demo_file.name}); serving it"
+    return (f"model store already has {tag}, which is not the demo model (you stored it, e.g. with "
+            f"`mask-export --bento-tag {STORE_NAME}`); serving it. `python -m demo --force` stores the demo "
+            "model again")
+
+
 def _stage(name: str) -> float:
     print(f"\n==> {name}", flush=True)
     return time.perf_counter()
@@ -240,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         existing = stored_model()
         if existing and not cfg.force:
-            print(f"model store already has {existing}; nothing to do (--force imports the demo model anyway)")
+            print(describe_stored(existing, cfg.model_file))
             return 0
         install(cfg)
     except (ValueError, FileNotFoundError, RuntimeError) as e:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from maskdata import labels
-from maskdata.artifact import INPUT_NAME, OUTPUT_NAMES, ModelMetadata
+from maskdata.artifact import INPUT_NAME, OUTPUT_NAMES, ModelMetadata, portable_path
 from maskdata.io import atomic_path
 from maskdata.preprocess import Preprocess
 
@@ -130,7 +130,7 @@ def build_metadata(ckpts: list[dict], paths: list[str | os.PathLike], tta: tuple
 
     first = ckpts[0]
     # a distilled / pseudo-labelled member shows its teacher and how many pseudo-labelled images it took
-    sources = [{"path": str(Path(p).resolve()), "metrics": dict(c.get("metrics") or {}),
+    sources = [{"path": portable_path(p), "metrics": dict(c.get("metrics") or {}),
                 "fingerprint": str(c.get("data_fingerprint", "")), "epoch": int(c.get("epoch", 0)),
                 **({"distill": dict(c["distill"])} if c.get("distill") else {})}
                for c, p in zip(ckpts, paths)]

@@ -19,7 +19,7 @@ from export.config import PRECISIONS, ExportConfig
 from export.graph import EnsembleNet, build_metadata, describe_members, export_onnx, load_members
 from export.parity import (check_parity, labels_for, labels_from_csv, list_images, load_batch, onnx_probs,
                            onnx_session, recorded_images, sample_evenly)
-from export.store import DEFAULT_NAME, import_to_store
+from export.store import DEFAULT_NAME, import_to_store, served_name_note
 from export.variants import compare_variant, to_fp16, to_int8
 from maskdata.artifact import ModelMetadata, variant_path
 from maskdata.io import atomic_path
@@ -156,7 +156,14 @@ def run_export(cfg: ExportConfig) -> dict:
     if cfg.bento_tag:
         result["bento_tag"] = import_to_store(cfg.out, cfg.bento_tag, cfg.variant_paths)
         print(f"imported into the BentoML model store as {result['bento_tag']}")
+        _say_what_serves(result["bento_tag"])
     return result
+
+
+def _say_what_serves(tag: str) -> None:
+    note = served_name_note(tag)
+    if note:
+        print(note)
 
 
 def run_import(cfg: ExportConfig) -> dict:
@@ -165,4 +172,5 @@ def run_import(cfg: ExportConfig) -> dict:
     variants = {p: variant_path(path, p) for p in PRECISIONS if variant_path(path, p).is_file()}
     tag = import_to_store(path, cfg.bento_tag or DEFAULT_NAME, variants)
     print(f"imported {path}" + "".join(f" (+{p})" for p in variants) + f" into the BentoML model store as {tag}")
+    _say_what_serves(tag)
     return {"imported": str(path), "variants": {k: str(v) for k, v in variants.items()}, "bento_tag": tag}

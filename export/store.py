@@ -73,6 +73,18 @@ def import_to_store(onnx_path: str | os.PathLike, tag: str = DEFAULT_NAME,
     return str(model.tag)
 
 
+def served_name_note(tag: str) -> str | None:
+    """What storing under ``tag`` changes for ``bentoml serve`` / ``make serve``, or None.
+
+    Both serve the newest ``STORE_NAME`` model, which is the demo model until a user stores one of
+    their own under that name; the note says so and how to get the demo back."""
+    if tag.split(":", 1)[0] != DEFAULT_NAME:
+        return None
+    return (f"note: {tag} is now the newest {DEFAULT_NAME}, so `make serve` and `bentoml serve` serve it "
+            "(not the demo model); `python -m demo --force` stores the demo model again, and "
+            f"MASK_MODEL={tag} serves this one whatever is newest")
+
+
 def model_file(tag: str = f"{DEFAULT_NAME}:latest", precision: str = "fp32") -> Path:
     """Path of ``model.onnx`` (or a variant) inside a store model."""
     import bentoml

@@ -84,15 +84,39 @@ class ModelMetadata:
         return cls(**values)
 
 
-def read_metadata(path: str | Path) -> ModelMetadata:
-    """Metadata of an ONNX file, without building an inference session."""
-    import onnx  # only export and tools need the onnx package; serving reads it from its session
+def portable_path(path: str | Path) -> str:
+    """A source file as an artifact records it: relative to the working directory when it lies below it
+    (``runs/r1/best.pt``), else its folder and name (``r1/best.pt``); never a machine's absolute path,
+    which says nothing on another machine and tells a client how the build machine is laid out."""
+    p = Path(path).resolve()
+    try:
+        return p.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return Path(*p.parts[-2:]).as_posix()
 
+
+def read_metadata(path: str | Path) -> ModelMetadata:
+    """Metadata of an ONNX file: read by the ``onnx`` package where it is installed (no inference
+    session), else from an ONNX Runtime session's model metadata (the base install has no ``onnx``)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ONNX model not found: {path}")
+    try:
+        import onnx  # the 'train' extra (export) has it
+    except ImportError:
+        return ModelMetadata.from_props(_session_props(path))
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # onnx raises DecodeError and friends
         raise ValueError(f"{path}: not a readable ONNX model: {e}") from None
     return ModelMetadata.from_props({p.key: p.value for p in model.metadata_props})
+
+
+def _session_props(path: Path) -> dict[str, str]:
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # ORT raises its own Fail/InvalidGraph/... classes
+        raise ValueError(f"{path}: not a readable ONNX model: {str(e).strip().splitlines()[0]}") from None
+    return dict(session.get_modelmeta().custom_metadata_map)

@@ -25,6 +25,7 @@ import copy
 import json
 from http import HTTPStatus
 
+from maskdata import __version__
 from serving import task_routes
 
 DOCS_PATH = "/docs.json"
@@ -44,6 +45,19 @@ ERROR_SCHEMA = {
 COMMON_ERRORS = (400, 401, 404, 500)
 BODY_ERRORS = (411, 413, 415)
 PROBES = frozenset({"/healthz", "/livez", "/readyz", "/metrics"})
+# the document's own title and description; BentoML's are the service name, a generated README and
+# version "None" outside a built bento
+INFO = {
+    "title": "mask-classifier",
+    "version": __version__,
+    "description": (
+        "Mask / gender / age classification of photos of people (18 classes: mask state wear, incorrect or "
+        "not_wear x gender x age group <30, 30-59, >=60). `POST /predict` classifies one photo (multipart "
+        "field `image`), `POST /predict_batch` several (`images`), `POST /explain` draws the class-activation "
+        "heatmap, `GET /model` says which model is served and the limits in force, and `/submission/*` turns "
+        "an info.csv plus an archive of photos into a submission CSV. Every error is `{\"error\", \"status\"}` "
+        "JSON. A page to try it is at `/ui/`."),
+}
 
 
 def error_body(status: int, message: str, detail: list | None = None) -> bytes:
@@ -95,6 +109,7 @@ def patch_openapi(doc: dict) -> dict:
     """BentoML's generated document with the service's error shape on every route, ``GET /model``,
     and the ``/submission`` task routes."""
     doc = copy.deepcopy(doc)
+    doc["info"] = dict(INFO)   # no BentoML contact or "None" version either
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     schemas[ERROR_SCHEMA_NAME] = ERROR_SCHEMA
     ref = {"$ref": f"#/components/schemas/{ERROR_SCHEMA_NAME}"}

@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from maskdata import labels
+from maskdata.extras import install_hint
 from maskdata.artifact import MODEL_FILE, STORE_NAME, ModelMetadata, variant_path
 from maskdata.preprocess import ImageError, ImageTooLarge, Preprocess  # noqa: F401  (errors re-exported for callers)
 from serving.settings import Settings, get_settings
@@ -182,9 +183,12 @@ class OnnxBackend:
 def _torch_backend(model: Any, settings: Settings):
     try:
         from serving.torch_backend import TorchBackend  # imports torch and training: only when asked for
-    except ModuleNotFoundError as e:  # the bento and the Docker image leave torch_backend.py out
-        raise ValueError(f"the PyTorch backend needs torch and training/ installed ({e}); the bento and the "
-                         "Docker image are ONNX-only: export the checkpoint with mask-export") from None
+    except ModuleNotFoundError as e:
+        if (e.name or "").startswith("serving"):   # the bento and the Docker image leave torch_backend.py out
+            raise ValueError("this install is ONNX-only (no PyTorch backend): export the checkpoint with "
+                             "mask-export and serve the .onnx file") from None
+        raise ValueError(install_hint("train", "the PyTorch backend (a .pt model)", [e.name or "torch"])
+                         + ", or export the checkpoint with mask-export and use the .onnx file") from None
 
     return TorchBackend(model, precision=settings.precision)
 
@@ -322,8 +326,9 @@ class Predictor:
         """Artifact metadata plus the runtime facts (/model's body)."""
         m = self.metadata
         return {
-            "source": self.source,
-            "model_file": str(getattr(self.backend, "path", self.source)),
+            # a store tag as it is; a file by its name (a client learns nothing from the server's paths)
+            "source": Path(self.source).name if os.sep in self.source else self.source,
+            "model_file": Path(str(getattr(self.backend, "path", self.source))).name,
             "backend": self.backend_name,
             "provider": self.provider,
             "providers": list(getattr(self.backend, "providers", [self.provider])),

@@ -70,7 +70,7 @@ class ModelInfo(BaseModel):
 
     model_config = ConfigDict(protected_namespaces=(), json_schema_extra={"example": {
         "source": "mask-classifier:latest",
-        "model_file": "/home/app/bentoml/models/mask-classifier/abc123/model.onnx", "backend": "onnx",
+        "model_file": "model.onnx", "backend": "onnx",
         "provider": "CPUExecutionProvider",
         "providers": ["CPUExecutionProvider"], "ready": True, "arch": "tiny_cnn", "head": "single",
         "precision": "fp32",
@@ -84,8 +84,9 @@ class ModelInfo(BaseModel):
         "limits": {k: Settings.model_fields[k].default for k in EXAMPLE_LIMITS},
     }})
 
-    source: str = Field(description="model tag or file the service loaded")
-    model_file: str = Field(description="the ONNX file in use (an .fp16 sibling on a GPU with MASK_PRECISION=auto)")
+    source: str = Field(description="model tag, or name of the file, the service loaded")
+    model_file: str = Field(description="name of the model file in use (model.fp16.onnx on a GPU with "
+                            "MASK_PRECISION=auto when exported); never the server's path")
     backend: str = Field(description="onnx (default) or torch")
     provider: str = Field(description="execution provider actually active, e.g. CUDAExecutionProvider")
     providers: list[str]

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from maskdata.artifact import ModelMetadata
+from maskdata.artifact import ModelMetadata, portable_path
 from maskdata.preprocess import Preprocess
 from training.calibration import calibration_metadata
 from training.checkpoint import load_checkpoint, model_from_checkpoint
@@ -31,7 +31,7 @@ def metadata_from_checkpoint(ckpt: dict, path: str) -> ModelMetadata:
     return ModelMetadata(
         preprocess=Preprocess.from_dict(ckpt["preprocess"]), arch=ckpt["arch"], head=ckpt["head"],
         labels=list(ckpt["labels"]), age_bins=tuple(ckpt["age_bins"]),
-        sources=[{"path": path, "metrics": ckpt["metrics"], "fingerprint": ckpt["data_fingerprint"]}],
+        sources=[{"path": portable_path(path), "metrics": ckpt["metrics"], "fingerprint": ckpt["data_fingerprint"]}],
         metrics=dict(ckpt["metrics"]), precision="fp32", calibration=calibration_metadata([ckpt]),
     )
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 import subprocess
 import sys
@@ -96,6 +97,14 @@ def openapi(api_server):
     import httpx
 
     return httpx.get(f"{api_server}/docs.json", timeout=30).json()
+
+
+def test_the_document_is_the_projects_not_bentomls(openapi):
+    from importlib.metadata import version
+
+    info = openapi["info"]
+    assert info["title"] == "mask-classifier" and info["version"] == version("mask-classifier"), info
+    assert "POST /predict" in info["description"] and "BentoML" not in json.dumps(info), info
 
 
 def test_every_error_has_one_shape_that_the_schema_declares(api_server, openapi):
