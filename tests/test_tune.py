@@ -18,7 +18,7 @@ import optuna
 import pytest
 import yaml
 
-from training import tune, tune_run
+from training import tune, tune_run, tune_storage as store
 from training.cli import CONFIG_ALIASES, build_parser as train_parser, config_from_args, given_options
 from training.tune_space import key_types, load_space
 from maskdata.yamlconfig import parse_with_config
@@ -132,6 +132,7 @@ def test_bad_storage_and_a_study_with_another_objective_are_one_line_errors(synt
     assert len(err) == 1 and "study 's' exists with another objective" in err[0] and "2 folds" in err[0], err
 
 
+@pytest.mark.slow
 def test_an_sqlite_study_waits_out_a_lock_held_past_sqlites_default_timeout(tmp_path):
     """Another worker's commit can hold SQLite's one write lock for seconds on a busy disk; Python's
     default busy timeout (5 s) turned that into 'database is locked' and a dead worker."""
@@ -220,6 +221,7 @@ def test_the_trainer_hook_stops_a_run_at_an_epoch_boundary(synth_root, tmp_path)
     assert load_checkpoint(tmp_path / "r" / "last.pt")["epoch"] == 1, "last.pt must hold the epoch the run stopped at"
 
 
+@pytest.mark.slow
 def test_a_pruned_trial_stops_at_the_epoch_boundary_and_is_recorded_as_pruned(synth_root, tmp_path, monkeypatch,
                                                                               capsys):
     # a pruner that prunes at the first report: the outcome does not depend on the scores
@@ -247,6 +249,7 @@ def study_dir(synth_root, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_study_writes_trials_csv_plots_and_the_reference_trial_first(study_dir):
     rows = _rows(study_dir / "trials.csv")
     assert [r["state"] for r in rows] == ["COMPLETE"] * 3, rows
@@ -342,3 +345,37 @@ def test_two_workers_share_one_study_without_losing_or_repeating_trials(synth_ro
     surplus = [t for t in trials if t.user_attrs.get("surplus")]
     assert all(t.state.name == "FAIL" and t.user_attrs.get("epochs_run", 0) == 0 for t in surplus), \
         "a surplus trial must be closed before any training"
+
+
+
+_ASKER = """
+import sys, time
+from pathlib import Path
+import optuna
+from training import tune_storage as store
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+spec, out, n, workers = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+study = optuna.load_study(study_name="s", storage=store.open_storage(spec, out))
+(out / f"ready-{sys.argv[5]}").touch()
+while len(list(out.glob("ready-*"))) < workers:   # all ask at the same moment
+    pass
+print(" ".join(str(store.ask(study, store.lock_target(spec, out)).number) for _ in range(n)))
+"""
+
+
+@pytest.mark.slow
+def test_a_queued_trial_goes_to_one_worker_only(tmp_path):
+    """SQLite ignores SELECT ... FOR UPDATE: workers asking at the same moment took the same queued
+    trial (a study's reference trial, with two workers started together). Four workers, released
+    together, ask for 40 queued trials: without the lock in tune_storage.ask this took the same trial
+    twice 23 times in 3 runs; each trial must go to exactly one worker."""
+    spec = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(storage=store.open_storage(spec, tmp_path), study_name="s")
+    for i in range(40):
+        study.enqueue_trial({"x": float(i)})
+    workers = [subprocess.Popen([sys.executable, "-c", _ASKER, spec, str(tmp_path), "10", "4", str(k)], cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in range(4)]
+    outs = [w.communicate(timeout=300) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0, 0, 0], [err[-2000:] for _, err in outs]
+    taken = sorted(int(n) for out, _ in outs for n in out.split())
+    assert taken == list(range(40)), f"each of the 40 queued trials must go to exactly one worker: {taken}"

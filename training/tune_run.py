@@ -82,7 +82,7 @@ def work(study: optuna.Study, ctx: Context) -> None:
             if o.trials and store.count(study, (*store.DONE, TrialState.RUNNING)) >= o.trials:
                 time.sleep(min(5.0, o.heartbeat))   # the remaining trials run in other workers
                 continue
-            trial = study.ask()
+            trial = store.ask(study, store.lock_target(o.storage, ctx.out))
             if store.is_surplus(study, trial.number, o.trials):
                 trial.set_user_attr("surplus", True)
                 study.tell(trial, state=TrialState.FAIL)   # nothing trained: another worker took the last slot

@@ -11,6 +11,8 @@
 - A trial left RUNNING by a dead worker (same host: its pid is gone; any host: no heartbeat for
   ``stale_after`` seconds) is marked FAIL and its parameters are queued again, so it is retried and
   not lost.
+- A trial is asked for under an OS lock beside a journal or SQLite file (:func:`ask`), so a queued
+  trial goes to one worker only.
 - SQLite lets one writer at a time in and answers "database is locked" to a connection that waited
   longer than its busy timeout (Python's default: 5 s); two workers on one SQLite file on a busy
   2-core machine have met that, so an SQLite study waits ``SQLITE_BUSY_TIMEOUT_S`` instead
@@ -126,6 +128,19 @@ def open_study(storage, lock: Path | None, name: str, objective: str, sampler, p
             study.set_user_attr(OBJECTIVE_ATTR, objective)
             study.enqueue_trial(reference, user_attrs={"reference": True})
     return study
+
+
+def ask(study: optuna.Study, target: Path | None) -> optuna.Trial:
+    """``study.ask()`` under an OS lock beside a local storage file (None: a database server).
+
+    ``ask`` takes a queued trial by reading it as WAITING and then marking it RUNNING. A database
+    server makes that one step (SELECT ... FOR UPDATE); SQLite ignores FOR UPDATE, so two workers
+    asking at the same moment both took the queued reference trial, and the slower one failed when it
+    wrote to the trial the other had finished. The lock makes the read and the write one step."""
+    if target is None:
+        return study.ask()
+    with locked(f"{target}.ask-lock"):
+        return study.ask()
 
 
 def count(study: optuna.Study, states, below: int | None = None) -> int:
