@@ -73,6 +73,7 @@ def test_weights_that_do_not_fit_say_how_many_keys(tmp_path):
         create_model(f"timm/{TIMM_NAME}", weights=tmp_path / "r.pt", preprocess=PP)
 
 
+@pytest.mark.slow
 def test_pretrained_preprocessing_is_used_unless_overridden_and_recorded(tmp_path, monkeypatch, synth_root):
     import timm
 

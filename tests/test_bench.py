@@ -30,6 +30,7 @@ def bench_cli(module: str, *argv: str) -> subprocess.CompletedProcess:
                           text=True, timeout=240)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", ["baseline", "common", "batch_job", "eval_scale"])
 def test_self_checks_pass(module):
     r = bench_cli(module, "--self-check")
@@ -71,6 +72,7 @@ def local_server():
     server.server_close()
 
 
+@pytest.mark.slow
 def test_loadgen_counts_answers_and_errors(local_server, tmp_path):
     # a request budget, not the clock, ends these runs, so a slow shared machine cannot change the counts
     image = tmp_path / "x.jpg"
@@ -152,6 +154,7 @@ def targets_of(text: str) -> str:
     return text.split("## Targets", 1)[1].split("## Machine", 1)[0]
 
 
+@pytest.mark.slow
 def test_report_verdicts_follow_the_targets(tmp_path):
     text = render(tmp_path, batch_job=_job(), rest=_rest_on_off(60.0, 30.0))
     targets = targets_of(text)
@@ -196,6 +199,7 @@ def _side_by_side(at32: dict, after=12.0, errors=0) -> dict:
     return rest
 
 
+@pytest.mark.slow
 def test_rest_side_by_side_targets_follow_the_ratios(tmp_path):
     at32 = {"batching_on": 130.0, "batching_off": 120.0, "gallery": 100.0, "noop": 300.0}
     section = render(tmp_path, rest=_side_by_side(at32)).split("## 4. REST side by side", 1)[1]
@@ -229,6 +233,7 @@ def _scale(full_rss: float) -> dict:
             "img_per_s_ratio": 590 / 600, "max_rss_ratio": full_rss / 280}
 
 
+@pytest.mark.slow
 def test_reduced_precision_and_scale_targets_follow_the_cpu_and_the_figures(tmp_path):
     """INT8 counts only where the CPU has VNNI, and only at >= 99 % agreement; bf16 is judged only with
     native bf16 and never meets when it does not ship; the 12,600-image run is linear with flat memory."""
@@ -261,6 +266,7 @@ def test_reduced_precision_and_scale_targets_follow_the_cpu_and_the_figures(tmp_
 
 
 # --- the command lines ------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("module", ["model_only", "batch_job", "rest", "report", "loadgen", "baseline", "eval_scale",
                                     "thread_budget", "int8_calibration", "bf16", "label_audit", "memory_soak",
                                     "train_ceiling", "train_baseline"])
@@ -276,6 +282,7 @@ def test_every_script_has_help(module):
     ("rest", ["--model", "missing.onnx"], "missing.onnx"),
     ("eval_scale", ["--model", "missing.onnx"], "missing.onnx"),
 ], ids=["size", "arch", "rest-model", "scale-model"])
+@pytest.mark.slow
 def test_bad_input_exits_2_in_one_line(module, argv, says, tmp_path):
     out = tmp_path / "x.json"
     r = bench_cli(module, *argv, "--no-report", "--out", str(out))

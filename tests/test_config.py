@@ -135,6 +135,7 @@ def torch_import_probe(run: str) -> str:
             "sys.meta_path.insert(0, Probe())\n" + run)
 
 
+@pytest.mark.slow
 def test_console_script_sets_omp_wait_policy_before_torch_is_imported():
     """Runs the installed ``mask-train`` script in a fresh interpreter and records the environment at
     the moment ``import torch`` starts."""
@@ -148,6 +149,7 @@ def test_console_script_sets_omp_wait_policy_before_torch_is_imported():
     assert proc.stdout.strip() == "None", f"import training must not change the environment: {proc.stdout}"
 
 
+@pytest.mark.slow
 def test_mask_export_entry_point_sets_omp_wait_policy_before_torch_is_imported():
     """The entry point pyproject names for ``mask-export`` (read from pyproject.toml, so a stale installed
     script cannot hide a change) sets the policy before ``import torch`` starts, as ``mask-train``'s does."""

@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from training.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.slow   # see pyproject's `slow` marker: make test-fast leaves it out
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -236,6 +236,7 @@ def _eval_paths(synth_root) -> set[str]:
     return {str(p.resolve()) for p in (synth_root / "eval" / "images").iterdir()}
 
 
+@pytest.mark.slow
 def test_pseudo_labels_train_but_never_validate_single_run(onnx_model, eval_probs, synth_root, tmp_path):
     out = tmp_path / "pseudo"
     rc = main(["--data-dir", str(synth_root / "train"), "--out", str(out), *TINY, "--teacher", str(onnx_model),
@@ -257,6 +258,7 @@ def test_pseudo_labels_train_but_never_validate_single_run(onnx_model, eval_prob
     assert src["distill"]["pseudo_taken"] == n_eval, f"export metadata must show the pseudo-label count: {src}"
 
 
+@pytest.mark.slow
 def test_pseudo_labels_never_validate_in_any_fold(eval_probs, synth_root, tmp_path):
     out = tmp_path / "kf"
     rc = main(["--data-dir", str(synth_root / "train"), "--out", str(out), *TINY, "--folds", "2",
@@ -316,6 +318,7 @@ def test_bad_teacher_files_are_one_line_errors(kfold_run, synth_root, tmp_path, 
     _fails([*base, "--teacher", str(tmp_path / "nope.csv")], capsys, "not found")
 
 
+@pytest.mark.slow
 def test_teacher_seeing_another_view_is_refused(onnx_model, synth_root, tmp_path, capsys):
     base = ["--data-dir", str(synth_root / "train"), *TINY, "--teacher", str(onnx_model)]
     # the tiny ONNX model was trained with the default aspect policy (crop) at 64x48

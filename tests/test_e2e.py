@@ -13,6 +13,10 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow   # see pyproject's `slow` marker: make test-fast leaves it out
+
 BIN = Path(sys.executable).parent
 SEED = os.environ.get("MASK_E2E_SEED", "3")   # the data seed; other values are for the numeric-path runs
 

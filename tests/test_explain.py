@@ -67,6 +67,7 @@ def test_multi_head_maps_explain_each_heads_logits(tmp_path, batch, members):
     np.testing.assert_allclose(got, want, atol=1e-4, err_msg="map mean + bias must be the head logit")
 
 
+@pytest.mark.slow
 def test_ensemble_map_is_the_mean_of_members_and_tta_unflips(tmp_path, batch, members):
     for i, m in enumerate(members):
         _export([m], tmp_path / f"m{i}.onnx")

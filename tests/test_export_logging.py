@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 LIBRARY_LINE = ("INFO onnxscript", "INFO onnx_ir", "INFO torch")
 
@@ -19,6 +21,7 @@ def _export(trained_run, out: Path, *flags: str) -> str:
     return done.stderr
 
 
+@pytest.mark.slow
 def test_library_logs_only_with_verbose(trained_run, tmp_path):
     quiet = _export(trained_run, tmp_path / "a.onnx")
     assert "INFO export.pipeline: exporting" in quiet, quiet[-2000:]

@@ -17,6 +17,7 @@ pytestmark = pytest.mark.gpu
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_gpu_check_passes_or_skips_with_reasons(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path),
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
@@ -38,6 +39,7 @@ def test_gpu_check_passes_or_skips_with_reasons(tmp_path):
         assert any(c["status"] == "pass" for c in checks.values()), f"a CUDA device, yet no check ran: {checks}"
 
 
+@pytest.mark.slow
 def test_gpu_check_needs_neither_bentoml_nor_pytest():
     """The lent GPU machine has neither: import everything the checks use with both blocked."""
     code = ("import sys\n"

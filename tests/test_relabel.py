@@ -105,6 +105,7 @@ def test_duplicate_missing_and_malformed_files(synth_root, layout, tmp_path, cap
     assert "corrections file not found" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_mask_train_relabel_reaches_labels_config_and_fingerprint(synth_root, layout, tmp_path, capsys):
     from training.checkpoint import load_checkpoint
     from training.cli import main as train_main

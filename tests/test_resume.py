@@ -54,6 +54,7 @@ def test_early_stopped_run_resumes_to_nothing(synth_root, tmp_path, fake_f1, cap
     assert "nothing to train" in caplog.text and "early-stopped" in caplog.text, caplog.text[-2000:]
 
 
+@pytest.mark.slow
 def test_finished_kfold_fold_resumes_to_nothing(synth_root, tmp_path, caplog):
     assert main(_args(synth_root, tmp_path, "--epochs", "1", "--folds", "2")) == 0
     before = [(tmp_path / f"fold{f}" / "last.pt").stat().st_mtime_ns for f in range(2)]
@@ -88,6 +89,7 @@ def _lrs(path):
     ("plateau", ["--patience", "0", "--gamma", "0.5"]),
     ("constant", []),
 ])
+@pytest.mark.slow
 def test_extending_a_run_continues_its_schedule(synth_root, tmp_path, sched, extra):
     lr = 3e-3
     # stopped mid-schedule (2 of 3 epochs), then extended to 5: the new tail starts where the old one was
@@ -110,6 +112,7 @@ def test_extending_a_run_continues_its_schedule(synth_root, tmp_path, sched, ext
         assert lr_end == pytest.approx(lr * 0.5 ** 5, rel=1e-6), f"step after 5 epochs: {lr_end:.6g}"
 
 
+@pytest.mark.slow
 def test_extending_a_finished_cosine_run_continues_at_its_floor(synth_root, tmp_path):
     assert main(_args(synth_root, tmp_path, "--epochs", "2")) == 0
     assert _resume(tmp_path / "last.pt", "--epochs", "3") == 0
@@ -117,6 +120,7 @@ def test_extending_a_finished_cosine_run_continues_at_its_floor(synth_root, tmp_
     assert starts[2] == pytest.approx(3e-5) and lr_end == pytest.approx(3e-5), f"no jump off the floor: {starts}"
 
 
+@pytest.mark.slow
 def test_extending_a_cosine_run_twice_and_resuming_in_between(synth_root, tmp_path):
     assert main(_args(synth_root, tmp_path, "--epochs", "2", "--warmup-epochs", "0")) == 0
     assert _resume(tmp_path / "last.pt", "--epochs", "4", "--stop-after", "1") == 0

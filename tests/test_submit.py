@@ -190,6 +190,7 @@ def test_ctrl_c_then_resume_with_torn_journal(eval_dir, predictor, tmp_path):
     assert not journal.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
 def test_resume_after_kill(sig, eval_dir, onnx_model, tmp_path):
     """A real mask-submit process killed midway (SIGKILL, or SIGINT as Ctrl-C), then --resume: identical file."""

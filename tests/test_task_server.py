@@ -19,6 +19,8 @@ from serving.tasks import TaskStore
 from test_serve_subprocess import _env, bentoml_serve_process
 from test_tasks import synthetic_job
 
+pytestmark = pytest.mark.slow   # see pyproject's `slow` marker: make test-fast leaves it out
+
 EVAL_PEOPLE = 220          # 7 images each: 1,540 images, a job of a few seconds
 MEMORY_BOUND = 1.10        # the worker's RSS after a job, as a multiple of before it
 

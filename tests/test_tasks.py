@@ -18,6 +18,8 @@ from maskdata.io import try_lock
 from serving import task_runner, tasks
 from test_service import submission_inputs
 
+pytestmark = pytest.mark.slow   # see pyproject's `slow` marker: make test-fast leaves it out
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -48,6 +48,7 @@ def test_scalars_confusion_and_hparams_match_metrics_csv(synth_root, tmp_path):
     assert (out / "reliability.png").is_file() and (out / "val_report.csv").is_file()
 
 
+@pytest.mark.slow
 def test_no_tensorboard_and_kfold_names_each_fold(synth_root, tmp_path):
     off = tmp_path / "off"
     assert train_main(["--data-dir", str(synth_root / "train"), "--out", str(off), "--model", "tiny_cnn",

@@ -17,6 +17,8 @@ from maskdata.preprocess import Preprocess
 from training.checkpoint import save_checkpoint
 from training.models import create_model
 
+pytestmark = pytest.mark.slow   # see pyproject's `slow` marker: make test-fast leaves it out
+
 PRE = Preprocess(64, 48)
 PEOPLE = ["000001_female_Asian_45", "000002_male_Asian_22", "000003_male_Asian_61", "000004_female_Asian_19"]
 

@@ -140,6 +140,7 @@ def test_trained_run_outputs(trained_run, synth_root):
     assert cfg["model"]["arch"] == "tiny_cnn" and cfg["data"]["height"] == 64, cfg
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_exactly(synth_root, tmp_path, monkeypatch, capsys):
     """2 epochs straight == 1 epoch, Ctrl-C during the 2nd, then --resume last.pt."""
     args = ["--data-dir", str(synth_root / "train"), *TINY, "--epochs", "2", "--seed", "1", "--augment", "strong"]
@@ -171,6 +172,7 @@ def test_interrupted_run_resumes_exactly(synth_root, tmp_path, monkeypatch, caps
             assert float(x[col]) == pytest.approx(float(y[col]), rel=1e-5, abs=1e-6), f"epoch {x['epoch']} {col}"
 
 
+@pytest.mark.slow
 def test_kfold_with_accumulation_and_mixed_loss(synth_root, tmp_path):
     out = tmp_path / "cv"
     rc = main(["--data-dir", str(synth_root / "train"), "--out", str(out), *TINY, "--epochs", "1", "--folds", "2",
