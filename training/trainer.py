@@ -219,6 +219,14 @@ def _nothing_left(progress: Progress, train_cfg) -> str:
     return ""
 
 
+def nothing_left(last: str | Path) -> str:
+    """Why the run whose ``last.pt`` this is has no epoch left to train ('' if it has one): what
+    ``--resume`` would say before training nothing."""
+    ck = load_checkpoint(last)
+    progress = Progress(start=int(ck["epoch"]), bad=int(ck.get("bad_epochs", 0)))
+    return _nothing_left(progress, RunConfig.from_dict(ck["config"]).train)
+
+
 def _train_epoch(epoch: int, parts: Parts, loaders: Loaders, cfg: RunConfig, env: Env) -> tuple[dict, dict, np.ndarray]:
     train_cfg = cfg.train
     # model-side randomness (dropout) is a function of (seed, epoch), so resume replays it exactly
@@ -375,4 +383,4 @@ def _calibrate(model, loaders: Loaders, out_dir: Path, env: Env, progress: Progr
     tb.scalars({f"calibration/{k}": v for k, v in (ece | {"temperature": cal["temperature"]}).items()}, best["epoch"])
 
 
-__all__ = ["Env", "FitResult", "fit", "unwrap"]
+__all__ = ["Env", "FitResult", "fit", "nothing_left", "unwrap"]
