@@ -372,6 +372,12 @@ def rest_section(rest: dict | None, model_only: dict | None = None) -> str:
 
 # ----------------------------------------------------------------------------- entry point
 
+def _first_run_section(result: dict | None) -> str:
+    from bench import first_run   # the first-run part renders its own section
+
+    return first_run.section(result)
+
+
 def _ray_section(result: dict | None) -> str:
     from bench import ray_job   # the Ray part renders its own section
 
@@ -394,6 +400,7 @@ def render(results: dict[str, dict], docs_dir: Path) -> str:
              "synthetic images and the briefly trained checkpoints live in `data/bench/` (not in git; "
              "`bench.batch_job` makes them when missing).", "",
              targets_section(results), machine_section(results), commands_section(results),
+             _first_run_section(results.get("first_run")),
              model_only_section(results.get("model_only")), batch_section(results.get("batch_job")),
              rest_section(results.get("rest"), results.get("model_only")),
              budget_report.thread_budget_section(results.get("thread_budget")),
