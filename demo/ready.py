@@ -19,6 +19,14 @@ def sample_image(workdir: Path) -> Path | None:
     return images[0] if images else None
 
 
+def _shown(path: Path) -> Path:
+    """``path`` relative to the working directory when it lies below it (what to paste from there)."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path.resolve()
+
+
 def banner(url: str, image: str) -> str:
     """What `make serve` prints once the server is ready."""
     return (f"\nmask-classifier is ready at {url}  (Ctrl-C stops it)\n"
@@ -54,5 +62,5 @@ def wait_ready(url: str, workdir: Path, server_pid: int | None = None, timeout: 
         print(f"error: {url}/readyz not ready after {timeout:.0f}s", file=sys.stderr)
         return 1
     sample = sample_image(workdir)
-    print(banner(url, str(sample.resolve()) if sample else "photo.jpg"), flush=True)
+    print(banner(url, str(_shown(sample)) if sample else "photo.jpg"), flush=True)
     return 0

@@ -9,17 +9,20 @@ from pydantic import BaseModel, ConfigDict, Field
 from maskdata import labels
 from serving.settings import Settings
 
+# the demo model's answer for the image `make serve` suggests (the README and docs/serving.md show it too;
+# tests/test_readme.py holds the three equal)
 _EXAMPLE_PREDICTION = {
-    "class": 4,
-    "label": "wear/female/30-59",
+    "class": 3,
+    "label": "wear/female/<30",
     "mask": "wear",
     "gender": "female",
-    "age": "30-59",
-    "confidence": 0.912345,
+    "age": "<30",
+    "confidence": 0.999701,
+    "uncertain": False,
     "probabilities": {
-        "mask": {"wear": 0.97, "incorrect": 0.02, "not_wear": 0.01},
-        "gender": {"male": 0.05, "female": 0.95},
-        "age": {"<30": 0.03, "30-59": 0.93, ">=60": 0.04},
+        "mask": {"wear": 0.999998, "incorrect": 1e-06, "not_wear": 0.0},
+        "gender": {"male": 0.000297, "female": 0.999703},
+        "age": {"<30": 1.0, "30-59": 0.0, ">=60": 0.0},
     },
 }
 

@@ -183,4 +183,5 @@ def test_every_printed_url_answers_200(server, synth_root, tmp_path, capsys):
     assert {"", "/", "/docs.json", "/predict", "/predict_batch", "/model", "/submission/submit",
             "/submission/status", "/submission/get"} <= paths, sorted(paths)
     assert sum(w == "make serve banner" for w, _, _ in checked) >= 4, f"banner URLs not read:\n{banner}"
-    assert sum(w == "README.md" for w, _, _ in checked) >= 5, [c for c in checked if c[0] == "README.md"]
+    # the curl line, the page, the API docs and the schema
+    assert sum(w == "README.md" for w, _, _ in checked) >= 4, [c for c in checked if c[0] == "README.md"]
