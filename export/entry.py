@@ -11,8 +11,8 @@ from training.entry import prepare_process
 
 
 def main(argv: list[str] | None = None) -> int:
-    exit_unless_installed("train", "mask-export")
     prepare_process()
+    exit_unless_installed("train", "mask-export")
     from export.cli import main as cli_main
 
     return cli_main(argv)

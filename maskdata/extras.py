@@ -15,9 +15,10 @@ import importlib.util
 import sys
 
 # extra -> the modules it brings that the project imports (import names, not distribution names)
+_TRAIN = ("torch", "torchvision", "timm", "onnx", "onnxscript", "tensorboard", "matplotlib", "yaml")
 EXTRAS: dict[str, tuple[str, ...]] = {
-    "train": ("torch", "torchvision", "timm", "onnx", "onnxscript", "tensorboard", "matplotlib", "yaml"),
-    "tune": ("torch", "torchvision", "timm", "onnx", "yaml", "optuna"),
+    "train": _TRAIN,
+    "tune": (*_TRAIN, "optuna"),    # a study trains runs and plots them
     "audit": ("cleanlab",),
     "ray": ("ray",),
     "s3": ("pyarrow",),

@@ -24,16 +24,16 @@ def prepare_process() -> None:
 
 
 def train(argv: list[str] | None = None) -> int:
+    prepare_process()   # before anything looks torch up, the extras check included
     exit_unless_installed("train", "mask-train")
-    prepare_process()
     from training.cli import main
 
     return main(argv)
 
 
 def tune(argv: list[str] | None = None) -> int:
-    exit_unless_installed("tune", "mask-tune")
     prepare_process()
+    exit_unless_installed("tune", "mask-tune")
     from training.tune import main
 
     return main(argv)
