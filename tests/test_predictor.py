@@ -232,3 +232,29 @@ def test_retired_and_new_batching_settings():
         Settings.from_env({"MASK_MAX_LATENCY_MS": "1000"})
     with pytest.raises(ValueError, match="MASK_MAX_QUEUE=4 must be at least MASK_MAX_BATCH_SIZE=8"):
         Settings.from_env({"MASK_MAX_QUEUE": "4", "MASK_MAX_BATCH_SIZE": "8"})
+
+
+def test_model_info_never_shows_an_absolute_build_path(onnx_model, tmp_path):
+    """Artifacts exported before sources were recorded portably carry the build machine's absolute
+    checkpoint path; GET /model shows its folder and name instead."""
+    import onnx
+
+    model = onnx.load(str(onnx_model))
+    for prop in model.metadata_props:
+        if prop.key == "mask.sources":
+            sources = json.loads(prop.value)
+            sources[0]["path"] = "/home/builder/work/runs/r1/best.pt"
+            prop.value = json.dumps(sources, sort_keys=True)
+    old = tmp_path / "old.onnx"
+    onnx.save(model, str(old))
+    info = Predictor(str(old), settings=Settings()).info()
+    assert [s["path"] for s in info["sources"]] == ["r1/best.pt"], info["sources"]
+    assert info["model_file"] == info["source"] == "old.onnx", info
+
+
+def test_the_shipped_demo_model_records_no_absolute_path():
+    from maskdata.artifact import read_metadata
+
+    repo = Path(__file__).resolve().parents[1]
+    paths = [s["path"] for s in read_metadata(repo / "demo" / "model.onnx").sources]
+    assert paths and not any(Path(p).is_absolute() for p in paths), paths
