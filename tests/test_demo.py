@@ -53,3 +53,25 @@ def test_a_model_below_the_bar_is_refused_before_it_is_stored(onnx_model, tmp_pa
     assert stored_model() == before, "a refused model must not reach the store"
     with pytest.raises(FileNotFoundError, match="make demo-model"):
         install(DemoConfig(workdir=tmp_path, model_file=tmp_path / "missing.onnx"))
+
+
+@pytest.mark.slow
+def test_storing_a_model_under_the_demo_s_name_says_so_and_the_demo_comes_back(onnx_model, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MASK_", "BENTOML_"))}
+    env.update(BENTOML_HOME=str(tmp_path / "bentoml"), BENTOML_DO_NOT_TRACK="true")
+
+    def run(*args):
+        done = subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        return done.stdout
+
+    demo = ("demo", "--workdir", str(tmp_path / "demo"))
+    assert "(the demo model model.onnx); serving it" in run(*demo) + run(*demo)
+    stored = run("export", "--import-onnx", str(onnx_model), "--bento-tag", "mask-classifier")
+    assert "`make serve` and `bentoml serve` serve it (not the demo model)" in stored, stored
+    assert "`python -m demo --force` stores the demo model again" in stored, stored
+    mine = run(*demo)
+    assert "which is not the demo model" in mine and "`python -m demo --force`" in mine, mine
+    run(*demo, "--force")
+    assert "(the demo model model.onnx); serving it" in run(*demo)
