@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from maskdata import labels
-from maskdata.artifact import INPUT_NAME, OUTPUT_NAMES, ModelMetadata, portable_path
+from maskdata.artifact import INPUT_NAME, OUTPUT_NAMES, ModelMetadata, portable_path, portable_paths
 from maskdata.io import atomic_path
 from maskdata.preprocess import Preprocess
 
@@ -132,7 +132,7 @@ def build_metadata(ckpts: list[dict], paths: list[str | os.PathLike], tta: tuple
     # a distilled / pseudo-labelled member shows its teacher and how many pseudo-labelled images it took
     sources = [{"path": portable_path(p), "metrics": dict(c.get("metrics") or {}),
                 "fingerprint": str(c.get("data_fingerprint", "")), "epoch": int(c.get("epoch", 0)),
-                **({"distill": dict(c["distill"])} if c.get("distill") else {})}
+                **({"distill": portable_paths(dict(c["distill"]))} if c.get("distill") else {})}
                for c, p in zip(ckpts, paths)]
     return ModelMetadata(
         preprocess=Preprocess.from_dict(first["preprocess"]), arch=first["arch"], head=first["head"],

@@ -6,6 +6,7 @@ Stored in the ONNX file's ``metadata_props`` as one JSON value per ``mask.<field
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -93,6 +94,19 @@ def portable_path(path: str | Path) -> str:
         return p.relative_to(Path.cwd().resolve()).as_posix()
     except ValueError:
         return Path(*p.parts[-2:]).as_posix()
+
+
+def portable_paths(value):
+    """``value`` (JSON-shaped: dicts, lists, strings) with every absolute path string made
+    :func:`portable_path`: what an artifact's sources may record (the checkpoint, a distillation
+    teacher, a pseudo-label file) and what ``GET /model`` may show."""
+    if isinstance(value, str):
+        return portable_path(value) if os.path.isabs(value) else value
+    if isinstance(value, dict):
+        return {k: portable_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable_paths(v) for v in value]
+    return value
 
 
 def read_metadata(path: str | Path) -> ModelMetadata:

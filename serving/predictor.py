@@ -31,7 +31,7 @@ from PIL import Image
 
 from maskdata import labels
 from maskdata.extras import install_hint
-from maskdata.artifact import MODEL_FILE, STORE_NAME, ModelMetadata, portable_path, variant_path
+from maskdata.artifact import MODEL_FILE, STORE_NAME, ModelMetadata, portable_paths, variant_path
 from maskdata.preprocess import ImageError, ImageTooLarge, Preprocess  # noqa: F401  (errors re-exported for callers)
 from serving.settings import Settings, get_settings
 
@@ -341,9 +341,8 @@ class Predictor:
             "labels": m.labels,
             "age_bins": list(m.age_bins),
             "metrics": m.metrics,
-            # artifacts exported before paths were recorded portably carry the build machine's absolute path
-            "sources": [{**s, "path": portable_path(s["path"])} if os.path.isabs(s.get("path", "")) else s
-                        for s in m.sources],
+            # artifacts exported before paths were recorded portably carry the build machine's absolute paths
+            "sources": portable_paths(m.sources),
             "tta": list(m.tta),
             "calibration": m.calibration,
             "uncertain_below": self.uncertain_below,

@@ -256,6 +256,10 @@ def test_pseudo_labels_train_but_never_validate_single_run(onnx_model, eval_prob
     assert export(["--checkpoint", str(out / "best.pt"), "--out", str(tmp_path / "m.onnx"), "--no-explain", "-q"]) == 0
     src = read_metadata(tmp_path / "m.onnx").sources[0]
     assert src["distill"]["pseudo_taken"] == n_eval, f"export metadata must show the pseudo-label count: {src}"
+    recorded = [v for v in ck["distill"].values() if isinstance(v, str) and os.path.isabs(v)]
+    assert recorded, f"the checkpoint records its pseudo-label file by absolute path: {ck['distill']}"
+    shown = [v for v in src["distill"].values() if isinstance(v, str) and os.path.isabs(v)]
+    assert shown == [], f"the exported artifact records machine paths: {src['distill']}"
 
 
 @pytest.mark.slow

@@ -244,11 +244,13 @@ def test_model_info_never_shows_an_absolute_build_path(onnx_model, tmp_path):
         if prop.key == "mask.sources":
             sources = json.loads(prop.value)
             sources[0]["path"] = "/home/builder/work/runs/r1/best.pt"
+            sources[0]["distill"] = {"teacher": "/home/builder/work/ens.onnx", "distill_weight": 0.7}
             prop.value = json.dumps(sources, sort_keys=True)
     old = tmp_path / "old.onnx"
     onnx.save(model, str(old))
     info = Predictor(str(old), settings=Settings()).info()
     assert [s["path"] for s in info["sources"]] == ["r1/best.pt"], info["sources"]
+    assert info["sources"][0]["distill"] == {"teacher": "work/ens.onnx", "distill_weight": 0.7}, info["sources"]
     assert info["model_file"] == info["source"] == "old.onnx", info
 
 
