@@ -25,17 +25,17 @@ EXTRAS: dict[str, tuple[str, ...]] = {
 }
 
 
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported here (found, not imported: this is cheap)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):   # a broken or half-removed install counts as missing
+        return False
+
+
 def missing(extra: str) -> list[str]:
-    """The modules of ``extra`` that cannot be imported here (found, not imported: this is cheap)."""
-    gone = []
-    for name in EXTRAS[extra]:
-        try:
-            found = importlib.util.find_spec(name) is not None
-        except (ImportError, ValueError):   # a broken or half-removed install counts as missing
-            found = False
-        if not found:
-            gone.append(name)
-    return gone
+    """The modules of ``extra`` that cannot be imported here."""
+    return [name for name in EXTRAS[extra] if not installed(name)]
 
 
 def install_hint(extra: str, what: str, gone: list[str] | None = None) -> str:

@@ -13,14 +13,13 @@ The model is a BentoML store tag (default ``mask-classifier:latest``), an ``.onn
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import sys
 from pathlib import Path
 
 from maskdata import labels
-from maskdata.extras import install_hint
+from maskdata.extras import install_hint, installed
 from maskdata.io import read_csv
 from serving.shards import Shard, merge_parts
 from serving.settings import DEFAULT_MODEL, JOB_DEFAULTS, MAX_NICE, PRECISIONS, Settings, check_nice
@@ -183,7 +182,7 @@ def _score(args: argparse.Namespace, result) -> int:
 
     if args.labels:
         # the confusion PNG needs matplotlib (the 'train' extra); the score itself does not
-        drawn = importlib.util.find_spec("matplotlib") is not None
+        drawn = installed("matplotlib")
         png = Path(args.out).with_suffix(".confusion.png")
         s = score(result.image_ids, result.ans, args.labels, png if drawn else None)
         where = f"confusion matrix {png}" if drawn else "no confusion PNG (" + install_hint(
