@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 SERVE_STAMP := $(VENV)/.installed-serve
 DEV_STAMP   := $(VENV)/.installed-dev
 
-.PHONY: venv test test-fast serve demo-model bench gpu-check clean docs-ui
+.PHONY: venv test test-fast serve demo-model bench gpu-check clean docs-ui lock
 
 $(SERVE_STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -65,6 +65,15 @@ bench: $(DEV_STAMP) $(BENCH_RUN)/best.pt
 # registry, no bentoml and no pytest. Checks skip with their reason where CUDA is absent.
 gpu-check:
 	python3 -m bench.gpu_check
+
+# serving/requirements.txt -> serving/requirements.lock.txt: every package the image and the bento
+# install, pinned with its hashes, for every Python >= 3.11 and platform at once (uv's universal
+# resolution; the CUDA base's Python 3.12 and Debian's 3.11 read the same file). Needs the package
+# index; uv trusts the system's CA store here (--native-tls), as pip does.
+lock: $(DEV_STAMP)
+	$(BIN)/uv pip compile --quiet --universal --generate-hashes --python-version 3.11 --native-tls \
+	    --index-url https://pypi.org/simple --custom-compile-command "make lock" \
+	    -o serving/requirements.lock.txt serving/requirements.txt
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
