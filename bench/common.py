@@ -253,7 +253,7 @@ def load_results(results_dir: Path = RESULTS_DIR) -> dict[str, dict]:
     """``{"model_only": {...}, "batch_job": {...}, "rest": {...}}`` for whichever files exist."""
     out = {}
     for name in ("model_only", "batch_job", "rest", "ray_job", "thread_budget", "int8_calibration", "bf16",
-                 "eval_scale", "memory_soak", "train_bare", "train_ceiling", "train_baseline", "first_run"):
+                 "eval_scale", "memory_soak", "train_bare", "train_ceiling", "train_baseline", "first_run", "image"):
         p = results_dir / f"{name}.json"
         if p.is_file():
             out[name] = json.loads(p.read_text())

@@ -384,6 +384,12 @@ def _ray_section(result: dict | None) -> str:
     return ray_job.section(result)
 
 
+def _image_section(result: dict | None) -> str:
+    from bench import image   # the image part renders its own section
+
+    return image.section(result)
+
+
 def render(results: dict[str, dict], docs_dir: Path) -> str:
     if "model_only" in results:
         plot_throughput(results["model_only"], docs_dir / "bench_throughput.png")
@@ -400,7 +406,7 @@ def render(results: dict[str, dict], docs_dir: Path) -> str:
              "synthetic images and the briefly trained checkpoints live in `data/bench/` (not in git; "
              "`bench.batch_job` makes them when missing).", "",
              targets_section(results), machine_section(results), commands_section(results),
-             _first_run_section(results.get("first_run")),
+             _first_run_section(results.get("first_run")), _image_section(results.get("image")),
              model_only_section(results.get("model_only")), batch_section(results.get("batch_job")),
              rest_section(results.get("rest"), results.get("model_only")),
              budget_report.thread_budget_section(results.get("thread_budget")),
