@@ -16,6 +16,23 @@
 # onnxruntime-gpu 1.31 (pinned in the lock) is built for CUDA 13 + cuDNN 9: the base below must stay on
 # CUDA 13 (tests/test_image_config.py holds the two in step). PYTHON_VERSION is the base's Python.
 ARG CUDA_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
+
+# MODEL: an exported .onnx anywhere in the build context, picked in a throwaway stage that leaves only
+# /out/model.onnx (or an empty /out without MODEL). The context is copied, not bind-mounted: COPY's
+# cache key is the content it copies, so a retrained model at the same path is never served stale
+# from a cached layer (a bind mount's contents are not part of the key).
+FROM ${CUDA_IMAGE} AS model
+ARG MODEL=""
+COPY . /context/
+RUN set -eu; mkdir /out; \
+    if [ -n "$MODEL" ]; then \
+      case "$MODEL" in /*|*..*) echo "MODEL=$MODEL must be a path inside the build context" >&2; exit 1;; esac; \
+      if [ ! -f "/context/$MODEL" ]; then \
+        echo "MODEL=$MODEL is not a file in the build context (is it listed in .dockerignore?)" >&2; exit 1; \
+      fi; \
+      install -m 0644 "/context/$MODEL" /out/model.onnx; \
+    fi
+
 FROM ${CUDA_IMAGE}
 ARG PYTHON_VERSION=3.12
 ARG DEBIAN_FRONTEND=noninteractive
@@ -46,16 +63,8 @@ COPY maskdata/ maskdata/
 COPY serving/ serving/
 COPY bentofile.yaml ./
 
-# MODEL: an exported .onnx anywhere in the build context (the context is bind-mounted for this one
-# step, so an empty MODEL copies nothing).
-ARG MODEL=""
-RUN --mount=type=bind,target=/run/mask-context \
-    if [ -n "$MODEL" ]; then \
-      if [ ! -f "/run/mask-context/$MODEL" ]; then \
-        echo "MODEL=$MODEL is not a file in the build context (is it listed in .dockerignore?)" >&2; exit 1; \
-      fi; \
-      install -D -m 0644 "/run/mask-context/$MODEL" /opt/model/model.onnx; \
-    fi
+# Last, so a new model rebuilds only this layer.
+COPY --from=model /out/ /opt/model/
 
 USER app
 ENV PATH=/opt/venv/bin:$PATH \

@@ -165,11 +165,21 @@ def test_build_secrets_and_build_files_are_in_no_layer(image, secrets, tmp_path)
             tail = chunk[-len(token):]
     archive.unlink()
     assert not found, "a build secret (the CA bundle or the pip config handed to the build) is in a layer"
-    left = c.in_image(image, "find /tmp /root/.cache /run/mask-build /run/mask-context -mindepth 1 2>/dev/null; "
+    left = c.in_image(image, "find /tmp /root/.cache /run/mask-build /context /out -mindepth 1 2>/dev/null; "
                              "ls /opt/model", user="0")
     assert left.split() == ["model.onnx"], f"build leftovers in the image: {left}"
     env = dict(kv.split("=", 1) for kv in c.image_inspect(image)["Config"]["Env"])
     assert not {"DEBIAN_FRONTEND", "PIP_CERT", "PIP_CONFIG_FILE", "PYTHON_VERSION", "MODEL"} & env.keys(), env
+
+
+def restamp(source: Path, dest: Path, exported_at: str) -> None:
+    """``source`` written to ``dest`` with its self-description's export time set to ``exported_at``."""
+    import onnx
+
+    proto = onnx.load(str(source))
+    stamp = next(p for p in proto.metadata_props if p.key == "mask.exported_at")
+    stamp.value = json.dumps(exported_at)
+    onnx.save(proto, str(dest))
 
 
 def test_a_custom_model_bakes_in_the_same_way_and_a_missing_one_is_one_line(base, onnx_model, tmp_path):
@@ -180,13 +190,16 @@ def test_a_custom_model_bakes_in_the_same_way_and_a_missing_one_is_one_line(base
     (context / "models").mkdir()
     shutil.copy(onnx_model, context / "models" / "mine.onnx")
     tag = "localhost/mask-classifier-custom:test"
-    build(tag, context, "MODEL=models/mine.onnx")
-    with c.Container(tag) as box:
-        box.wait_healthy()
-        served = httpx.get(f"{box.url}/model", timeout=30).json()
     from serving.predictor import Predictor
 
-    assert served["exported_at"] == Predictor(onnx_model).info()["exported_at"], served
+    # built twice from the same path: the second build must bake in the new file, not a cached layer
+    for exported_at in (Predictor(onnx_model).info()["exported_at"], "2001-02-03T04:05:06+00:00"):
+        restamp(onnx_model, context / "models" / "mine.onnx", exported_at)
+        build(tag, context, "MODEL=models/mine.onnx")
+        with c.Container(tag) as box:
+            box.wait_healthy()
+            served = httpx.get(f"{box.url}/model", timeout=30).json()
+        assert served["exported_at"] == exported_at, f"the image serves another model than models/mine.onnx: {served}"
     with pytest.raises(AssertionError) as failed:
         build("localhost/mask-classifier-nomodel:test", context, "MODEL=models/absent.onnx")
     assert "MODEL=models/absent.onnx is not a file in the build context" in str(failed.value)
