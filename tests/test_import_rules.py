@@ -101,10 +101,13 @@ def test_the_probe_sees_torch_where_it_is(tmp_path):
 
 # --- what the image and the bento carry ------------------------------------------------------------
 def dockerfile_files() -> set[str]:
-    """Repository files the Dockerfile COPYs into the image, less what .dockerignore drops."""
+    """Repository files the Dockerfile COPYs into the image (its last stage: earlier stages reach it only
+    through ``COPY --from``), less what .dockerignore drops."""
     ignore = pathspec.PathSpec.from_lines("gitwildmatch", (REPO / ".dockerignore").read_text().splitlines())
     files: set[str] = set()
-    for line in (REPO / "Dockerfile").read_text().splitlines():
+    lines = (REPO / "Dockerfile").read_text().splitlines()
+    last_from = max(i for i, line in enumerate(lines) if re.match(r"\s*FROM\s", line))
+    for line in lines[last_from:]:
         m = re.match(r"\s*COPY\s+(?!--from)(.+)", line)
         if not m:
             continue
