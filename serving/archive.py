@@ -47,6 +47,9 @@ class ArchiveTooLarge(ArchiveError):
     """An archive over one of its :class:`ArchiveLimits`."""
 
 
+NOT_AN_ARCHIVE = "the images upload is neither a zip nor a tar archive (.zip, .tar, .tar.gz, .tgz, .tar.bz2, .tar.xz)"
+
+
 @dataclass(frozen=True)
 class ArchiveLimits:
     """What one extraction may read; callers pass ``Settings.archive_limits`` (the one source of the
@@ -106,32 +109,42 @@ def _target(dest: Path, image_id: str) -> Path:
     return path
 
 
-def _extract_zip(path: Path, wanted: set[str], dest: Path, limits: ArchiveLimits) -> dict[str, Path]:
+def _zip_plan(zf: zipfile.ZipFile, wanted: set[str], limits: ArchiveLimits) -> dict[str, zipfile.ZipInfo]:
+    """{ImageID: member} of the wanted images in the zip, every member's name and kind checked and
+    the declared sizes held to the limits: all a zip's refusals that need no decompression."""
+    infos = zf.infolist()
+    if len(infos) > limits.max_members:
+        raise ArchiveTooLarge(f"archive has {len(infos)} members, over the limit of {limits.max_members}")
+    files: dict[str, zipfile.ZipInfo] = {}
+    for info in infos:
+        name = member_name(info.filename)
+        mode = info.external_attr >> 16
+        if stat.S_ISLNK(mode):
+            raise ArchiveError(f"archive member {info.filename!r} is a symlink; links are not accepted")
+        if info.is_dir() or not name:
+            continue
+        if info.flag_bits & 0x1:
+            raise ArchiveError(f"archive member {info.filename!r} is encrypted")
+        files[name] = info
+    prefix = _choose_prefix(files, wanted)
+    chosen = {w: files[prefix + w] for w in wanted if prefix + w in files}
+    declared = sum(i.file_size for i in chosen.values())
+    if declared > limits.max_total_bytes:
+        raise ArchiveTooLarge(f"the archive's images add up to {declared} uncompressed bytes, over the limit of "
+                              f"{limits.max_total_bytes}")
+    return chosen
+
+
+def _open_zip(source: Path | IO[bytes]) -> zipfile.ZipFile:
     try:
-        zf = zipfile.ZipFile(path)
+        return zipfile.ZipFile(source)
     except (zipfile.BadZipFile, OSError) as e:
         raise ArchiveError(f"not a readable zip archive: {e}") from None
-    with zf:
-        infos = zf.infolist()
-        if len(infos) > limits.max_members:
-            raise ArchiveTooLarge(f"archive has {len(infos)} members, over the limit of {limits.max_members}")
-        files: dict[str, zipfile.ZipInfo] = {}
-        for info in infos:
-            name = member_name(info.filename)
-            mode = info.external_attr >> 16
-            if stat.S_ISLNK(mode):
-                raise ArchiveError(f"archive member {info.filename!r} is a symlink; links are not accepted")
-            if info.is_dir() or not name:
-                continue
-            if info.flag_bits & 0x1:
-                raise ArchiveError(f"archive member {info.filename!r} is encrypted")
-            files[name] = info
-        prefix = _choose_prefix(files, wanted)
-        chosen = {w: files[prefix + w] for w in wanted if prefix + w in files}
-        declared = sum(i.file_size for i in chosen.values())
-        if declared > limits.max_total_bytes:
-            raise ArchiveTooLarge(f"the archive's images add up to {declared} uncompressed bytes, over the limit of "
-                             f"{limits.max_total_bytes}")
+
+
+def _extract_zip(path: Path, wanted: set[str], dest: Path, limits: ArchiveLimits) -> dict[str, Path]:
+    with _open_zip(path) as zf:
+        chosen = _zip_plan(zf, wanted, limits)
         budget = [limits.max_total_bytes]
         out: dict[str, Path] = {}
         for image_id, info in chosen.items():
@@ -230,7 +243,30 @@ def extract_images(archive: str | Path, wanted: Iterable[str], dest: str | Path,
         # a truncated or damaged compressed stream surfaces as any of these, mid-way through reading
         raise ArchiveError(f"corrupt archive: {e}") from None
     if found is None:
-        raise ArchiveError("the images upload is neither a zip nor a tar archive (.zip, .tar, .tar.gz, .tgz, .tar.bz2, "
-                         ".tar.xz)")
+        raise ArchiveError(NOT_AN_ARCHIVE)
     log.info("extracted %d of %d images from %s", len(found), len(wanted_set), archive.name)
     return {raw: found[name] for raw, name in normalised.items() if name in found}
+
+
+def check_archive(source: IO[bytes], wanted: Iterable[str], limits: ArchiveLimits) -> set[str] | None:
+    """What can be refused without extracting, for a request to answer before it queues a job: not
+    a zip or tar, and for a zip every member check and limit :func:`extract_images` applies before
+    it reads a byte. Returns the ``wanted`` ImageIDs the zip holds (None for a tar, whose members
+    are only known by reading its whole stream). ``source`` is a seekable file, left at its start.
+    """
+    wanted = list(wanted)
+    normalised = {w: member_name(w) for w in wanted}
+    try:
+        if zipfile.is_zipfile(source):
+            source.seek(0)
+            with _open_zip(source) as zf:
+                chosen = _zip_plan(zf, set(normalised.values()), limits)
+            return {raw for raw, name in normalised.items() if name in chosen}
+        source.seek(0)
+        try:
+            tarfile.open(fileobj=source, mode="r:*").close()
+        except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError):
+            raise ArchiveError(NOT_AN_ARCHIVE) from None
+        return None
+    finally:
+        source.seek(0)

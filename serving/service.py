@@ -51,6 +51,7 @@ from serving.guard import MULTIPART_FIELDS, RequestGuard, body_limits
 from serving.predictor import Predictor
 from serving.schemas import ModelInfo, Prediction
 from serving.settings import Settings, get_settings
+from serving.task_queue import TaskQueue
 from serving.tasks import TaskStore
 
 log = logging.getLogger(__name__)
@@ -137,19 +138,19 @@ class MaskClassifier:
         # Predictor warms up before __init__ returns, so /readyz only turns 200 after a real inference.
         self.predictor = Predictor(source, settings=self.settings)
         self.predictor.source = name
-        self.tasks = task_routes.TaskQueue(TaskStore(self.settings.tasks_dir or None, self.settings.task_retention_s),
+        self.tasks = TaskQueue(TaskStore(self.settings.tasks_dir or None, self.settings.task_retention_s),
                                            source, self.settings)
         log.info("serving %s on %s", self.predictor.source, self.predictor.provider)
 
     @bentoml.on_startup
-    def _adopt_tasks(self) -> None:
+    def _look_after_tasks(self) -> None:
         """Runs in this worker's event loop once it has started: /submission tasks a dead worker left
-        unfinished resume now, not when somebody next asks after them (serving.task_routes)."""
-        self.tasks.start_adopting()
+        unfinished resume now, not when somebody next asks after them (serving.task_queue)."""
+        self.tasks.start()
 
     @bentoml.on_shutdown
-    def _stop_adopting(self) -> None:
-        self.tasks.stop_adopting()
+    def _stop_looking_after_tasks(self) -> None:
+        self.tasks.stop()
 
     # --- model calls ------------------------------------------------------------------------
     @bentoml.api(route="/infer")
@@ -301,7 +302,10 @@ class MaskClassifier:
             return error_response(413, f"info: CSV over the limit of {self.settings.max_upload_bytes} bytes")
         if archive.stat().st_size > self.settings.max_archive_bytes:
             return error_response(413, f"archive: over the limit of {self.settings.max_archive_bytes} bytes")
-        task_id = await self.tasks.submit_paths(info, archive)
+        try:
+            task_id = await self.tasks.submit_paths(info, archive)
+        except ValueError as e:   # the CSV or the archive, refused before a job is queued
+            return error_response(status_of(e), str(e))
         await self.tasks.wait(task_id)
         return task_routes.result_response(self.tasks.store, task_id)
 
@@ -320,7 +324,7 @@ def served_model_info() -> dict | None:
     return None if service is None else service.model_info().model_dump(mode="json")
 
 
-def served_tasks() -> task_routes.TaskQueue | None:
+def served_tasks() -> TaskQueue | None:
     service = _served()
     return None if service is None else service.tasks
 

@@ -39,6 +39,7 @@ default). The table below is checked against the fields by tests/test_settings.p
 | ``MASK_TASKS_DIR`` | – (a temp folder) | where ``/submission`` tasks keep their uploads, status and results (default ``<temp dir>/mask-classifier-tasks-<uid>``); every worker of a service must see the same folder (serving/tasks.py) |
 | ``MASK_TASK_RETENTION_S`` | ``86400`` | seconds a finished ``/submission`` task (its result, or a failed one's inputs) is kept |
 | ``MASK_TASK_JOBS`` | ``1`` | ``/submission`` job processes one worker runs at once (more tasks wait their turn) |
+| ``MASK_TASK_ATTEMPTS`` | ``3`` | job processes one ``/submission`` task may start; one more interruption (a restart, a stopped worker) fails it with the reason |
 | ``MASK_ASPECT`` | – (as recorded) | ``stretch``, ``crop`` or ``pad``: override the model's recorded aspect policy (docs/serving.md) |
 """
 from __future__ import annotations
@@ -126,6 +127,7 @@ class Settings(BaseSettings):
     tasks_dir: str = ""   # empty: serving.tasks.default_root()
     task_retention_s: int = Field(86_400, ge=1)
     task_jobs: int = Field(1, ge=1)
+    task_attempts: int = Field(3, ge=1)
 
     @field_validator("model", "checkpoint", "trt_cache", "api_key", "tasks_dir", mode="before")
     @classmethod
@@ -157,7 +159,7 @@ class Settings(BaseSettings):
 
     @field_validator("threads", "decode_nice", "max_upload_bytes", "max_pixels", "max_archive_bytes",
                      "max_archive_total_bytes", "max_archive_members", "max_files", "max_infer_bytes", "max_body_bytes", "max_batch_size",
-                     "batch_wait_ms", "max_queue", "workers", "task_retention_s", "task_jobs", mode="before")
+                     "batch_wait_ms", "max_queue", "workers", "task_retention_s", "task_jobs", "task_attempts", mode="before")
     @classmethod
     def _int(cls, value, info: ValidationInfo):
         name = env_name(info.field_name)

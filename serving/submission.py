@@ -20,12 +20,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import IO, Callable
 
 from tqdm import tqdm
 
 from serving import objectstore
-from serving.archive import ArchiveLimits, extract_images
+from serving.archive import ArchiveLimits, check_archive, extract_images
 from serving.job import GridOutcome, JobPlan, SubmitResult, check_on_error, finish_job, plan_job, predict_batch, read_info
 from serving.journal import model_identity, open_job_journal, record_rows
 from serving.pipeline import EXECUTORS, decoded_batches
@@ -164,14 +164,33 @@ def run_archive_job(predictor, info_csv_bytes: bytes, archive_path: Path, workdi
 def _archive_job_in(folder: Path, *, predictor, info_csv_bytes: bytes, image_ids: list[str], archive_path: Path,
                     limits: ArchiveLimits, resume: bool, on_progress) -> bytes:
     images = folder / "images"
-    found = extract_images(archive_path, image_ids, images, limits)
-    absent = [i for i in image_ids if i not in found]
-    if absent:
-        raise ValueError(f"{len(absent)} of {len(image_ids)} images named in info.csv are not in the archive "
-                         f"(e.g. {', '.join(absent[:5])})")
+    _refuse_absent(image_ids, extract_images(archive_path, image_ids, images, limits))
     out = folder / "submission.csv"
     try:
         run_submission(predictor, info_csv_bytes, images, out, progress=False, resume=resume, on_progress=on_progress)
     except FileNotFoundError as e:
         raise ValueError(str(e)) from None
     return out.read_bytes()
+
+
+def _refuse_absent(image_ids: list[str], found) -> None:
+    absent = [i for i in image_ids if i not in found]
+    if absent:
+        raise ValueError(f"{len(absent)} of {len(image_ids)} images named in info.csv are not in the archive "
+                         f"(e.g. {', '.join(absent[:5])})")
+
+
+def check_inputs(info: IO[bytes], archive: IO[bytes], limits: ArchiveLimits) -> None:
+    """The checks of :func:`run_archive_job` that need no extraction, for a request to run before it
+    queues the job (so a bad upload is refused at once, whatever jobs are running): the CSV, the
+    archive's kind, and for a zip its members, limits and that it holds every image the CSV names.
+    Raises what the job would raise; both files are left at their start."""
+    try:
+        _, rows = read_info(info.read())
+        image_ids = [r["ImageID"] for r in rows]
+        found = check_archive(archive, image_ids, limits)
+        if found is not None:
+            _refuse_absent(image_ids, found)
+    finally:
+        info.seek(0)
+        archive.seek(0)

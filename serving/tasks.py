@@ -13,8 +13,9 @@ A task's folder ``<tasks dir>/<task_id>/``:
 - ``task.json``: what the job needs, written once at submission (the model, the settings without
   the API key, ``created_at``);
 - ``status.json``: ``status`` (``in_progress`` while queued or running, then ``completed``,
-  ``failed`` or ``canceled``), ``executed_at``, ``completed_at``, and for a failure ``error`` and
-  ``http_status``; every write is atomic (temp file, fsync, rename);
+  ``failed`` or ``canceled``), ``executed_at``, ``completed_at``, ``attempts`` (job processes
+  started), ``interrupted`` (how the last one ended, while the task waits to be resumed), and for a
+  failure ``error`` and ``http_status``; every write is atomic (temp file, fsync, rename);
 - ``info.csv`` and ``archive``: the inputs, removed once the task completes (a failed or canceled
   task keeps them, so ``/submission/retry`` can run it again);
 - ``progress.json``: ``{"done", "total"}`` images, rewritten about once a second while the job runs;
@@ -127,7 +128,8 @@ class TaskStore:
         folder = self.folder(task_id)
         task, state = _read_json(folder / TASK_FILE), _read_json(folder / STATUS_FILE)
         body = {"task_id": task_id, "status": state["status"], "created_at": task["created_at"],
-                "executed_at": state.get("executed_at"), "completed_at": state.get("completed_at")}
+                "executed_at": state.get("executed_at"), "completed_at": state.get("completed_at"),
+                "attempts": int(state.get("attempts", 0))}
         if state.get("error"):
             body["error"] = state["error"]
         try:

@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -128,7 +129,7 @@ def test_every_error_has_one_shape_that_the_schema_declares(api_server, openapi)
                 assert entry["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
 
 
-def test_the_schema_lists_every_route_s_errors_and_the_real_task_statuses(api_server, openapi, task_files):
+def test_the_schema_lists_every_route_s_errors_and_the_real_task_statuses(api_server, openapi):
     import httpx
 
     for path, ops in openapi["paths"].items():
@@ -141,10 +142,12 @@ def test_the_schema_lists_every_route_s_errors_and_the_real_task_statuses(api_se
                 assert {"411", "413", "415"} <= declared, (method, path, sorted(declared))
     assert "get" in openapi["paths"]["/model"], "GET /model (answered by the guard) must be documented"
     enum = openapi["components"]["schemas"]["TaskStatusResponse"]["properties"]["status"]["enum"]
-    _, info, archive = task_files
+    undecodable = io.BytesIO()   # passes the request's checks, fails the job: a task that ends failed
+    with zipfile.ZipFile(undecodable, "w") as zf:
+        zf.writestr("a.jpg", b"not an image")
     with httpx.Client(base_url=api_server, timeout=60) as c:
-        task = c.post("/submission/submit", files={"info": ("info.csv", b"foo,bar\n1,2\n", "text/csv"),
-                                                   "archive": ("a.zip", archive.read_bytes(), "application/zip")})
+        task = c.post("/submission/submit", files={"info": ("info.csv", b"ImageID,ans\na.jpg,\n", "text/csv"),
+                                                   "archive": ("a.zip", undecodable.getvalue(), "application/zip")})
         task_id = task.json()["task_id"]
         for _ in range(300):
             status = c.get("/submission/status", params={"task_id": task_id}).json()["status"]

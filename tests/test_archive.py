@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from maskdata.io import read_csv
-from serving.archive import ArchiveLimits, ArchiveTooLarge, extract_images, member_name
+from serving.archive import ArchiveLimits, ArchiveTooLarge, check_archive, extract_images, member_name
 from serving.settings import Settings
-from serving.submission import run_archive_job, run_submission
+from serving.submission import check_inputs, run_archive_job, run_submission
 
 JPEG = b"\xff\xd8\xff\xe0 not really a jpeg"
 
@@ -109,6 +109,46 @@ def test_unsafe_archives_are_refused(kind, build, reason, tmp_path):
         extract_images(archive, ["a.jpg", "b.jpg"], dest, limits())
     outside = [p for p in tmp_path.rglob("*") if p.name in ("evil.jpg", "abs.jpg")]
     assert outside == [], f"an escaping member was written: {outside}"
+
+
+@pytest.mark.parametrize("build,settings,reason", [
+    (lambda p: make_zip(p, {"a.jpg": JPEG, "../evil.jpg": JPEG}), {}, "escape"),
+    (lambda p: make_zip(p, {"a.jpg": JPEG, "/etc/evil.jpg": JPEG}), {}, "absolute"),
+    (lambda p: make_zip(p, {"a.jpg": JPEG}, symlinks={"b.jpg": "/etc/passwd"}), {}, "symlink"),
+    (lambda p: make_zip(p, {f"{i}.jpg": JPEG for i in range(20)}), {"max_archive_members": 10}, "members"),
+    (lambda p: make_zip(p, {"a.jpg": bytes(5_000_000)}), {"max_archive_total_bytes": 1_000_000}, "uncompressed"),
+    (lambda p: make_zip(p, {"a.jpg": JPEG}), {}, "1 of 2 images named in info.csv are not in the archive"),
+    (lambda p: p.write_bytes(b"ImageID,ans\n") and p, {}, "neither a zip nor a tar"),
+    (lambda p: p.write_bytes(b"PK\x03\x04 torn") and p, {}, "neither a zip nor a tar"),
+])
+def test_the_request_time_check_refuses_what_the_job_would_refuse_first(build, settings, reason, tmp_path):
+    """check_inputs (what POST /submission/submit runs before it queues a task) raises the job's own
+    reason, for the zip refusals that need no decompression and for an upload that is no archive."""
+    archive = build(tmp_path / "upload")
+    info = io.BytesIO(b"ImageID,ans\na.jpg,\nb.jpg,\n")
+    with archive.open("rb") as f, pytest.raises(ValueError, match=reason) as by_request:
+        check_inputs(info, f, limits(**settings))
+    with pytest.raises(ValueError, match=reason) as by_job:
+        extract_images(archive, ["a.jpg", "b.jpg"], tmp_path / "dest", limits(**settings))
+        raise ValueError("1 of 2 images named in info.csv are not in the archive")   # what the job adds
+    assert type(by_request.value) is type(by_job.value), (by_request.value, by_job.value)
+
+
+def test_the_request_time_check_passes_good_uploads_and_leaves_them_at_their_start(tmp_path):
+    members = {"a.jpg": JPEG, "b.jpg": JPEG}
+    for archive in (make_zip(tmp_path / "a.zip", members), make_tar(tmp_path / "a.tar.gz", members),
+                    make_tar(tmp_path / "a.tar", members)):
+        info = io.BytesIO(b"ImageID,ans\na.jpg,\nb.jpg,\n")
+        with archive.open("rb") as f:
+            f.seek(7)
+            check_inputs(info, f, limits())
+            assert f.tell() == 0 and info.tell() == 0, f"{archive.name}: the uploads must be left at their start"
+    with (tmp_path / "a.tar").open("rb") as f:
+        assert check_archive(f, ["a.jpg", "z.jpg"], limits()) is None, "a tar's members are the job's to find"
+    with (tmp_path / "a.zip").open("rb") as f:
+        assert check_archive(f, ["a.jpg", "./b.jpg", "z.jpg"], limits()) == {"a.jpg", "./b.jpg"}
+    with pytest.raises(ValueError, match="UTF-8"), (tmp_path / "a.zip").open("rb") as f:
+        check_inputs(io.BytesIO(b"\x89PNG\r\n\x1a\n\xff\xfe"), f, limits())
 
 
 def limits(**settings) -> ArchiveLimits:

@@ -180,11 +180,12 @@ def test_submission_task_returns_the_filled_csv(client, reference, synth_root):
     assert [got[i] for i in ids] == expected, "task answers must match the predictor's"
 
 
-def test_submission_task_rejects_a_bad_csv(client, synth_root):
+def test_submission_task_rejects_a_bad_csv_in_the_request(client, synth_root):
+    """The CSV is checked before a task is queued: the submit itself answers 400 with the reason."""
     _, _, archive = submission_inputs(synth_root, n=1)
-    status, result = run_task(client, b"foo,bar\n1,2\n", archive, polls=100)
-    assert status == "failed" and result.status_code == 400, (status, result.text)
-    assert "ImageID" in result.json()["error"], result.json()
+    r = client.post("/submission/submit", files={"info": ("info.csv", b"foo,bar\n1,2\n", "text/csv"),
+                                                 "archive": ("images.zip", archive, "application/zip")})
+    assert r.status_code == 400 and "ImageID" in r.json()["error"], r.text
 
 
 def test_plain_service_class_works_without_a_server(service_module, reference, synth_root):

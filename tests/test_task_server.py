@@ -1,7 +1,8 @@
 """The /submission task routes against a real `bentoml serve` (one worker): a job runs in a process of
 its own and the worker's memory is the same after it as before; a canceled job's process stops and
 the task can be retried; a worker killed with SIGKILL mid-job loses nothing (its replacement adopts
-the task and finishes it, resuming from the killed job's journal)."""
+the task and finishes it, resuming from the killed job's journal); a malformed submission is refused
+in the request, while jobs run, and queues nothing."""
 from __future__ import annotations
 
 import csv
@@ -35,7 +36,7 @@ def big_job(tmp_path_factory):
 def server(onnx_model, big_job, tmp_path_factory):
     folder = tmp_path_factory.mktemp("task_server")
     env = _env(MASK_MODEL=str(onnx_model), MASK_WORKERS="1", MASK_TASKS_DIR=str(folder / "tasks"),
-               MASK_MAX_ARCHIVE_BYTES=str(len(big_job[2]) + 1))
+               MASK_MAX_ARCHIVE_BYTES=str(len(big_job[2]) + 1), MASK_TASK_JOBS="2")
     with bentoml_serve_process(sys.executable, env, folder / "serve.log") as (url, proc):
         with httpx.Client(base_url=url, timeout=120) as client:
             yield client, proc, folder / "serve.log"
@@ -168,3 +169,45 @@ def test_a_worker_killed_mid_job_loses_nothing(server, big_job, reference):
     assert worker_of(proc).pid != worker.pid, "BentoML should have started a new worker"
     assert f"of {len(ids)} images already done" in log.read_text(), \
         "the adopted job should have resumed from the killed one's journal, not restarted"
+
+
+def malformed_submissions(ids: list[str], info: bytes, archive: bytes) -> dict[str, tuple[bytes, bytes, str]]:
+    """{case: (info, archive, what the 400 reason says)}: uploads the job would refuse first."""
+    import zipfile
+
+    from PIL import Image
+
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(png, format="PNG")
+    short = io.BytesIO()
+    with zipfile.ZipFile(short, "w") as zf:
+        zf.writestr(ids[0], b"not even an image")
+    return {"a PNG as info": (png.getvalue(), archive, "UTF-8"),
+            "a CSV as the archive": (info, info, "neither a zip nor a tar"),
+            "a zip without the images": (info, short.getvalue(), f"{len(ids) - 1} of {len(ids)} images"),
+            "a CSV without ImageID": (b"name,ans\nx,0\n", archive, "ImageID")}
+
+
+def test_a_malformed_submission_is_refused_in_the_request_while_jobs_run(server, big_job, reference):
+    client, proc, log = server
+    ids, info, archive = big_job
+    running = [submit(client, info, archive) for _ in range(2)]
+    for task_id in running:
+        wait_running(client, proc, task_id)
+    store = TaskStore(log.parent / "tasks")
+    before = set(store.task_ids())
+    took = {}
+    for case, (bad_info, bad_archive, reason) in malformed_submissions(ids, info, archive).items():
+        for route in ("/submission/submit", "/submission"):
+            t0 = time.perf_counter()
+            r = client.post(route, files={"info": ("info.csv", bad_info, "text/csv"),
+                                          "archive": ("images.zip", bad_archive, "application/zip")})
+            took[case, route] = time.perf_counter() - t0
+            assert r.status_code == 400 and reason in r.json()["error"], (case, route, r.status_code, r.text)
+    states = [client.get("/submission/status", params={"task_id": t}).json() for t in running]
+    assert [s["status"] for s in states] == ["in_progress"] * 2, (
+        f"the refusals must not wait for the running jobs: {states}")
+    assert set(store.task_ids()) == before, "a refused submission must queue no task"
+    print("refusal seconds while two jobs run:", {f"{c} {r}": round(t, 3) for (c, r), t in took.items()})
+    for task_id in running:
+        assert wait_final(client, task_id)["status"] == "completed"

@@ -2,6 +2,7 @@
 lock that tells a running task from an interrupted one, retention, and the job process's outcome."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -36,7 +37,8 @@ def test_a_task_is_created_whole_and_reports_its_status(tmp_path):
     assert [p.name for p in store.root.iterdir()] == [task_id], "no staging folder may stay behind"
     status = store.status(task_id)
     assert status["status"] == "in_progress" and status["executed_at"] is None, status
-    assert set(status) == {"task_id", "status", "created_at", "executed_at", "completed_at"}, status
+    assert set(status) == {"task_id", "status", "created_at", "executed_at", "completed_at", "attempts"}, status
+    assert status["attempts"] == 0, status
 
 
 @pytest.mark.parametrize("task_id", ["", "x" * 32, "../" * 11, "A" * 32, "0" * 31, None])
@@ -208,7 +210,8 @@ def test_a_job_stopped_part_way_is_resumed_not_restarted(tmp_path, three_batches
 
 def test_the_task_modules_and_the_job_process_import_neither_bentoml_nor_torch():
     """The job process starts once per task: it loads the serving stack, not BentoML or PyTorch."""
-    code = ("import sys; import serving.task_runner, serving.tasks, serving.task_routes, serving.submission, "
+    code = ("import sys; import serving.task_runner, serving.tasks, serving.task_queue, serving.task_routes, "
+            "serving.submission, "
             "serving.predictor; print(sorted(m for m in ('bentoml', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "[]", (out.stdout, out.stderr[-2000:])
@@ -220,22 +223,38 @@ def seven_batches(tmp_path_factory):
     return synthetic_job(tmp_path_factory.mktemp("seven_batches"), 60, seed=3)[1:]
 
 
-def _stop_job_mid_way(queue, store, task_id: str, sig: int) -> None:
-    """Start the task on ``queue``, send ``sig`` to its job process after its first batch, wait for the end."""
+def _job_process(task_id: str):
+    """This process's child running ``task_id``'s job (``python -m serving.task_runner <folder>``), or None."""
+    import psutil
+
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "serving.task_runner" in child.cmdline() and child.cmdline()[-1].endswith(task_id):
+                return child
+    return None
+
+
+async def _stop_mid_way(store, task_id: str, sig: int, finished) -> None:
+    """Send ``sig`` to the task's job process after its first batch, then await ``finished``."""
     import asyncio
-    import signal
 
-    async def scenario():
-        assert queue._start(task_id), "a new task must be claimable"
-        deadline = time.monotonic() + 120
-        while not (task_id in queue._procs and (store.folder(task_id) / tasks.PROGRESS_FILE).exists()):
-            assert time.monotonic() < deadline, "the job process reported no progress"
-            await asyncio.sleep(0.005)
-        queue._procs[task_id].send_signal(sig)
-        await queue.wait(task_id)
-        assert store.raw_status(task_id)["status"] != "completed", f"the job ended before {signal.Signals(sig).name}"
+    deadline = time.monotonic() + 120
+    while (proc := _job_process(task_id)) is None or not (store.folder(task_id) / tasks.PROGRESS_FILE).exists():
+        assert time.monotonic() < deadline, "the job process reported no progress"
+        await asyncio.sleep(0.005)
+    proc.send_signal(sig)
+    await finished
+    assert store.raw_status(task_id)["status"] != "completed", f"the job ended before signal {sig}"
 
-    asyncio.run(scenario())
+
+def _submit_and_stop(queue, store, inputs, sig: int) -> str:
+    import asyncio
+
+    async def scenario() -> str:
+        task_id = await queue.submit(io.BytesIO(inputs[0]), io.BytesIO(inputs[1]))
+        await _stop_mid_way(store, task_id, sig, queue.wait(task_id))
+        return task_id
+    return asyncio.run(scenario())
 
 
 def test_a_stopped_job_process_leaves_its_task_to_resume_and_a_killed_one_fails_it(tmp_path, seven_batches,
@@ -246,35 +265,62 @@ def test_a_stopped_job_process_leaves_its_task_to_resume_and_a_killed_one_fails_
     import signal
 
     from serving.settings import Settings
-    from serving.task_routes import TaskQueue
+    from serving.task_queue import TaskQueue
 
     store = tasks.TaskStore(tmp_path)
     queue = TaskQueue(store, str(onnx_model), Settings.from_env({}))
-    stopped, killed = (store.create(io.BytesIO(seven_batches[0]), io.BytesIO(seven_batches[1]), queue.meta())
-                       for _ in range(2))
-    _stop_job_mid_way(queue, store, stopped, signal.SIGTERM)
+    stopped = _submit_and_stop(queue, store, seven_batches, signal.SIGTERM)
     assert store.status(stopped)["status"] == "in_progress", store.status(stopped)
     assert (store.folder(stopped) / tasks.WORK_DIR).is_dir(), "a stopped job keeps its journal"
 
-    _stop_job_mid_way(queue, store, killed, signal.SIGKILL)
+    killed = _submit_and_stop(queue, store, seven_batches, signal.SIGKILL)
     state = store.raw_status(killed)
     assert state["status"] == "failed" and state["http_status"] == 500 and "signal 9" in state["error"], state
 
     async def adopt():   # what a worker does when it starts: nobody calls a task route here
-        queue.start_adopting()
+        queue.start()
         deadline = time.monotonic() + 120
         while store.raw_status(stopped)["status"] == "in_progress":
             assert time.monotonic() < deadline, "the stopped task was never adopted and finished"
             await asyncio.sleep(0.05)
         await queue.wait(stopped)
-        queue.stop_adopting()
+        queue.stop()
 
-    with caplog.at_level("INFO", logger="serving.task_routes"):
+    with caplog.at_level("INFO", logger="serving.task_queue"):
         asyncio.run(adopt())
     assert "adopted 1 interrupted /submission task(s)" in caplog.text, "exactly the stopped task is adopted"
     assert store.status(stopped)["status"] == "completed", store.status(stopped)
+    assert store.status(stopped)["attempts"] == 2, store.status(stopped)
     rows = (store.folder(stopped) / tasks.RESULT_FILE).read_text().splitlines()
     assert len(rows) == 421 and rows[0] == "ImageID,ans", rows[:2]
+
+
+def test_a_task_interrupted_mask_task_attempts_times_fails_with_the_reason(tmp_path, seven_batches, onnx_model):
+    """A task whose job never gets to finish (each process stopped part-way) is not resumed forever."""
+    import asyncio
+    import signal
+
+    from serving.settings import Settings
+    from serving.task_queue import TaskQueue
+
+    store = tasks.TaskStore(tmp_path)
+    queue = TaskQueue(store, str(onnx_model), Settings.from_fields({"task_attempts": 2}))
+    task_id = _submit_and_stop(queue, store, seven_batches, signal.SIGTERM)
+
+    async def second_and_last() -> None:
+        assert await queue.adopt_interrupted() == 1, "the stopped task must be adopted for its second attempt"
+        await _stop_mid_way(store, task_id, signal.SIGTERM, queue.wait(task_id))
+        assert store.status(task_id)["attempts"] == 2, store.status(task_id)
+        assert await queue.adopt_interrupted() == 1, "the task is adopted once more, to be failed"
+        await queue.wait(task_id)
+
+    asyncio.run(second_and_last())
+    state = store.raw_status(task_id)
+    assert state["status"] == "failed" and state["http_status"] == 500, state
+    assert "started 2 time(s)" in state["error"] and "stopped by signal 15" in state["error"], state["error"]
+    assert "MASK_TASK_ATTEMPTS=2" in state["error"], state["error"]
+    assert _job_process(task_id) is None, "no third job process may start"
+    assert (store.folder(task_id) / tasks.INFO_FILE).is_file(), "a failed task keeps its inputs for a retry"
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
@@ -282,14 +328,15 @@ def test_a_worker_runs_mask_task_jobs_jobs_at_once_and_the_rest_wait(tmp_path, t
     import asyncio
 
     from serving.settings import Settings
-    from serving.task_routes import TaskQueue
+    from serving.task_queue import TaskQueue
 
     store = tasks.TaskStore(tmp_path)
     queue = TaskQueue(store, str(onnx_model), Settings.from_fields({"task_jobs": jobs}))
-    ids = [store.create(io.BytesIO(three_batches[0]), io.BytesIO(three_batches[1]), queue.meta()) for _ in range(3)]
+    ids = []
 
     async def scenario() -> None:
-        assert all(queue._start(t) for t in ids)
+        for _ in range(3):
+            ids.append(await queue.submit(io.BytesIO(three_batches[0]), io.BytesIO(three_batches[1])))
         for t in ids:
             await queue.wait(t)
 
