@@ -33,7 +33,7 @@ from maskdata import labels
 from maskdata.extras import install_hint
 from maskdata.artifact import MODEL_FILE, STORE_NAME, ModelMetadata, portable_paths, variant_path
 from maskdata.preprocess import ImageError, ImageTooLarge, Preprocess  # noqa: F401  (errors re-exported for callers)
-from serving.settings import Settings, get_settings
+from serving.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -221,11 +221,11 @@ def load_predictor(model: Any, precision: str | None = None, *, settings: Settin
                    **changes) -> "Predictor":
     """The Predictor for a model argument (``mask-submit --model``, a Ray actor's model).
 
-    ``settings`` default to the environment's (:func:`serving.settings.get_settings`); ``precision``
+    ``settings`` default to :meth:`Settings.defaults` (``mask-submit`` passes the environment's); ``precision``
     and ``changes`` (Settings field names: ``threads``, ``ort_spinning``, ``aspect``, ``providers``)
     override them where not None, e.g. ``load_predictor("model.onnx", "int8", threads=2)``.
     """
-    settings = settings or get_settings()
+    settings = settings or Settings.defaults()
     changes = {"precision": precision, **changes}
     settings = settings.replace(**{k: v for k, v in changes.items() if v is not None})
     return Predictor(model, backend=backend_for(model), settings=settings)
@@ -234,16 +234,18 @@ def load_predictor(model: Any, precision: str | None = None, *, settings: Settin
 class Predictor:
     """Load a model once; turn image files/bytes into the /predict JSON body.
 
-    ``settings`` defaults to :meth:`Settings.from_env` (providers, threads, TensorRT, pixel limit).
+    ``settings`` (providers, threads, TensorRT, pixel limit) default to :meth:`Settings.defaults`.
     """
 
     def __init__(self, model: Any = None, *, backend: str | None = None, settings: Settings | None = None,
-                 warmup: bool = True):
-        self.settings = settings or get_settings()
+                 warmup: bool = True, name: str | None = None):
+        """``name``: what ``info()["source"]`` calls the model (default: ``model`` itself), e.g. the
+        store tag a model file was resolved from."""
+        self.settings = settings or Settings.defaults()
         self.backend_name = backend or self.settings.backend
         if model is None:
             model = self.settings.model_source
-        self.source = str(model)
+        self.source = name or str(model)
         started = time.perf_counter()
         self.backend = create_backend(self.backend_name, model, self.settings)
         self.metadata: ModelMetadata = self.backend.metadata

@@ -44,7 +44,7 @@ from serving.job import GridOutcome, JobPlan, SubmitResult, finish_job, plan_job
 from serving.journal import Journal, model_identity, open_job_journal, record_rows
 from serving.pipeline import DecodedBatch, decode_batch
 from serving.ray_output import PROB_COLUMNS
-from serving.settings import JOB_DEFAULTS
+from serving.settings import JOB_DEFAULTS, Settings
 
 log = logging.getLogger(__name__)
 
@@ -84,22 +84,31 @@ class RayOptions:
 
 # ---------------------------------------------------------------- the actor
 
-def load_actor_predictor(model: str, precision: str | None, threads: int, gpu: bool):
-    """The Predictor an actor holds: CUDA provider first when it was given a GPU, else CPU only."""
-    from serving.predictor import CPU, CUDA, load_predictor
-    from serving.settings import get_settings
+@dataclass(frozen=True)
+class ActorModel:
+    """What every actor loads: the model, its precision and the driver's settings (field values, so a
+    worker on any node loads with the settings ``mask-submit`` was started with, not its own environment)."""
+    model: str
+    precision: str | None
+    settings: dict
 
-    settings = get_settings()   # MASK_THREADS / MASK_PROVIDERS on the worker win over the actor's share
-    return load_predictor(model, precision, settings=settings, threads=settings.threads or threads,
+
+def load_actor_predictor(spec: ActorModel, threads: int, gpu: bool):
+    """The Predictor an actor holds: CUDA provider first when it was given a GPU, else CPU only;
+    the driver's MASK_THREADS / MASK_PROVIDERS, when set, win over the actor's share."""
+    from serving.predictor import CPU, CUDA, load_predictor
+
+    settings = Settings.from_fields(spec.settings)
+    return load_predictor(spec.model, spec.precision, settings=settings, threads=settings.threads or threads,
                           providers=settings.providers or ((CUDA, CPU) if gpu else (CPU,)))
 
 
 class _PredictActor:
     """One Predictor per Ray actor; each call is one batch of the job's grid → one row per image."""
 
-    def __init__(self, model: str, precision: str | None, threads: int, gpu: bool, images: str,
-                 on_error: str, crash_marker: str | None = None):
-        self.predictor = load_actor_predictor(model, precision, threads, gpu)
+    def __init__(self, spec: ActorModel, threads: int, gpu: bool, images: str, on_error: str,
+                 crash_marker: str | None = None):
+        self.predictor = load_actor_predictor(spec, threads, gpu)
         # an object-store prefix travels as its URI; the filesystem is opened here, from this node's env
         self.preprocess = objectstore.reader_for(images, self.predictor.preprocess)
         self.on_error, self.crash_marker = on_error, crash_marker
@@ -129,11 +138,11 @@ class _PredictActor:
         os._exit(1)
 
 
-def _probe_model(model: str, precision: str | None) -> dict:
+def _probe_model(spec: ActorModel) -> dict:
     """Runs as a Ray task: load the model where the actors will, report what loaded."""
-    p = load_actor_predictor(model, precision, threads=1, gpu=False)
+    p = load_actor_predictor(spec, threads=1, gpu=False)
     return {"arch": p.metadata.arch, "input": list(p.input_shape[:2]), "file": str(p.backend.path)
-            if hasattr(p.backend, "path") else model, "node": socket.gethostname(),
+            if hasattr(p.backend, "path") else spec.model, "node": socket.gethostname(),
             "uncertain_below": p.uncertain_below, "identity": model_identity(p)}
 
 
@@ -221,9 +230,10 @@ def _grid_items(plan: JobPlan, grid: list[range], todo: list[int]) -> list[dict]
 def run_ray_submission(model: str, info_csv, images: str, out_csv, *, precision: str | None = None,
                        batch_size: int = JOB_DEFAULTS.batch_size, on_error: str = JOB_DEFAULTS.on_error,
                        probs_csv=None, probs_dir=None, resume: bool = False,
-                       ray_options: RayOptions = RayOptions()) -> SubmitResult:
+                       ray_options: RayOptions = RayOptions(), settings: Settings | None = None) -> SubmitResult:
     """The submission job on Ray Data; same outputs as :func:`serving.submission.run_submission`,
-    and the same journal, so ``resume=True`` continues an interrupted run. ValueError on bad input."""
+    and the same journal, so ``resume=True`` continues an interrupted run. ValueError on bad input.
+    ``settings`` (default :meth:`Settings.defaults`) travel to every actor."""
     ray = require_ray()
     if probs_dir and resume:
         raise ValueError("--resume cannot continue a --probs-dir run: its Parquet parts are committed whole, so "
@@ -233,30 +243,31 @@ def run_ray_submission(model: str, info_csv, images: str, out_csv, *, precision:
     if not probs_dir and not resume and journal_path.exists():   # now, not after Ray has started
         raise Journal.unfinished(journal_path)
     sink = ray_output.ProbsSink.open(probs_dir) if probs_dir else None
-    outcome = _run_grid(ray, plan, batch_size, model, precision, sink, probs_csv is not None, ray_options, resume)
+    spec = ActorModel(model, precision, (settings or Settings.defaults()).model_dump(mode="json", exclude={"api_key"}))
+    outcome = _run_grid(ray, plan, batch_size, spec, sink, probs_csv is not None, ray_options, resume)
     return finish_job(plan, outcome, probs_csv)
 
 
-def _probe(ray, model: str, precision: str | None) -> dict:
-    probe = ray.remote(num_cpus=0)(_probe_model).remote(model, precision)
+def _probe(ray, spec: ActorModel) -> dict:
+    probe = ray.remote(num_cpus=0)(_probe_model).remote(spec)
     try:
         info = ray.get(probe, timeout=MODEL_PROBE_TIMEOUT_S)
     except Exception as e:
         err = user_error(e)
-        raise ValueError(f"model {model!r} cannot be loaded on the Ray workers: {err or e}") from None
+        raise ValueError(f"model {spec.model!r} cannot be loaded on the Ray workers: {err or e}") from None
     log.info("model %s (%s, %s) on node %s", info["file"], info["arch"], "x".join(map(str, info["input"])),
              info["node"])
     return info
 
 
-def _run_grid(ray, plan: JobPlan, batch_size: int, model: str, precision: str | None, sink, want_probs: bool,
+def _run_grid(ray, plan: JobPlan, batch_size: int, spec: ActorModel, sink, want_probs: bool,
               ray_options: RayOptions, resume: bool) -> GridOutcome:
     """The grid on a Ray actor pool; the driver journals the batches as they come back and gathers
     the rows in plan order."""
     owns = connect(ray, ray_options.address)
     journal = None
     try:
-        info = _probe(ray, model, precision)
+        info = _probe(ray, spec)
         done: dict[int, dict] = {}
         if sink is None:
             journal, done, batch_size = open_job_journal(plan, info["identity"], None, batch_size, resume)
@@ -269,8 +280,7 @@ def _run_grid(ray, plan: JobPlan, batch_size: int, model: str, precision: str | 
         try:
             columns = _empty_columns()
             if todo:
-                ds = _dataset(ray, model, precision, plan.images, plan.on_error, _grid_items(plan, grid, todo),
-                              ray_options)
+                ds = _dataset(ray, spec, plan.images, plan.on_error, _grid_items(plan, grid, todo), ray_options)
                 record = _BatchRecorder(journal, grid) if journal is not None else None
                 columns = ray_output.collect(ds, sink, want_probs=want_probs or journal is not None, on_rows=record)
         except Exception as e:
@@ -342,7 +352,7 @@ def _with_done(columns: dict[str, np.ndarray], done: dict[int, dict], grid: list
     return {k: np.concatenate([p[k] for p in parts]) for k in columns}
 
 
-def _dataset(ray, model, precision, images: str, on_error, items, opts: RayOptions):
+def _dataset(ray, spec: ActorModel, images: str, on_error, items, opts: RayOptions):
     cpus = ray.cluster_resources().get("CPU", 1)
     actors = opts.num_actors or max(1, int(cpus))
     threads = max(1, int(opts.cpus_per_actor))
@@ -352,7 +362,7 @@ def _dataset(ray, model, precision, images: str, on_error, items, opts: RayOptio
     kwargs = {"num_gpus": opts.gpus_per_actor} if opts.gpus_per_actor > 0 else {}
     return ds.map_batches(
         _PredictActor, batch_size=1, batch_format="numpy", concurrency=actors, num_cpus=opts.cpus_per_actor,
-        fn_constructor_kwargs={"model": model, "precision": precision, "threads": threads,
+        fn_constructor_kwargs={"spec": spec, "threads": threads,
                                "gpu": opts.gpus_per_actor > 0, "images": images, "on_error": on_error,
                                "crash_marker": os.environ.get(CRASH_ONCE_ENV) or None},
         max_restarts=RESTARTS, max_task_retries=RESTARTS, **kwargs)

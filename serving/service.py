@@ -10,10 +10,11 @@ Routes: ``POST /predict`` (multipart ``image``), ``POST /predict_batch`` (``imag
 ``GET /model``, the ``/submission`` task (``info`` CSV + ``archive`` zip/tar → submission CSV), ``POST /infer``
 (base64 uint8 pixels), ``POST /explain`` (class-activation heatmap), the ``/ui/`` page and BentoML's ``/readyz``, ``/livez``, ``/metrics``,
 the Swagger UI at ``/`` and the OpenAPI schema at ``/docs.json``.
-Limits, batching and the API key come from ``MASK_*`` environment variables (:mod:`serving.settings`),
-read when the service starts (:func:`serving.settings.get_settings`), not when this module is
-imported; only what BentoML itself takes from the class definition is read at import: the worker
-count, the concurrency hint and the store model ``bentoml build`` packages.
+Limits, batching and the API key come from ``MASK_*`` environment variables (:mod:`serving.settings`).
+Importing this module does nothing: ``MaskClassifier`` (what ``bentoml serve`` and ``bentoml build``
+load) is declared on first access by :func:`declare` from :func:`serving.settings.get_settings`,
+read once in each process, and that one :class:`Settings` is handed to the worker count, the guard,
+the predictor and the task queue. ``declare(settings)`` builds the same service from any settings.
 
 Uploads arrive as files and are decoded here, not by BentoML: a non-image given to a PIL-typed
 parameter becomes an HTTP 500 in BentoML 1.4, and every bad input must get a 4xx JSON reason.
@@ -56,10 +57,6 @@ from serving.tasks import TaskStore
 
 log = logging.getLogger(__name__)
 
-# BentoML's own request timeout keeps every request's timer, span and context for the whole timeout;
-# ours drops them when the request ends (serving/request_timeout.py says why and how)
-request_timeout.install()
-
 
 def _store_model(settings: Settings) -> bentoml.models.BentoModel | None:
     """A store tag is declared on the class so ``bentoml build`` packages the model; paths are not."""
@@ -99,26 +96,15 @@ def _unpack(text: str, shape: tuple[int, int, int]) -> np.ndarray | None:
     return np.frombuffer(raw, dtype=np.uint8).reshape(shape)
 
 
-# What BentoML reads from the class definition itself, so at import: the process layout and the
-# store model `bentoml build` packages. Everything else is read when the service starts.
-_DECLARED = get_settings()
+class ClassifierService:
+    """The service's routes; :func:`declare` makes it a BentoML service for one :class:`Settings`
+    (the ``settings`` and ``model_ref`` class attributes)."""
 
+    settings: Settings
+    model_ref: bentoml.models.BentoModel | None = None
 
-@bentoml.service(
-    name=STORE_NAME,
-    workers=_DECLARED.workers,
-    # `concurrency` is a BentoCloud scaling hint. No `max_concurrency`: BentoML would answer 429
-    # before our queue; MASK_MAX_QUEUE's 503 is the one overload answer, and the hint says how many
-    # requests a worker can hold.
-    traffic={"timeout": 600, "concurrency": _DECLARED.max_queue * _DECLARED.workers},
-    http={"cors": {"enabled": False}},
-)
-class MaskClassifier:
-    model_ref = _store_model(_DECLARED)
-
-    def __init__(self, settings: Settings | None = None) -> None:
-        """``settings``: the environment's when the service starts (:func:`get_settings`)."""
-        self.settings = settings or get_settings()
+    def __init__(self) -> None:
+        self.settings = type(self).settings
         declared = _store_model(self.settings)
         packaged = type(self).model_ref   # on the class: the declaration, not the resolved model
         if declared is not None and packaged is not None and declared.tag == packaged.tag:
@@ -135,9 +121,9 @@ class MaskClassifier:
         else:
             source = name = self.settings.model_source
         self._batched, self._batched_loop = None, None
+        self._explainer_obj: Explainer | None = None
         # Predictor warms up before __init__ returns, so /readyz only turns 200 after a real inference.
-        self.predictor = Predictor(source, settings=self.settings)
-        self.predictor.source = name
+        self.predictor = Predictor(source, settings=self.settings, name=name)
         self.tasks = TaskQueue(TaskStore(self.settings.tasks_dir or None, self.settings.task_retention_s),
                                            source, self.settings)
         log.info("serving %s on %s", self.predictor.source, self.predictor.provider)
@@ -247,11 +233,12 @@ class MaskClassifier:
         return [Prediction.model_validate(a) for a in answers]
 
     @bentoml.api(route="/explain")
-    async def explain(self, image: Path, ctx: bentoml.Context) -> t.Annotated[Path, bentoml.validators.ContentType("image/png")]:
+    async def explain(self, image: Path, ctx: bentoml.Context = None) -> t.Annotated[Path, bentoml.validators.ContentType("image/png")]:
         """Why that label: the photo with the class-activation heatmap of the predicted class (PNG), or
         ``{"prediction", "maps"}`` with ``Accept: application/json``. 501 when the model has no maps."""
-        response = await self._explain(image, ctx.request.headers.get("accept", ""))
-        ctx.response.status_code = response.status_code  # BentoML applies the context's status to a Response
+        response = await self._explain(image, ctx.request.headers.get("accept", "") if ctx is not None else "")
+        if ctx is not None:
+            ctx.response.status_code = response.status_code  # BentoML applies the context's status to a Response
         return response
 
     async def _explain(self, image: Path, accept: str) -> Response:
@@ -272,7 +259,7 @@ class MaskClassifier:
         return Response(await anyio.to_thread.run_sync(result.png), media_type="image/png")
 
     def _explainer(self) -> Explainer:
-        if getattr(self, "_explainer_obj", None) is None:
+        if self._explainer_obj is None:
             self._explainer_obj = Explainer(self.predictor)  # ExplainUnavailable: nothing cached, re-raised
         return self._explainer_obj
 
@@ -310,7 +297,7 @@ class MaskClassifier:
         return task_routes.result_response(self.tasks.store, task_id)
 
 
-def _served() -> "MaskClassifier | None":
+def _served() -> ClassifierService | None:
     """This worker's service instance; None while it is still loading."""
     try:
         return bentoml.get_current_service()   # BentoML's public accessor of this worker's instance
@@ -329,20 +316,40 @@ def served_tasks() -> TaskQueue | None:
     return None if service is None else service.tasks
 
 
-class ServiceGuard(RequestGuard):
-    """The request guard with this deployment's limits and key, read when BentoML builds the app."""
+def declare(settings: Settings) -> bentoml.Service:
+    """The BentoML service serving ``settings``: the worker count and concurrency hint BentoML takes
+    from the declaration, the store model ``bentoml build`` packages, the guard's limits and key."""
+    # BentoML's own request timeout keeps every request's timer, span and context for the whole
+    # timeout; ours drops them when the request ends (serving/request_timeout.py says why and how)
+    request_timeout.install()
+    inner = type("MaskClassifier", (ClassifierService,), {
+        "settings": settings, "model_ref": _store_model(settings), "__module__": __name__,
+        "__qualname__": "MaskClassifier"})
+    service = bentoml.service(
+        name=STORE_NAME,
+        workers=settings.workers,
+        # `concurrency` is a BentoCloud scaling hint. No `max_concurrency`: BentoML would answer 429
+        # before our queue; MASK_MAX_QUEUE's 503 is the one overload answer, and the hint says how many
+        # requests a worker can hold.
+        traffic={"timeout": 600, "concurrency": settings.max_queue * settings.workers},
+        http={"cors": {"enabled": False}},
+    )(inner)
+    # outermost first: every error leaves in one shape, /docs.json declares it (serving.contract)
+    service.add_asgi_middleware(ErrorEnvelope)
+    service.add_asgi_middleware(RequestGuard, limits=body_limits(settings), fields=MULTIPART_FIELDS,
+                                default_limit=settings.max_body_bytes, api_key=settings.api_key,
+                                model_info=served_model_info)
+    # the browser page (serving/ui/index.html) at GET /ui/, beside the API on the same port
+    service.mount_asgi_app(ui.app(), path="/ui")
+    # the /submission task routes: the uploads stream to disk, each job runs in a process of its own
+    service.mount_asgi_app(task_routes.app(served_tasks), path="/submission")
+    return service
 
-    def __init__(self, app) -> None:
-        s = get_settings()
-        super().__init__(app, limits=body_limits(s), fields=MULTIPART_FIELDS, default_limit=s.max_body_bytes,
-                         api_key=s.api_key, model_info=served_model_info)
 
-
-# outermost first: every error leaves in one shape, /docs.json declares it (serving.contract)
-MaskClassifier.add_asgi_middleware(ErrorEnvelope)
-MaskClassifier.add_asgi_middleware(ServiceGuard)
-
-# the browser page (serving/ui/index.html) at GET /ui/, beside the API on the same port
-MaskClassifier.mount_asgi_app(ui.app(), path="/ui")
-# the /submission task routes: the uploads stream to disk, each job runs in a process of its own
-MaskClassifier.mount_asgi_app(task_routes.app(served_tasks), path="/submission")
+def __getattr__(name: str):
+    """``MaskClassifier``, declared from this process's settings on first access (BentoML's import
+    of ``serving.service:MaskClassifier`` in the server and in every worker), then a module global."""
+    if name == "MaskClassifier":
+        service = globals()["MaskClassifier"] = declare(get_settings())   # this process's one read of MASK_*
+        return service
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

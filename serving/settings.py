@@ -3,9 +3,11 @@ the one place every serving default is written, and :data:`JOB_DEFAULTS`, ``mask
 
 Every limit the REST service enforces and every choice the predictor makes at load time can be
 changed without touching code, e.g. ``MASK_MAX_UPLOAD_BYTES=2000000 bentoml serve``.
-Nothing is read at import time: :func:`get_settings` reads ``MASK_*`` from the environment when
-called (the service when it starts, ``mask-submit`` when it loads the model), and every consumer
-also takes an explicit :class:`Settings`. ``Settings.from_env(mapping)`` reads only the mapping;
+Nothing is read at import time. :func:`get_settings` is the one reader of ``MASK_*``, called once
+per process where it starts — the service's declaration (:mod:`serving.service`), ``mask-submit``'s
+``main`` — and the :class:`Settings` it builds is handed down to everything else (the guard, the
+predictor, the task queue, both submission engines, the job processes and Ray actors, which get it
+as field values); a consumer given none uses :meth:`Settings.defaults`, never the environment. ``Settings.from_env(mapping)`` reads only the mapping;
 both turn a bad value into a one-line ``ValueError`` naming the variable (an empty value means the
 default). The table below is checked against the fields by tests/test_settings.py.
 
@@ -237,6 +239,11 @@ class Settings(BaseSettings):
 
 
     @classmethod
+    def defaults(cls) -> "Settings":
+        """The documented defaults, whatever the environment holds."""
+        return cls.from_fields({})
+
+    @classmethod
     def from_fields(cls, values: Mapping[str, object]) -> "Settings":
         """Settings from field values (``model_dump()``'s keys) only, never the environment: how a
         ``/submission`` job process gets exactly the settings of the service that queued it."""
@@ -254,8 +261,8 @@ class _FromMapping(Settings):
 
 
 def get_settings() -> Settings:
-    """The settings in force now: ``MASK_*`` read from the environment at this call (never cached at
-    import, so a changed environment is seen by the next caller)."""
+    """The settings of this process: ``MASK_*`` read from the environment at this call. Only a
+    process's entry point calls it (see the module docstring); tests/test_settings.py holds that."""
     return Settings.from_env()
 
 

@@ -29,7 +29,7 @@ from serving.archive import ArchiveLimits, check_archive, extract_images
 from serving.job import GridOutcome, JobPlan, SubmitResult, check_on_error, finish_job, plan_job, predict_batch, read_info
 from serving.journal import model_identity, open_job_journal, record_rows
 from serving.pipeline import EXECUTORS, decoded_batches
-from serving.settings import JOB_DEFAULTS, Settings, check_nice, get_settings
+from serving.settings import JOB_DEFAULTS, Settings, check_nice
 from serving.shards import Shard
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class SubmitOptions:
     workers: int = field(default_factory=lambda: JOB_DEFAULTS.workers())
     worker_kind: str = JOB_DEFAULTS.worker_kind
     prefetch: int | None = None          # decoded batches in flight; default 2 * workers
-    decode_nice: int | None = None       # decode workers' nice steps below the model; None: MASK_DECODE_NICE
+    decode_nice: int | None = None       # decode workers' nice steps below the model; None: the predictor's settings'
     on_error: str = JOB_DEFAULTS.on_error   # fail | skip
     resume: bool = False
     probs_csv: str | Path | None = None
@@ -70,13 +70,13 @@ def _store(rows: range, b_ans, b_probs, b_errors: dict[int, str], ans, probs, er
     errors.update({image_ids[rows.start + i]: r for i, r in b_errors.items()})
 
 
-def _max_pixels(predictor) -> int:
-    settings = getattr(predictor, "settings", None)
-    return settings.max_pixels if settings is not None else get_settings().max_pixels
+def _settings(predictor) -> Settings:
+    """The settings the predictor was loaded with (the process's, handed down); else the defaults."""
+    return getattr(predictor, "settings", None) or Settings.defaults()
 
 
-def _decode_nice(opts: SubmitOptions) -> int:
-    return opts.decode_nice if opts.decode_nice is not None else get_settings().decode_nice
+def _decode_nice(opts: SubmitOptions, predictor) -> int:
+    return opts.decode_nice if opts.decode_nice is not None else _settings(predictor).decode_nice
 
 
 def run_submission(predictor, info_csv: str | Path | bytes, images_dir: str | Path, out_csv: str | Path,
@@ -86,7 +86,7 @@ def run_submission(predictor, info_csv: str | Path | bytes, images_dir: str | Pa
     ``options`` are :class:`SubmitOptions` fields. Raises ValueError/FileNotFoundError on bad input.
     """
     opts = SubmitOptions(**options)
-    nice = _decode_nice(opts)   # a bad MASK_DECODE_NICE fails here, before any output exists
+    nice = _decode_nice(opts, predictor)
     plan = plan_job(info_csv, images_dir, out_csv, opts.on_error, opts.shard)
     return finish_job(plan, _run_grid(plan, predictor, opts, nice), opts.probs_csv)
 
@@ -112,7 +112,7 @@ def _run_grid(plan: JobPlan, predictor, opts: SubmitOptions, nice: int) -> GridO
                dynamic_ncols=True, smoothing=0.1)
     try:
         batches = decoded_batches(to_decode, objectstore.reader_for(plan.images, predictor.preprocess),
-                                  max_pixels=_max_pixels(predictor),
+                                  max_pixels=_settings(predictor).max_pixels,
                                   workers=opts.workers, kind=opts.worker_kind, prefetch=opts.prefetch, indices=todo,
                                   nice=nice)
         with contextlib.closing(batches):
@@ -151,7 +151,7 @@ def run_archive_job(predictor, info_csv_bytes: bytes, archive_path: Path, workdi
     """
     _, rows = read_info(info_csv_bytes)
     image_ids = [r["ImageID"] for r in rows]
-    limits = limits or Settings.from_env({}).archive_limits   # the documented defaults, not the environment
+    limits = limits or Settings.defaults().archive_limits
     Path(workdir).mkdir(parents=True, exist_ok=True)
     job = functools.partial(_archive_job_in, predictor=predictor, info_csv_bytes=info_csv_bytes, image_ids=image_ids,
                             archive_path=archive_path, limits=limits, resume=resume, on_progress=on_progress)

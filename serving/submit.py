@@ -22,7 +22,7 @@ from maskdata import labels
 from maskdata.extras import install_hint, installed
 from maskdata.io import read_csv
 from serving.shards import Shard, merge_parts
-from serving.settings import DEFAULT_MODEL, JOB_DEFAULTS, MAX_NICE, PRECISIONS, Settings, check_nice
+from serving.settings import DEFAULT_MODEL, JOB_DEFAULTS, MAX_NICE, PRECISIONS, Settings, check_nice, get_settings
 
 log = logging.getLogger("mask-submit")
 
@@ -118,7 +118,7 @@ def build_merge_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _run_ray(args: argparse.Namespace):
+def _run_ray(args: argparse.Namespace, settings: Settings):
     from serving import ray_engine
 
     if args.shard:
@@ -130,7 +130,7 @@ def _run_ray(args: argparse.Namespace):
     return ray_engine.run_ray_submission(args.model, args.info, args.images, args.out, precision=args.precision,
                                          batch_size=args.batch_size, on_error=args.on_error,
                                          probs_csv=args.probs, probs_dir=args.probs_dir, resume=args.resume,
-                                         ray_options=opts)
+                                         ray_options=opts, settings=settings)
 
 
 def write_class_report(result, labels_csv, out) -> Path:
@@ -146,7 +146,7 @@ def write_class_report(result, labels_csv, out) -> Path:
     return write_report_csv(Path(out).with_suffix(".class_report.csv"), y, result.probs[keep])
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, settings: Settings) -> int:
     from serving.predictor import load_predictor
     from serving.submission import run_submission
 
@@ -154,7 +154,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.labels:   # a bad answers file should fail now, not after the whole run
         read_csv(args.labels, ("ImageID", "ans"))
     if args.engine == "ray":
-        result = _run_ray(args)
+        result = _run_ray(args, settings)
         print(f"wrote {result.out_csv}: {result.summary()}")
         return _score(args, result)
     if args.probs_dir:
@@ -164,8 +164,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.decode_nice is not None:
         check_nice(args.decode_nice, "--decode-nice")
     spinning = None if args.ort_spinning is None else args.ort_spinning == "on"
-    predictor = load_predictor(args.model, args.precision, threads=args.threads, ort_spinning=spinning,
-                               aspect=args.aspect)
+    predictor = load_predictor(args.model, args.precision, settings=settings, threads=args.threads,
+                               ort_spinning=spinning, aspect=args.aspect)
     log.info("model %s (%s, %s) on %s", args.model, predictor.metadata.arch,
              "x".join(map(str, predictor.input_shape[:2])), predictor.provider)
     result = run_submission(predictor, args.info, args.images, args.out, batch_size=args.batch_size,
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             n = merge_parts(args.parts, args.info, args.out)
             print(f"merged {len(args.parts)} part(s) into {args.out}: {n} rows, each exactly once")
             return 0
-        return _run(args)
+        return _run(args, get_settings())   # this process's one read of MASK_*
     except (ValueError, OSError) as e:   # OSError: FileNotFoundError, an --out that is a folder, ...
         print(f"error: {e}", file=sys.stderr)
         return 2

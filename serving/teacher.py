@@ -46,8 +46,8 @@ def _predictor(model: str):
     from serving.predictor import Predictor
     from serving.settings import Settings
 
-    # the recorded preprocessing, never a deployment's MASK_ASPECT override
-    return Predictor(model, backend="onnx", settings=Settings.from_env().replace(aspect=""))
+    # the defaults: the recorded preprocessing (never a deployment's MASK_ASPECT), the providers available
+    return Predictor(model, backend="onnx", settings=Settings.defaults())
 
 
 def _model_logp(predictor, batch: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ import csv
 import io
 import os
 import zipfile
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -15,6 +16,8 @@ from serving.predictor import Predictor
 from serving.settings import Settings
 
 from conftest import SERVICE_LIMITS as LIMITS  # noqa: F401  re-exported; the limits the shared in-process service runs with
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 
@@ -298,3 +301,42 @@ def test_batcher_forms_batches():
     assert [int(r[0][0]) for r in rows] == list(range(32)), "each request must get its own image's row"
     assert sum(calls) == 32 and len(calls) < 32 and max(calls) > 1, f"model calls (images each): {calls}"
     assert max(calls) <= 8, f"a batch over max_batch_size: {calls}"
+
+
+EXPLICIT = '''
+import json, sys
+from starlette.testclient import TestClient
+from serving.service import declare
+from serving.settings import Settings
+
+model, photo = sys.argv[1], open(sys.argv[2], "rb").read()
+service = declare(Settings.from_fields({"model": model, "max_files": 3, "api_key": "k", "workers": 2}))
+answers = {"workers": service.config["workers"]}
+with TestClient(service.to_asgi()) as c:
+    key = {"Authorization": "Bearer k"}
+    files = lambda n: [("images", (f"{i}.jpg", photo, "image/jpeg")) for i in range(n)]
+    answers["no key"] = c.get("/model").status_code
+    answers["env key"] = c.get("/model", headers={"Authorization": "Bearer from-env"}).status_code
+    answers["max_files"] = c.get("/model", headers=key).json()["limits"]["max_files"]
+    answers["3 files"] = c.post("/predict_batch", files=files(3), headers=key).status_code
+    answers["4 files"] = c.post("/predict_batch", files=files(4), headers=key).status_code
+print(json.dumps(answers))
+'''
+
+
+def test_a_service_declared_from_explicit_settings_ignores_the_environment(onnx_model, synth_root, tmp_path):
+    """declare(Settings) gives a service whose worker count, guard (API key), limits and model are
+    those settings', whatever MASK_* says (a subprocess: one ASGI app per process)."""
+    import json
+    import subprocess
+    import sys
+
+    photo = sorted((synth_root / "eval" / "images").iterdir())[0]
+    env = {**os.environ, "MASK_MODEL": str(tmp_path / "absent.onnx"), "MASK_MAX_FILES": "1",
+           "MASK_API_KEY": "from-env", "MASK_WORKERS": "5", "BENTOML_HOME": str(tmp_path / "bentoml"),
+           "BENTOML_DO_NOT_TRACK": "true"}
+    out = subprocess.run([sys.executable, "-c", EXPLICIT, str(onnx_model), str(photo)], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"workers": 2, "no key": 401, "env key": 401, "max_files": 3, "3 files": 200, "4 files": 413}, got

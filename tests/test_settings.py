@@ -115,3 +115,41 @@ def test_an_explicit_mapping_ignores_the_process_environment(monkeypatch):
         "from_env(mapping) must read the mapping only, not os.environ"
     assert Settings.from_env({"MASK_MAX_FILES": "7"}).max_files == 7
     assert Settings.from_env().max_files == 4, "from_env() with no mapping reads the environment"
+
+
+# --- one read of the environment per process ------------------------------------------------------
+ENTRY_POINTS = {"serving/service.py": 1, "serving/submit.py": 1}   # the service's declaration, mask-submit's main
+
+
+def test_only_the_entry_points_read_the_settings_from_the_environment():
+    """get_settings() (or Settings.from_env() without a mapping) is called where a process starts,
+    once; every other module gets its Settings handed down or uses Settings.defaults()."""
+    reads = {}
+    for package in ("serving", "export", "training", "maskdata"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            rel = path.relative_to(ROOT).as_posix()
+            if rel == "serving/settings.py":
+                continue
+            code = "\n".join(line.split("#", 1)[0] for line in path.read_text(encoding="utf-8").splitlines())
+            n = len(re.findall(r"\bget_settings\(\)|\bSettings\.from_env\(\)", code))
+            n += len(re.findall(r"os\.(?:environ|getenv)\W+[\"']MASK_", code))
+            if n:
+                reads[rel] = n
+    assert reads == ENTRY_POINTS, f"MASK_* read from the environment at {reads}; expected only {ENTRY_POINTS}"
+
+
+def test_importing_the_service_reads_nothing_and_declaring_it_reads_once(tmp_path):
+    """A bad MASK_* value does not break `import serving.service`; the first access of
+    MaskClassifier (what `bentoml serve` does) reads the environment and reports it in one line."""
+    import subprocess
+    import sys
+
+    code = ("import serving.service as s\n"
+            "print('imported')\n"
+            "try:\n    s.MaskClassifier\nexcept ValueError as e:\n    print('declared:', e)\n")
+    env = {**os.environ, "MASK_MAX_FILES": "many", "BENTOML_HOME": str(tmp_path), "BENTOML_DO_NOT_TRACK": "true"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=120)
+    lines = out.stdout.splitlines()
+    assert lines[:1] == ["imported"], (out.stdout, out.stderr[-2000:])
+    assert lines[1:] == ["declared: MASK_MAX_FILES='many' is not an integer"], (out.stdout, out.stderr[-2000:])

@@ -2,6 +2,8 @@
 MASK_ORT_SPINNING end up in the live session's options (what ORT will use), not just in our settings."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from serving.predictor import SPINNING_KEY
@@ -21,15 +23,23 @@ def test_threads_and_spinning_reach_the_session(onnx_model, threads, spinning):
         f"spinning {spinning} did not reach {SPINNING_KEY}"
 
 
-def test_environment_is_the_default_and_flags_win(onnx_model, monkeypatch):
+def test_the_process_settings_are_the_default_and_flags_win(onnx_model, monkeypatch):
+    """mask-submit's main reads MASK_* once (get_settings) and hands them down; a Predictor loaded
+    without settings never reads the environment behind its caller's back."""
+    from serving.settings import get_settings
+
     monkeypatch.setenv("MASK_THREADS", "1")
     monkeypatch.setenv("MASK_ORT_SPINNING", "1")
-    opts = _session_options(load_predictor(str(onnx_model)))
+    settings = get_settings()
+    opts = _session_options(load_predictor(str(onnx_model), settings=settings))
     assert (opts.intra_op_num_threads, opts.get_session_config_entry(SPINNING_KEY)) == (1, "1"), \
         "MASK_THREADS / MASK_ORT_SPINNING were not applied"
-    opts = _session_options(load_predictor(str(onnx_model), threads=2, ort_spinning=False))
+    opts = _session_options(load_predictor(str(onnx_model), settings=settings, threads=2, ort_spinning=False))
     assert (opts.intra_op_num_threads, opts.get_session_config_entry(SPINNING_KEY)) == (2, "0"), \
         "explicit arguments must override the environment"
+    opts = _session_options(load_predictor(str(onnx_model)))
+    assert (opts.intra_op_num_threads, opts.get_session_config_entry(SPINNING_KEY)) == (0, "0"), \
+        "without settings the documented defaults apply, not the environment"
 
 
 def test_spinning_is_off_by_default(onnx_model, monkeypatch):
@@ -115,28 +125,30 @@ def _decode_priorities(monkeypatch, predictor, synth_root, out, **options) -> se
 
 
 @pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="per-thread nice is Linux's")
-def test_decode_nice_default_comes_from_the_settings(onnx_model, synth_root, tmp_path, monkeypatch):
-    """The decode workers run MASK_DECODE_NICE (default 10) steps below the caller; an explicit
-    decode_nice wins; a bad MASK_DECODE_NICE fails before any output exists."""
+def test_decode_nice_default_comes_from_the_settings(onnx_model, synth_root, tmp_path, monkeypatch, capsys):
+    """The decode workers run the predictor's settings' decode_nice (MASK_DECODE_NICE where
+    mask-submit starts; default 10) steps below the caller; an explicit decode_nice wins; a bad
+    MASK_DECODE_NICE stops mask-submit before any output exists."""
     import os
 
     from serving.settings import Settings
 
     base = os.getpriority(os.PRIO_PROCESS, 0)
-    predictor = load_predictor(str(onnx_model))
-    monkeypatch.delenv("MASK_DECODE_NICE", raising=False)
     default = Settings.model_fields["decode_nice"].default
-    got = _decode_priorities(monkeypatch, predictor, synth_root, tmp_path / "a.csv")
+    got = _decode_priorities(monkeypatch, load_predictor(str(onnx_model)), synth_root, tmp_path / "a.csv")
     assert got == {min(19, base + default)}, f"default: decode ran at {got}, caller at {base}"
-    monkeypatch.setenv("MASK_DECODE_NICE", "3")
+    predictor = load_predictor(str(onnx_model), settings=Settings.from_fields({"decode_nice": 3}))
     got = _decode_priorities(monkeypatch, predictor, synth_root, tmp_path / "b.csv")
-    assert got == {min(19, base + 3)}, f"MASK_DECODE_NICE=3: decode ran at {got}, caller at {base}"
+    assert got == {min(19, base + 3)}, f"decode_nice=3 in the settings: decode ran at {got}, caller at {base}"
     got = _decode_priorities(monkeypatch, predictor, synth_root, tmp_path / "c.csv", decode_nice=0)
-    assert got == {base}, f"decode_nice=0 must win over the environment: decode ran at {got}, caller at {base}"
+    assert got == {base}, f"decode_nice=0 must win over the settings: decode ran at {got}, caller at {base}"
     monkeypatch.setenv("MASK_DECODE_NICE", "40")
-    with pytest.raises(ValueError, match="MASK_DECODE_NICE=40 must be at most 19"):
-        _decode_priorities(monkeypatch, predictor, synth_root, tmp_path / "d.csv")
-    assert not (tmp_path / "d.csv").exists() and not (tmp_path / "d.csv.journal").exists(), "output before the check"
+    out = tmp_path / "d.csv"
+    code = main(["--model", str(onnx_model), "--info", str(synth_root / "eval" / "info.csv"),
+                 "--images", str(synth_root / "eval" / "images"), "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "MASK_DECODE_NICE=40 must be at most 19" in err, (code, err)
+    assert not out.exists() and not Path(f"{out}.journal").exists(), "output before the check"
 
 
 def test_decode_nice_reaches_the_pipeline(onnx_model, synth_root, tmp_path, monkeypatch):
