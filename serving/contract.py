@@ -11,8 +11,10 @@ What BentoML 1.4 (seen with 1.4.40) answers on its own, and why this module exis
   ``detail`` list, so a client parses one shape whatever answered;
 - its generated document declares only 400/404/500, each with a schema that lacks ``status``, no
   415/413/411/401/503, no ``GET /model`` (the request guard answers it), and nothing of mounted
-  apps, so not the ``/submission/*`` task routes (:mod:`serving.task_routes`). :func:`patch_openapi`
-  fixes each (and one schema BentoML gets wrong: ``POST /infer``'s null rows), and
+  apps, so not the ``/submission/*`` task routes (:mod:`serving.task_routes`); its request bodies
+  allow what the routes refuse (no body at all, extra multipart fields, an empty file list, any bytes
+  as a photo or a CSV). :func:`patch_openapi` fixes each (and one schema BentoML gets wrong:
+  ``POST /infer``'s null rows), and
   :class:`ErrorEnvelope` serves the patched document at ``/docs.json``, which the Swagger UI at
   ``/`` reads too.
 
@@ -105,9 +107,47 @@ def _op_errors(path: str, method: str) -> tuple[int, ...]:
     return tuple(sorted(set(codes)))
 
 
-def patch_openapi(doc: dict) -> dict:
+# What each upload field must hold (the multipart parts' ``encoding.contentType``): what the routes
+# decode, so a client or a fuzzer knows a part is a photo, a CSV or an archive, not any bytes.
+UPLOAD_TYPES = {
+    "image": "image/*", "info": "text/csv",
+    "archive": "application/zip, application/x-tar, application/gzip, application/x-bzip2, application/x-xz",
+}
+
+
+UPLOAD_SUFFIX = {"image": ".jpg", "info": ".csv", "archive": ".zip"}
+
+
+def _exact_request_body(body: dict, max_files: int | None) -> None:
+    """Say what the routes hold a body to: it is required when it has required fields; a multipart
+    form takes exactly its fields (the guard refuses others), each part of its media type, and a
+    list of files at least one and at most ``max_files`` (``MASK_MAX_FILES``)."""
+    for media, content in body.get("content", {}).items():
+        schema = content.get("schema", {})
+        if schema.get("required"):
+            body["required"] = True
+        if media != "multipart/form-data":
+            continue
+        schema["additionalProperties"] = False
+        for name, prop in schema.get("properties", {}).items():
+            if prop.get("type") == "array":   # a list of photos; in words, as an encoding on an array
+                prop["minItems"] = 1          # of files is read as one file by schemathesis 4.32
+                if max_files is not None:
+                    prop["maxItems"] = max_files
+                prop.setdefault("description", "photos (image/*), one file part each, with a filename")
+            if name in UPLOAD_TYPES:   # a file part: the guard refuses one without a filename (text)
+                disposition = f'form-data; name="{name}"; filename="{name}{UPLOAD_SUFFIX.get(name, "")}"'
+                content.setdefault("encoding", {})[name] = {
+                    "contentType": UPLOAD_TYPES[name],
+                    "headers": {"Content-Disposition": {
+                        "required": True, "description": "a file part: with a filename",
+                        "schema": {"type": "string", "example": disposition}}}}
+
+
+def patch_openapi(doc: dict, max_files: int | None = None) -> dict:
     """BentoML's generated document with the service's error shape on every route, ``GET /model``,
-    and the ``/submission`` task routes."""
+    the ``/submission`` task routes, and request bodies as the routes take them (``max_files``: the
+    most photos one request may carry)."""
     doc = copy.deepcopy(doc)
     doc["info"] = dict(INFO)   # no BentoML contact or "None" version either
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
@@ -121,6 +161,9 @@ def patch_openapi(doc: dict) -> dict:
     rows = infer.get("content", {}).get("application/json", {}).get("schema", {}).get("items")
     if isinstance(rows, dict):
         rows["nullable"] = True   # an image of the wrong size answers null (BentoML drops the Optional)
+    submission = paths.get("/submission", {}).get("post", {}).get("responses", {}).get("200")
+    if submission is not None:   # the CSV (BentoML declares its `-> str` as text/plain)
+        submission["content"] = {"text/csv": {"schema": {"type": "string"}}}
     model_post = paths.get("/model", {}).get("post")
     if model_post is not None and "get" not in paths["/model"]:
         get = {k: copy.deepcopy(v) for k, v in model_post.items() if k != "requestBody"}
@@ -132,6 +175,8 @@ def patch_openapi(doc: dict) -> dict:
         for method, op in ops.items():
             if not isinstance(op, dict) or "responses" not in op:
                 continue
+            if "requestBody" in op:
+                _exact_request_body(op["requestBody"], max_files)
             for code in _op_errors(path, method):
                 op["responses"][str(code)] = {"description": HTTPStatus(code).phrase,
                                               "content": {"application/json": {"schema": ref}}}
@@ -143,8 +188,8 @@ class ErrorEnvelope:
     OpenAPI document at ``/docs.json``. Only error bodies and that document are buffered (small);
     every other response streams through untouched."""
 
-    def __init__(self, app) -> None:
-        self.app = app
+    def __init__(self, app, max_files: int | None = None) -> None:
+        self.app, self.max_files = app, max_files
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -163,19 +208,19 @@ class ErrorEnvelope:
                 return await send(message)
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
-                await self._flush(held["start"], b"".join(chunks), docs, send)
+                await self._flush(held["start"], b"".join(chunks), docs, send, self.max_files)
 
         await self.app(scope, receive, rewriting_send)
 
     @staticmethod
-    async def _flush(start: dict, body: bytes, docs: bool, send) -> None:
+    async def _flush(start: dict, body: bytes, docs: bool, send, max_files: int | None) -> None:
         status = start["status"]
         headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
         content_type = next((v for k, v in headers if k.lower() == b"content-type"), b"").lower()
         new = None
         if docs and status == 200:
             try:
-                new = json.dumps(patch_openapi(json.loads(body))).encode()
+                new = json.dumps(patch_openapi(json.loads(body), max_files)).encode()
             except ValueError:
                 new = None
         elif status >= 400:

@@ -10,7 +10,8 @@ Why it exists — what BentoML 1.4 (seen with 1.4.40) does not do for us:
 - it answers HTTP 500 to a binary multipart part under an unknown name and *downloads a URL* sent as
   a text part where a file is expected: :class:`PartInspector` turns both into 400s;
 - it routes every API as POST, so ``GET /model`` is answered here, from a plain callable the service
-  hands over (this module knows nothing of BentoML);
+  hands over (this module knows nothing of BentoML), and any other method there gets 405 with
+  ``Allow: GET, POST``;
 - it has no authentication: with ``MASK_API_KEY`` set every route except the probes needs
   ``Authorization: Bearer <key>`` (compared in constant time), else 401.
 
@@ -131,8 +132,13 @@ class RequestGuard:
                     self._check_json(path, headers)
         except RequestError as e:
             return await e.response()(scope, receive, send)
-        if path == "/model" and method == "GET" and self.model_info is not None:
-            return await self._model_info(scope, receive, send)
+        if path == "/model" and self.model_info is not None:
+            if method == "GET":
+                return await self._model_info(scope, receive, send)
+            if method != "POST":   # BentoML's router would answer `Allow: POST`, hiding GET
+                refusal = error_response(405, f"{method} is not allowed on /model; use GET (or POST)")
+                refusal.headers["Allow"] = "GET, POST"
+                return await refusal(scope, receive, send)
         if method in BODY_METHODS and path in self.fields:
             return await self._inspected(path, headers, scope, receive, send)
         return await self.app(scope, receive, send)

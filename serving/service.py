@@ -335,7 +335,7 @@ def declare(settings: Settings) -> bentoml.Service:
         http={"cors": {"enabled": False}},
     )(inner)
     # outermost first: every error leaves in one shape, /docs.json declares it (serving.contract)
-    service.add_asgi_middleware(ErrorEnvelope)
+    service.add_asgi_middleware(ErrorEnvelope, max_files=settings.max_files)
     service.add_asgi_middleware(RequestGuard, limits=body_limits(settings), fields=MULTIPART_FIELDS,
                                 default_limit=settings.max_body_bytes, api_key=settings.api_key,
                                 model_info=served_model_info)

@@ -1,8 +1,8 @@
 """The ``/submission`` task routes (docs/serving.md, "Submission task").
 
 ``POST /submission/submit`` (multipart ``info`` + ``archive``) → ``{"task_id", "status"}``;
-``GET /submission/status?task_id=``, ``GET /submission/get?task_id=`` (the CSV, or the failed job's
-4xx/5xx JSON reason), ``PUT /submission/cancel?task_id=``, ``POST /submission/retry?task_id=``: the
+``GET /submission/status?task_id=``, ``GET /submission/get?task_id=`` (the CSV, the failed job's
+4xx/5xx JSON reason, or 409 while it runs), ``PUT /submission/cancel?task_id=``, ``POST /submission/retry?task_id=``: the
 URLs and answers of BentoML's task protocol, served by a small Starlette app the service mounts at
 ``/submission``. Why not ``@bentoml.task``: :mod:`serving.tasks` says.
 
@@ -37,8 +37,8 @@ def result_response(store: tasks.TaskStore, task_id: str) -> Response:
     if state["status"] == tasks.COMPLETED:
         return FileResponse(store.folder(task_id) / tasks.RESULT_FILE, media_type="text/csv",
                             filename="submission.csv")
-    if state["status"] == tasks.IN_PROGRESS:
-        return error_response(400, f"task {task_id} is not completed yet")
+    if state["status"] == tasks.IN_PROGRESS:   # 409: the task's state, not the request, is what is wrong
+        return error_response(409, f"task {task_id} is not completed yet; poll /submission/status")
     return error_response(int(state.get("http_status") or 500), state.get("error") or state["status"])
 
 
@@ -142,7 +142,8 @@ def openapi_paths(prefix: str = "/submission") -> dict:
     """The OpenAPI path items of the task routes, answering the ``TaskStatusResponse`` schema."""
     status = {"200": {"description": "Successful Response", "content": {
         "application/json": {"schema": {"$ref": "#/components/schemas/TaskStatusResponse"}}}}}
-    query = [{"name": "task_id", "in": "query", "required": True, "schema": {"type": "string", "title": "Task ID"}}]
+    query = [{"name": "task_id", "in": "query", "required": True,
+              "schema": {"type": "string", "title": "Task ID", "pattern": f"^{tasks.TASK_ID_PATTERN}$"}}]
     upload = {"content": {"multipart/form-data": {"schema": {
         "type": "object", "title": "SubmissionUpload", "required": ["info", "archive"],
         "properties": {"info": {"type": "string", "format": "binary", "description": "info.csv (ImageID,ans)"},

@@ -52,7 +52,8 @@ STATUSES = (IN_PROGRESS, COMPLETED, FAILED, CANCELED)
 TASK_FILE, STATUS_FILE, RESULT_FILE, PROGRESS_FILE = "task.json", "status.json", "result.csv", "progress.json"
 INFO_FILE, ARCHIVE_FILE, WORK_DIR = "info.csv", "archive", "work"
 OWNER_LOCK, RUN_LOCK, STATUS_LOCK = "owner.lock", "run.lock", "status.lock"
-_TASK_ID = re.compile(r"[0-9a-f]{32}")
+TASK_ID_PATTERN = "[0-9a-f]{32}"   # uuid4().hex
+_TASK_ID = re.compile(TASK_ID_PATTERN)
 COPY_CHUNK = 1 << 20
 
 

@@ -59,3 +59,29 @@ def test_openapi_patch_declares_errors_get_model_and_the_task_routes():
     assert doc["paths"]["/infer"]["post"]["responses"] == answers, "the input document is not modified"
 
 
+
+
+def test_openapi_patch_says_what_the_routes_take_as_a_body():
+    """Required bodies, exact multipart fields, each file part's media type and filename, the photo
+    count between 1 and max_files, and the task id's form: what the routes refuse, the schema forbids."""
+    files = {"type": "object", "required": ["images"],
+             "properties": {"images": {"type": "array", "items": {"type": "string", "format": "binary"}}}}
+    one = {"type": "object", "required": ["image"], "properties": {"image": {"type": "string", "format": "binary"}}}
+    doc = {"paths": {
+        "/predict_batch": {"post": {"responses": {}, "requestBody": {"content": {"multipart/form-data": {"schema": files}}}}},
+        "/predict": {"post": {"responses": {}, "requestBody": {"content": {"multipart/form-data": {"schema": one}}}}},
+        "/model": {"post": {"responses": {}, "requestBody": {"content": {"application/json": {"schema": {
+            "type": "object", "properties": {}}}}}}}}}
+    patched = patch_openapi(doc, max_files=7)["paths"]
+    batch = patched["/predict_batch"]["post"]["requestBody"]
+    schema = batch["content"]["multipart/form-data"]["schema"]
+    assert batch["required"] is True and schema["additionalProperties"] is False, batch
+    assert (schema["properties"]["images"]["minItems"], schema["properties"]["images"]["maxItems"]) == (1, 7), schema
+    single = patched["/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]["encoding"]["image"]
+    assert single["contentType"] == "image/*", single
+    assert 'filename="' in single["headers"]["Content-Disposition"]["schema"]["example"], single
+    submit = patched["/submission/submit"]["post"]["requestBody"]["content"]["multipart/form-data"]["encoding"]
+    assert submit["info"]["contentType"] == "text/csv" and "application/zip" in submit["archive"]["contentType"]
+    assert "required" not in patched["/model"]["post"]["requestBody"], "POST /model needs no body"
+    task_id = patched["/submission/status"]["get"]["parameters"][0]["schema"]
+    assert task_id["pattern"] == "^[0-9a-f]{32}$", task_id

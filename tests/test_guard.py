@@ -64,6 +64,9 @@ def test_get_model_is_answered_from_the_callable_it_is_given():
     assert c.get("/model").json() == {"arch": "tiny"}
     assert c.post("/model").text == "POST /model", "POST /model goes on to the app"
     assert guarded(api_key="").get("/model").text == "GET /model", "without a callable the app answers"
+    for method in ("OPTIONS", "PUT", "DELETE", "PATCH", "HEAD"):
+        other = c.request(method, "/model")
+        assert other.status_code == 405 and other.headers["allow"] == "GET, POST", (method, other.headers)
 
 
 def test_default_body_limit_covers_unlisted_routes_and_methods():
