@@ -125,7 +125,7 @@ class ClassifierService:
         # Predictor warms up before __init__ returns, so /readyz only turns 200 after a real inference.
         self.predictor = Predictor(source, settings=self.settings, name=name)
         self.tasks = TaskQueue(TaskStore(self.settings.tasks_dir or None, self.settings.task_retention_s),
-                                           source, self.settings)
+                               source, self.settings)
         log.info("serving %s on %s", self.predictor.source, self.predictor.provider)
 
     @bentoml.on_startup
@@ -294,7 +294,7 @@ class ClassifierService:
         except ValueError as e:   # the CSV or the archive, refused before a job is queued
             return error_response(status_of(e), str(e))
         await self.tasks.wait(task_id)
-        return task_routes.result_response(self.tasks.store, task_id)
+        return await anyio.to_thread.run_sync(task_routes.result_response, self.tasks.store, task_id)
 
 
 def _served() -> ClassifierService | None:
