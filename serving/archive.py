@@ -254,7 +254,6 @@ def check_archive(source: IO[bytes], wanted: Iterable[str], limits: ArchiveLimit
     it reads a byte. Returns the ``wanted`` ImageIDs the zip holds (None for a tar, whose members
     are only known by reading its whole stream). ``source`` is a seekable file, left at its start.
     """
-    wanted = list(wanted)
     normalised = {w: member_name(w) for w in wanted}
     try:
         if zipfile.is_zipfile(source):
@@ -263,10 +262,8 @@ def check_archive(source: IO[bytes], wanted: Iterable[str], limits: ArchiveLimit
                 chosen = _zip_plan(zf, set(normalised.values()), limits)
             return {raw for raw, name in normalised.items() if name in chosen}
         source.seek(0)
-        try:
-            tarfile.open(fileobj=source, mode="r:*").close()
-        except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError):
-            raise ArchiveError(NOT_AN_ARCHIVE) from None
-        return None
+        if tarfile.is_tarfile(source):   # the test extract_images makes
+            return None
+        raise ArchiveError(NOT_AN_ARCHIVE)
     finally:
         source.seek(0)

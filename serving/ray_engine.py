@@ -243,7 +243,7 @@ def run_ray_submission(model: str, info_csv, images: str, out_csv, *, precision:
     if not probs_dir and not resume and journal_path.exists():   # now, not after Ray has started
         raise Journal.unfinished(journal_path)
     sink = ray_output.ProbsSink.open(probs_dir) if probs_dir else None
-    spec = ActorModel(model, precision, (settings or Settings.defaults()).model_dump(mode="json", exclude={"api_key"}))
+    spec = ActorModel(model, precision, (settings or Settings.defaults()).to_fields())
     outcome = _run_grid(ray, plan, batch_size, spec, sink, probs_csv is not None, ray_options, resume)
     return finish_job(plan, outcome, probs_csv)
 

@@ -249,6 +249,11 @@ class Settings(BaseSettings):
         ``/submission`` job process gets exactly the settings of the service that queued it."""
         return _one_line(lambda: _FromMapping.model_validate(dict(values)))
 
+    def to_fields(self) -> dict:
+        """These settings as JSON field values for another process (:meth:`from_fields` reads them
+        back): a job's ``task.json``, a Ray actor's constructor. Never the API key."""
+        return self.model_dump(mode="json", exclude={"api_key"})
+
 
 class _FromMapping(Settings):
     """Settings from a given mapping only. pydantic-settings fills every field a mapping lacks from

@@ -66,7 +66,7 @@ class TaskQueue:
 
     def meta(self) -> dict:
         """``task.json``: the model and the settings (never the API key) the job process loads."""
-        return {"model": self.model, "settings": self.settings.model_dump(mode="json", exclude={"api_key"})}
+        return {"model": self.model, "settings": self.settings.to_fields()}
 
     # --- submitting --------------------------------------------------------------------------
     async def submit(self, info: IO[bytes], archive: IO[bytes]) -> str:

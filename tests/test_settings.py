@@ -153,3 +153,12 @@ def test_importing_the_service_reads_nothing_and_declaring_it_reads_once(tmp_pat
     lines = out.stdout.splitlines()
     assert lines[:1] == ["imported"], (out.stdout, out.stderr[-2000:])
     assert lines[1:] == ["declared: MASK_MAX_FILES='many' is not an integer"], (out.stdout, out.stderr[-2000:])
+
+
+def test_settings_travel_as_field_values_without_the_api_key():
+    """to_fields() is what a job process (task.json) and a Ray actor get; from_fields() reads it back."""
+    sent = Settings.from_fields({"max_files": 9, "threads": 2, "api_key": "secret", "providers": ("CPUExecutionProvider",)})
+    fields = sent.to_fields()
+    assert "api_key" not in fields and "secret" not in str(fields), fields
+    back = Settings.from_fields(fields)
+    assert back == sent.replace(api_key=""), (back, sent)
