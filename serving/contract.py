@@ -107,15 +107,15 @@ def _op_errors(path: str, method: str) -> tuple[int, ...]:
     return tuple(sorted(set(codes)))
 
 
-# What each upload field must hold (the multipart parts' ``encoding.contentType``): what the routes
-# decode, so a client or a fuzzer knows a part is a photo, a CSV or an archive, not any bytes.
-UPLOAD_TYPES = {
-    "image": "image/*", "info": "text/csv",
-    "archive": "application/zip, application/x-tar, application/gzip, application/x-bzip2, application/x-xz",
+# What each single-file upload field holds (its part's ``encoding.contentType``) and an example
+# filename: what the routes decode, so a client or a fuzzer knows a part is a photo, a CSV or an
+# archive, not any bytes.
+UPLOADS = {
+    "image": ("image/*", "photo.jpg"),
+    "info": ("text/csv", "info.csv"),
+    "archive": ("application/zip, application/x-tar, application/gzip, application/x-bzip2, application/x-xz",
+                "images.zip"),
 }
-
-
-UPLOAD_SUFFIX = {"image": ".jpg", "info": ".csv", "archive": ".zip"}
 
 
 def _exact_request_body(body: dict, max_files: int | None) -> None:
@@ -130,15 +130,18 @@ def _exact_request_body(body: dict, max_files: int | None) -> None:
             continue
         schema["additionalProperties"] = False
         for name, prop in schema.get("properties", {}).items():
-            if prop.get("type") == "array":   # a list of photos; in words, as an encoding on an array
-                prop["minItems"] = 1          # of files is read as one file by schemathesis 4.32
+            # A list of photos says its media type in words: an encoding on an array of files is
+            # read as one file by schemathesis (seen with 4.32), which then sends it without a filename.
+            if prop.get("type") == "array":
+                prop["minItems"] = 1
                 if max_files is not None:
                     prop["maxItems"] = max_files
                 prop.setdefault("description", "photos (image/*), one file part each, with a filename")
-            if name in UPLOAD_TYPES:   # a file part: the guard refuses one without a filename (text)
-                disposition = f'form-data; name="{name}"; filename="{name}{UPLOAD_SUFFIX.get(name, "")}"'
+            if name in UPLOADS:   # a file part: the guard refuses one without a filename (a text field)
+                media_type, filename = UPLOADS[name]
+                disposition = f'form-data; name="{name}"; filename="{filename}"'
                 content.setdefault("encoding", {})[name] = {
-                    "contentType": UPLOAD_TYPES[name],
+                    "contentType": media_type,
                     "headers": {"Content-Disposition": {
                         "required": True, "description": "a file part: with a filename",
                         "schema": {"type": "string", "example": disposition}}}}
