@@ -26,7 +26,7 @@ ARG MODEL=""
 COPY . /context/
 RUN set -eu; mkdir /out; \
     if [ -n "$MODEL" ]; then \
-      case "$MODEL" in /*|*..*) echo "MODEL=$MODEL must be a path inside the build context" >&2; exit 1;; esac; \
+      case "/$MODEL/" in //*|*/../*) echo "MODEL=$MODEL must be a path inside the build context" >&2; exit 1;; esac; \
       if [ ! -f "/context/$MODEL" ]; then \
         echo "MODEL=$MODEL is not a file in the build context (is it listed in .dockerignore?)" >&2; exit 1; \
       fi; \
