@@ -50,6 +50,12 @@ class ServiceBusy(RequestError):
     status = 503
 
 
+class NotAvailable(RequestError):
+    """The served model cannot do what was asked (``/explain`` of a model without maps): 501."""
+
+    status = 501
+
+
 class ClientClosed(RequestError):
     """The client went away while its request was queued (nginx's 499; nobody reads the answer)."""
 
@@ -67,8 +73,24 @@ def status_of(error: Exception) -> int:
     return 500
 
 
+def as_request_error(error: Exception) -> RequestError:
+    """A refusal from a library (an image, a CSV, an archive that cannot be used) as the typed error
+    of its :func:`status_of`, message kept; a :class:`RequestError` is returned as it is."""
+    if isinstance(error, RequestError):
+        return error
+    status = status_of(error)
+    cls = next((c for c in _CLASSES if c.status == status), RequestError)
+    typed = cls(str(error))
+    typed.status = status   # a status no class names (500 for an unknown type) is kept as it is
+    return typed
+
+
 def error_response(status: int, message: str) -> JSONResponse:
     headers = {"Retry-After": "1"} if status == 503 else None
     if status == 401:
         headers = {"WWW-Authenticate": 'Bearer realm="mask-classifier"'}
     return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
+
+
+_CLASSES = (BadRequest, Unauthorized, LengthRequired, PayloadTooLarge, UnsupportedMediaType, ServiceBusy,
+            NotAvailable, ClientClosed)

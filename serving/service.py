@@ -16,10 +16,15 @@ load) is declared on first access by :func:`declare` from :func:`serving.setting
 read once in each process, and that one :class:`Settings` is handed to the worker count, the guard,
 the predictor and the task queue. ``declare(settings)`` builds the same service from any settings.
 
-Uploads arrive as files and are decoded here, not by BentoML: a non-image given to a PIL-typed
-parameter becomes an HTTP 500 in BentoML 1.4, and every bad input must get a 4xx JSON reason.
-The request guard (body limits, API key, multipart checks, ``GET /model``) is :mod:`serving.guard`,
-the typed client errors :mod:`serving.errors`; handlers get the request through BentoML's documented
+Each handler parses, calls the Predictor and answers; a refusal is raised as a typed error of
+:mod:`serving.errors` and answered in one place, :func:`serving.refusals.answers_refusals`. What
+this service does differently from a plain BentoML one lives each in its own module, with the reason
+and a test that pins the BentoML behaviour it works around: :mod:`serving.uploads` (photos arrive as
+files and are decoded there, with a 4xx reason for each bad one), :mod:`serving.refusals`,
+:mod:`serving.disconnect` (a gone client's images leave the queue), :mod:`serving.request_timeout`,
+:mod:`serving.guard` (API key, body limits, multipart checks, ``GET /model``), :mod:`serving.contract`
+(one error shape, the exact OpenAPI document) and the ``/submission`` task routes
+(:mod:`serving.task_routes`). Handlers get the request through BentoML's documented
 ``ctx: bentoml.Context`` parameter;
 ``/predict``, ``/predict_batch`` and ``/infer`` decode in worker threads, then queue their images on
 :class:`serving.batching.Batcher` (``MASK_MAX_BATCH_SIZE``, ``MASK_BATCH_WAIT_MS``, ``MASK_MAX_QUEUE``);
@@ -41,19 +46,20 @@ import numpy as np
 from starlette.responses import JSONResponse, Response
 
 from maskdata.artifact import MODEL_FILE, STORE_NAME
-from maskdata.preprocess import ImageError
 from serving import monitoring, request_timeout, task_routes, ui
 from serving.batching import Batcher, QueueFull
 from serving.contract import ErrorEnvelope
+from serving.disconnect import unless_disconnected
 from serving.explain import Explainer, ExplainUnavailable, availability
-from serving.errors import (BadRequest, ClientClosed, PayloadTooLarge, RequestError, ServiceBusy, error_response,
-                            status_of)
+from serving.errors import NotAvailable, ServiceBusy
 from serving.guard import MULTIPART_FIELDS, RequestGuard, body_limits
 from serving.predictor import Predictor
+from serving.refusals import answers_refusals
 from serving.schemas import ModelInfo, Prediction
 from serving.settings import Settings, get_settings
 from serving.task_queue import TaskQueue
 from serving.tasks import TaskStore
+from serving.uploads import decode_uploads
 
 log = logging.getLogger(__name__)
 
@@ -64,22 +70,6 @@ def _store_model(settings: Settings) -> bentoml.models.BentoModel | None:
     if settings.backend != "onnx" or source.endswith(".onnx") or os.sep in source or Path(source).exists():
         return None
     return bentoml.models.BentoModel(source)
-
-
-async def _client_gone(request) -> None:
-    """Returns when the ASGI server reports the client disconnected. Only awaited after BentoML has
-    read the whole body, so nothing else is reading ``receive`` then."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-def _refusal(error: RequestError, ctx: bentoml.Context | None) -> Response:
-    """The error's JSON answer. With a ``ctx`` parameter BentoML gives a returned Response the
-    context's status, so the status is set there too."""
-    response = error.response()
-    if ctx is not None:
-        ctx.response.status_code = response.status_code
-    return response
 
 
 def _pack(array: np.ndarray) -> str:
@@ -140,6 +130,7 @@ class ClassifierService:
 
     # --- model calls ------------------------------------------------------------------------
     @bentoml.api(route="/infer")
+    @answers_refusals
     async def infer(self, images: list[str], ctx: bentoml.Context = None) -> list[list[float] | None]:
         """Model call on raw pixels, batched with concurrent requests like ``/predict``. Each image is
         base64 of its raw uint8 pixels, (H, W, 3) in C order at the model's input size (``GET /model``:
@@ -149,11 +140,8 @@ class ClassifierService:
         shape = self.predictor.input_shape
         arrays: list[np.ndarray | None] = [_unpack(x, shape) for x in images]
         ok = [i for i, a in enumerate(arrays) if a is not None]
+        rows = await self._infer([arrays[i] for i in ok], ctx) if ok else []
         out: list[list[float] | None] = [None] * len(images)
-        try:
-            rows = await self._infer([arrays[i] for i in ok], ctx) if ok else []
-        except RequestError as e:
-            return _refusal(e, ctx)
         for i, row in zip(ok, rows):
             out[i] = row.tolist()
         return out
@@ -167,100 +155,55 @@ class ClassifierService:
         loop = asyncio.get_running_loop()
         if self._batched is None or self._batched_loop is not loop:  # asyncio futures bind one loop
             self._batched, self._batched_loop = Batcher(self.predictor.infer, self.settings), loop
-        job = asyncio.ensure_future(self._batched.submit(arrays))
-        request = ctx.request if ctx is not None else None
-        gone = asyncio.ensure_future(_client_gone(request)) if request is not None else None
         try:
-            await asyncio.wait([job] if gone is None else [job, gone], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if gone is not None:
-                gone.cancel()
-        if not job.done():  # the client went away: take its images out of the queue
-            job.cancel()
-            raise ClientClosed("client closed the request")
-        try:
-            return job.result()
+            return await unless_disconnected(self._batched.submit(arrays), ctx.request if ctx is not None else None)
         except QueueFull as e:
             raise ServiceBusy(str(e)) from None
 
-    # --- input handling ---------------------------------------------------------------------
-    def _decode(self, field: str, path: Path) -> np.ndarray:
-        """An uploaded file → model input, or :class:`RequestError` with a client-safe reason."""
-        size = path.stat().st_size
-        if size > self.settings.max_upload_bytes:
-            raise PayloadTooLarge(f"{field}: file of {size} bytes is over the limit of "
-                                  f"{self.settings.max_upload_bytes} bytes")
-        if size == 0:
-            raise BadRequest(f"{field}: empty upload (0 bytes)")
-        try:
-            return self.predictor.load(path.read_bytes())
-        except ImageError as e:  # ImageTooLarge (pixel limits) is 413, any other ImageError 400
-            error = PayloadTooLarge if status_of(e) == 413 else BadRequest
-            raise error(f"{field}: {e}") from None
-
     async def _decode_all(self, field: str, paths: list[Path]) -> list[np.ndarray]:
-        if not paths:
-            raise BadRequest(f"no files in field {field!r}")
-        if len(paths) > self.settings.max_files:
-            raise PayloadTooLarge(f"{len(paths)} files in one request; the limit is {self.settings.max_files}")
-        arrays = []
-        for i, p in enumerate(paths):
-            label = field if len(paths) == 1 and field == "image" else f"{field}[{i}]"
-            arrays.append(await anyio.to_thread.run_sync(self._decode, label, p))
-        return arrays
+        """A request's uploads → model inputs (serving.uploads: the limits and each file's 4xx reason)."""
+        return await decode_uploads(self.predictor.load, field, paths, max_bytes=self.settings.max_upload_bytes,
+                                    max_files=self.settings.max_files)
 
     # --- public routes ----------------------------------------------------------------------
     @bentoml.api(route="/predict")
+    @answers_refusals
     async def predict(self, image: Path, ctx: bentoml.Context = None) -> Prediction:
         """Classify one photo (multipart field ``image``: JPEG, PNG, WebP, BMP, ...)."""
-        try:
-            (probs,) = await self._infer(await self._decode_all("image", [image]), ctx)
-        except RequestError as e:
-            return _refusal(e, ctx)
+        (probs,) = await self._infer(await self._decode_all("image", [image]), ctx)
         answer = self.predictor.decode(probs)
         monitoring.record("/predict", [answer])
         return Prediction.model_validate(answer)
 
     @bentoml.api(route="/predict_batch")
+    @answers_refusals
     async def predict_batch(self, images: list[Path], ctx: bentoml.Context = None) -> list[Prediction]:
         """Classify several photos (multipart field ``images``, repeated); answers keep the order."""
-        try:
-            rows = await self._infer(await self._decode_all("images", images), ctx)
-        except RequestError as e:
-            return _refusal(e, ctx)
+        rows = await self._infer(await self._decode_all("images", images), ctx)
         answers = [self.predictor.decode(p) for p in rows]
         monitoring.record("/predict_batch", answers)
         return [Prediction.model_validate(a) for a in answers]
 
     @bentoml.api(route="/explain")
+    @answers_refusals
     async def explain(self, image: Path, ctx: bentoml.Context = None) -> t.Annotated[Path, bentoml.validators.ContentType("image/png")]:
         """Why that label: the photo with the class-activation heatmap of the predicted class (PNG), or
         ``{"prediction", "maps"}`` with ``Accept: application/json``. 501 when the model has no maps."""
-        response = await self._explain(image, ctx.request.headers.get("accept", "") if ctx is not None else "")
-        if ctx is not None:
-            ctx.response.status_code = response.status_code  # BentoML applies the context's status to a Response
-        return response
-
-    async def _explain(self, image: Path, accept: str) -> Response:
-        try:
-            explainer = self._explainer()
-            # the same size/format checks and 4xx reasons as /predict; their model input is reused
-            (array,) = await self._decode_all("image", [image])
-            result = await anyio.to_thread.run_sync(lambda: explainer.explain(image.read_bytes(), array=array))
-        except ExplainUnavailable as e:
-            return error_response(501, f"explanations are not available: {e}")
-        except RequestError as e:
-            return e.response()
-        except ImageError as e:
-            return error_response(400, f"image: {e}")
+        explainer = self._explainer()
+        # the same size/format checks and 4xx reasons as /predict; their model input is reused
+        (array,) = await self._decode_all("image", [image])
+        result = await anyio.to_thread.run_sync(lambda: explainer.explain(image.read_bytes(), array=array))
         monitoring.record("/explain", [result.prediction])
-        if "application/json" in accept:
+        if "application/json" in (ctx.request.headers.get("accept", "") if ctx is not None else ""):
             return JSONResponse(result.to_json())
         return Response(await anyio.to_thread.run_sync(result.png), media_type="image/png")
 
     def _explainer(self) -> Explainer:
         if self._explainer_obj is None:
-            self._explainer_obj = Explainer(self.predictor)  # ExplainUnavailable: nothing cached, re-raised
+            try:
+                self._explainer_obj = Explainer(self.predictor)
+            except ExplainUnavailable as e:   # nothing cached: every request gets the reason
+                raise NotAvailable(f"explanations are not available: {e}") from None
         return self._explainer_obj
 
     @bentoml.api(route="/model")
@@ -281,18 +224,12 @@ class ClassifierService:
                                          "explain": availability(self.predictor.metadata)})
 
     @bentoml.api(route="/submission")
+    @answers_refusals
     async def submission(self, info: Path, archive: Path) -> str:
         """Competition submission in one request: ``info`` (info.csv with ImageID,ans) and ``archive``
         (zip/tar of the eval images) → the filled-in CSV. The same job as ``POST /submission/submit``
         (serving/task_routes.py), waited for; long jobs should use that and poll instead."""
-        if info.stat().st_size > self.settings.max_upload_bytes:
-            return error_response(413, f"info: CSV over the limit of {self.settings.max_upload_bytes} bytes")
-        if archive.stat().st_size > self.settings.max_archive_bytes:
-            return error_response(413, f"archive: over the limit of {self.settings.max_archive_bytes} bytes")
-        try:
-            task_id = await self.tasks.submit_paths(info, archive)
-        except ValueError as e:   # the CSV or the archive, refused before a job is queued
-            return error_response(status_of(e), str(e))
+        task_id = await self.tasks.submit_paths(info, archive)   # sizes, the CSV, the archive: refused here
         await self.tasks.wait(task_id)
         return await anyio.to_thread.run_sync(task_routes.result_response, self.tasks.store, task_id)
 

@@ -10,8 +10,9 @@ worker that looks — every worker looks when it starts and every :data:`ADOPT_E
 ``MASK_TASK_ATTEMPTS`` times without finishing fails with the reason instead. Finished tasks past
 ``MASK_TASK_RETENTION_S`` are swept every :data:`SWEEP_EVERY_S`.
 
-Every read and write of the store runs in a thread, never on the event loop. Standard library,
-anyio and the store: nothing here imports BentoML or the web stack.
+Every read and write of the store runs in a thread, never on the event loop. A refusal is raised as
+the typed error of :mod:`serving.errors`, which both the service and the task routes answer; nothing
+here imports BentoML.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import anyio
 
 from maskdata.io import LOCKS
 from serving import task_runner, tasks
+from serving.errors import PayloadTooLarge, as_request_error
 from serving.submission import check_inputs
 
 log = logging.getLogger(__name__)
@@ -70,9 +72,20 @@ class TaskQueue:
 
     # --- submitting --------------------------------------------------------------------------
     async def submit(self, info: IO[bytes], archive: IO[bytes]) -> str:
-        """A new task from two seekable uploads, queued; ValueError (an ArchiveError for the archive)
-        with the reason when the CSV or the archive would fail the job before it read an image."""
-        await _in_thread(check_inputs, info, archive, self.settings.archive_limits)
+        """A new task from two seekable uploads, queued. Refused with a typed
+        :class:`serving.errors.RequestError` (413 over ``MASK_MAX_UPLOAD_BYTES`` /
+        ``MASK_MAX_ARCHIVE_BYTES``, else the status of the reason) when the CSV or the archive would
+        fail the job before it read an image."""
+        for name, upload, limit in (("info", info, self.settings.max_upload_bytes),
+                                    ("archive", archive, self.settings.max_archive_bytes)):
+            size = upload.seek(0, os.SEEK_END)
+            upload.seek(0)
+            if size > limit:
+                raise PayloadTooLarge(f"{name}: file of {size} bytes is over the limit of {limit} bytes")
+        try:
+            await _in_thread(check_inputs, info, archive, self.settings.archive_limits)
+        except ValueError as e:   # an unreadable CSV, a CSV without its columns, an archive that is none
+            raise as_request_error(e) from None
         task_id = await _in_thread(self.store.create, info, archive, self.meta())
         await self._start(task_id)
         return task_id

@@ -21,7 +21,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from serving import tasks
-from serving.errors import error_response, status_of
+from serving.errors import RequestError, error_response
 from serving.task_queue import TaskQueue
 
 
@@ -42,15 +42,12 @@ def result_response(store: tasks.TaskStore, task_id: str) -> Response:
     return error_response(int(state.get("http_status") or 500), state.get("error") or state["status"])
 
 
-def _check_uploads(files: dict, limits: tuple[int, int]) -> Response | None:
-    """The 400/413 answer for missing or oversized ``info``/``archive`` uploads; None when both are fine."""
+def _missing_uploads(files: dict) -> Response | None:
+    """The 400 answer when ``info`` or ``archive`` is not a file upload; None when both are."""
     missing = [k for k, v in files.items() if not isinstance(v, UploadFile)]
     if missing:
         return error_response(400, f"missing file field(s) {', '.join(map(repr, missing))}: send "
                                    "multipart/form-data with files 'info' (the CSV) and 'archive'")
-    for name, limit in zip(("info", "archive"), limits):
-        if files[name].size is not None and files[name].size > limit:
-            return error_response(413, f"{name}: file of {files[name].size} bytes is over the limit of {limit} bytes")
     return None
 
 
@@ -70,13 +67,13 @@ def app(get_queue: Callable[[], TaskQueue | None]) -> Starlette:
             return queue
         async with request.form(max_files=2, max_fields=0) as form:
             files = {k: form.get(k) for k in ("info", "archive")}
-            refusal = _check_uploads(files, (queue.settings.max_upload_bytes, queue.settings.max_archive_bytes))
+            refusal = _missing_uploads(files)
             if refusal is not None:
                 return refusal
             try:
                 task_id = await queue.submit(files["info"].file, files["archive"].file)
-            except ValueError as e:   # the CSV or the archive, refused before the task is queued
-                return error_response(status_of(e), str(e))
+            except RequestError as e:   # over a limit, or the CSV or the archive refused before queueing
+                return e.response()
         return JSONResponse({"task_id": task_id, "status": tasks.IN_PROGRESS})
 
     def on_task(action):

@@ -124,7 +124,7 @@ def test_model_without_maps_answers_501(service, tmp_path, members):
     svc.predictor = Predictor(tmp_path / "plain.onnx", settings=Settings())
     assert svc.model_info().explain["available"] is False, svc.model_info().explain
     (tmp_path / "a.jpg").write_bytes(image_bytes())
-    r = asyncio.run(svc._explain(tmp_path / "a.jpg", ""))
+    r = asyncio.run(svc.explain(tmp_path / "a.jpg"))   # the route, called outside HTTP (no ctx)
     assert r.status_code == 501 and b"exported without class-activation maps" in r.body, r.body
 
 

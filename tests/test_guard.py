@@ -6,6 +6,7 @@ import pytest
 from starlette.responses import PlainTextResponse
 from starlette.testclient import TestClient
 
+import tiny_service
 from serving.errors import status_of
 from serving.guard import RequestGuard
 
@@ -92,3 +93,10 @@ def test_status_of_follows_the_type():
 # The real service with a key is tested through `bentoml serve` (test_serve_subprocess.py::
 # test_api_key_on_a_real_server): a second in-process ASGI app would register BentoML's request
 # metrics twice in this process's Prometheus registry.
+
+
+def test_bentoml_routes_every_api_as_post_only():
+    """Why the guard answers ``GET /model`` (serving/guard.py): when this fails, BentoML routes GET
+    itself and the guard's answer can go."""
+    get = tiny_service.facts()["get_of_an_api"]
+    assert get["status"] == 405 and get["headers"].get("allow") == "POST", get

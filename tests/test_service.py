@@ -256,25 +256,6 @@ def test_chunked_body_without_length_is_411(client):
     assert r.status_code == 411 and "Content-Length" in r.json()["error"], r.text
 
 
-def test_status_comes_from_the_error_type_not_its_words(service_module, tmp_path, monkeypatch):
-    """An ImageError whose message says "over the limit" is still a 400; an ImageTooLarge that
-    does not say so is still a 413."""
-    from maskdata.preprocess import ImageError, ImageTooLarge
-    from serving.errors import BadRequest, PayloadTooLarge
-
-    svc = service_module.MaskClassifier()
-    upload = tmp_path / "a.jpg"
-    upload.write_bytes(b"x" * 10)
-    for error, expected in ((ImageError("quota over the limit of patience"), BadRequest),
-                            (ImageTooLarge("3000x2000: too much"), PayloadTooLarge)):
-        def load(_data, error=error):
-            raise error
-        monkeypatch.setattr(svc.predictor, "load", load)
-        with pytest.raises(expected) as got:
-            svc._decode("image", upload)
-        assert got.value.status == expected.status, (error, got.value.status)
-
-
 def test_batcher_forms_batches():
     """Concurrent submissions share model calls: fewer calls than images (a batcher that ran every
     request alone would make one call per image)."""
