@@ -122,7 +122,7 @@ def warm_cache(images: Path, ids: list[str]) -> None:
     ~20 s here)."""
     for i in ids:
         (images / i).read_bytes()
-    subprocess.run([sys.executable, "-c", "import torch, torchvision, onnxruntime, serving.submission"],
+    subprocess.run([sys.executable, "-c", "import torch, torchvision, onnxruntime, serving.local_engine"],
                    cwd=common.REPO_ROOT, check=True, capture_output=True)
 
 
@@ -175,7 +175,7 @@ def product_stages(onnx_path: Path, paths: list[Path], out_csv: Path,
     """mask-submit's per-image work done serially in this process, each stage timed (seconds per
     stage) through the product's own entry points: ``Preprocess.decode`` and ``Preprocess.resize``
     (what the decode workers run, as two halves), ``Predictor.infer`` and the job's writer."""
-    from serving.job import write_outputs
+    from serving.submission_job import write_outputs
     from serving.predictor import Predictor
 
     predictor = Predictor(onnx_path)

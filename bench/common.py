@@ -238,7 +238,7 @@ def run_measured(cmd: list[str]) -> tuple[str, str, float, float]:
 
 def timed_submit(model: Path, info: Path, images: Path, out: Path, extra: list[str] = ()) -> dict:
     """One mask-submit run as a command: wall seconds, its own loop seconds (its summary line), peak RSS."""
-    cmd = [sys.executable, "-m", "serving.submit", "--info", str(info), "--images", str(images),
+    cmd = [sys.executable, "-m", "serving.submit_cli", "--info", str(info), "--images", str(images),
            "--out", str(out), "--model", str(model), "--no-progress", *extra]
     log.info("running: %s", " ".join(cmd))
     stdout, _, wall, rss = run_measured(cmd)

@@ -61,7 +61,7 @@ def _export(ckpts: list[Path], out: Path) -> None:
 
 
 def _f1(model: Path, data: Path, out: Path, extra: list[str] = ()) -> float:
-    cmd = _py("serving.submit", "--info", data / "eval" / "info.csv", "--images", data / "eval" / "images",
+    cmd = _py("serving.submit_cli", "--info", data / "eval" / "info.csv", "--images", data / "eval" / "images",
               "--out", out, "--model", model, "--no-progress", "--labels", data / "eval" / "answers.csv", *extra)
     text, _ = _run(cmd)
     m = SCORE.search(text)

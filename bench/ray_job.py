@@ -57,7 +57,7 @@ def ensure_inputs(data: Path, onnx: Path | None, eval_people: int) -> tuple[Path
 
 
 def run_engine(engine: str, info: Path, images: Path, onnx: Path, out: Path, extra: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "serving.submit", "--info", str(info), "--images", str(images), "--out", str(out),
+    cmd = [sys.executable, "-m", "serving.submit_cli", "--info", str(info), "--images", str(images), "--out", str(out),
            "--model", str(onnx), "--no-progress", "--engine", engine, *extra]
     log.info("running: %s", " ".join(cmd))
     t0 = time.perf_counter()

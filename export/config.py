@@ -18,7 +18,7 @@ from export.graph import parse_tta
 from export.parity import check_tolerances
 from maskdata.artifact import variant_path
 
-PRECISIONS = ("fp16", "int8")
+VARIANT_PRECISIONS = ("fp16", "int8")   # the extra model files --fp16/--int8 build beside model.onnx
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class ExportConfig:
     explain: bool
     opset: int | None
     exporter: str
-    precisions: tuple[str, ...]           # the variants to build, a subset of PRECISIONS in that order
+    precisions: tuple[str, ...]           # the variants to build, a subset of VARIANT_PRECISIONS in that order
     calibration_images: str | None
     int8_calibration_images: int
     int8_calibration: str
@@ -60,7 +60,7 @@ class ExportConfig:
             return cls._make(a, checkpoints=(), import_onnx=Path(a.import_onnx), out=None, tta=(),
                              precisions=(), report=report)
         cfg = cls._make(a, checkpoints=tuple(a.checkpoint), import_onnx=None, out=_required_out(a.out),
-                        tta=parse_tta(a.tta), precisions=tuple(p for p in PRECISIONS if getattr(a, p)),
+                        tta=parse_tta(a.tta), precisions=tuple(p for p in VARIANT_PRECISIONS if getattr(a, p)),
                         report=report)
         cfg._check_export()
         return cfg

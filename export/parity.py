@@ -20,11 +20,10 @@ import numpy as np
 
 from maskdata import labels
 from maskdata.layout import is_hidden
-from maskdata.preprocess import Preprocess
+from maskdata.preprocess import IMAGE_EXTENSIONS, Preprocess
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 DEFAULT_ATOL = 1e-4
 DEFAULT_MIN_AGREEMENT = 1.0
 DEFAULT_MAX_IMAGES = 64

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from export.cam import explained_net
-from export.config import PRECISIONS, ExportConfig
+from export.config import VARIANT_PRECISIONS, ExportConfig
 from export.graph import EnsembleNet, build_metadata, describe_members, export_onnx, load_members
 from export.parity import (check_parity, labels_for, labels_from_csv, list_images, load_batch, onnx_probs,
                            onnx_session, recorded_images, sample_evenly)
@@ -169,7 +169,7 @@ def _say_what_serves(tag: str) -> None:
 def run_import(cfg: ExportConfig) -> dict:
     """An existing mask-export file, with whichever variant siblings exist, into the model store."""
     path = cfg.import_onnx
-    variants = {p: variant_path(path, p) for p in PRECISIONS if variant_path(path, p).is_file()}
+    variants = {p: variant_path(path, p) for p in VARIANT_PRECISIONS if variant_path(path, p).is_file()}
     tag = import_to_store(path, cfg.bento_tag or DEFAULT_NAME, variants)
     print(f"imported {path}" + "".join(f" (+{p})" for p in variants) + f" into the BentoML model store as {tag}")
     _say_what_serves(tag)

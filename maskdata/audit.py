@@ -27,7 +27,7 @@ from maskdata.io import atomic_write_text, read_csv
 
 log = logging.getLogger(__name__)
 
-PROB_COLUMNS = tuple(f"prob_{c}" for c in range(labels.NUM_CLASSES))
+PROB_COLUMNS = labels.PROB_COLUMNS
 HEAD_NAMES = {"mask": labels.MASK_NAMES, "gender": labels.GENDER_NAMES, "age": labels.AGE_NAMES}
 ISSUE_COLUMNS = ("rank", "person", "image", "field", "given", "suggested", "score", "images")
 

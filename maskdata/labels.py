@@ -12,6 +12,10 @@ MASK_NAMES = ("wear", "incorrect", "not_wear")
 GENDER_NAMES = ("male", "female")
 AGE_NAMES = ("<30", "30-59", ">=60")
 NUM_CLASSES = len(MASK_NAMES) * len(GENDER_NAMES) * len(AGE_NAMES)
+# the one spelling of per-class columns in every file the project writes (mask-train's predictions,
+# mask-submit --probs and --probs-dir, serving.teacher); readers still take the older p0 / logp0
+PROB_COLUMNS = tuple(f"prob_{c}" for c in range(NUM_CLASSES))
+LOGP_COLUMNS = tuple(f"logp_{c}" for c in range(NUM_CLASSES))
 DEFAULT_AGE_BINS = (30, 60)
 HEAD_SIZES = {"mask": len(MASK_NAMES), "gender": len(GENDER_NAMES), "age": len(AGE_NAMES)}
 

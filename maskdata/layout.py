@@ -19,7 +19,7 @@ from maskdata.relabel import apply_corrections, file_digest, read_corrections
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png"}
+LAYOUT_EXTENSIONS = {".jpg", ".jpeg", ".png"}   # the photo files a competition layout holds
 TRAIN_COLUMNS = ("id", "gender", "race", "age", "path")
 EVAL_COLUMNS = ("ImageID", "ans")
 IMAGES_PER_PERSON = 7  # mask1..mask5, incorrect_mask, normal
@@ -81,7 +81,7 @@ def list_person_images(folder: Path) -> tuple[dict[str, Path], list[str], int]:
             continue
         if not p.is_file():
             continue
-        if p.suffix.lower() not in IMAGE_EXTENSIONS or labels.mask_from_filename(p.name) is None:
+        if p.suffix.lower() not in LAYOUT_EXTENSIONS or labels.mask_from_filename(p.name) is None:
             problems.append(f"unexpected file {p}")
             continue
         stem = p.name.split(".", 1)[0].lower()

@@ -28,6 +28,8 @@ FILTERS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BIL
            "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
            "box": Image.Resampling.BOX}
 DEFAULT_MAX_PIXELS = 40_000_000
+# the file suffixes taken for photos where a folder is searched for them (export's parity images)
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 _ORIENTATION_TAG = 0x0112
 
 

@@ -139,7 +139,7 @@ def job_fingerprint(image_ids: list[str], images_dir, identity: dict, shard) -> 
 
 def open_job_journal(plan, identity: dict, shard, batch_size: int, resume: bool,
                      fsync_seconds: float = 5.0) -> tuple[Journal, dict[int, dict], int]:
-    """``OUT.journal`` for ``plan`` (a :class:`serving.job.JobPlan`): (journal, {batch: record}
+    """``OUT.journal`` for ``plan`` (a :class:`serving.submission_job.JobPlan`): (journal, {batch: record}
     already done, the batch size to use: a resumed journal's). ValueError if one exists without
     ``resume``, or belongs to another job."""
     header = {"journal": "mask-submit", "version": JOURNAL_VERSION, "rows": len(plan.rows),

@@ -224,7 +224,7 @@ def locate_objects(image_ids: list[str], store: Store) -> tuple[list[str], dict[
 
 
 class ReadThenDecode:
-    """``Preprocess`` look-alike for :func:`serving.pipeline.decode_batch`: the bytes from the store,
+    """``Preprocess`` look-alike for :func:`serving.decode_pool.decode_batch`: the bytes from the store,
     then the model's own decode. Picklable (process decode workers, Ray actors)."""
 
     def __init__(self, preprocess, store: Store):

@@ -202,13 +202,14 @@ def effective_preprocess(recorded: Preprocess, settings: Settings) -> Preprocess
     return recorded
 
 
-BACKENDS: dict[str, Callable[[Any, Settings], Any]] = {"onnx": OnnxBackend, "torch": _torch_backend}
+# how each of serving.settings.BACKENDS is loaded (tests/test_predictor.py holds the two in step)
+BACKEND_LOADERS: dict[str, Callable[[Any, Settings], Any]] = {"onnx": OnnxBackend, "torch": _torch_backend}
 
 
 def create_backend(name: str, model: Any, settings: Settings):
-    if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; expected one of {sorted(BACKENDS)}")
-    return BACKENDS[name](model, settings)
+    if name not in BACKEND_LOADERS:
+        raise ValueError(f"unknown backend {name!r}; expected one of {sorted(BACKEND_LOADERS)}")
+    return BACKEND_LOADERS[name](model, settings)
 
 
 def backend_for(model: Any) -> str:

@@ -1,8 +1,8 @@
 """``mask-submit --engine ray``: the submission job on Ray Data, from a laptop to a cluster.
 
-The job is the local one (:mod:`serving.job`: plan → run the grid → finish) with the grid handed to Ray:
+The job is the local one (:mod:`serving.submission_job`: plan → run the grid → finish) with the grid handed to Ray:
 
-1. the driver plans the job exactly as locally (:func:`serving.job.plan_job`: same checks, same
+1. the driver plans the job exactly as locally (:func:`serving.submission_job.plan_job`: same checks, same
    messages, same ``OUT.errors.csv``); image URIs (``s3://``, ``gs://``, ``abfs://``, ``file://``)
    go through :mod:`serving.objectstore` (pyarrow filesystems, the ones Ray Data itself reads with;
    endpoint and credentials from the AWS environment variables of every node);
@@ -15,7 +15,7 @@ The job is the local one (:mod:`serving.job`: plan → run the grid → finish) 
    reads its images' bytes, decodes them and predicts the very batch the local engine would, so
    the file is byte-identical (ONNX Runtime's float results may depend on the batch's make-up);
 4. the driver gathers ``ans`` and the probabilities and finishes the job as the local engine does
-   (:func:`serving.job.finish_job`); ``--probs-dir`` Parquet partitions are written by the workers
+   (:func:`serving.submission_job.finish_job`); ``--probs-dir`` Parquet partitions are written by the workers
    (:mod:`serving.ray_output`) and committed once the outputs are in place;
 5. as the rows come back, every batch whose rows are all in is appended to the local engine's
    journal (``OUT.journal``, :mod:`serving.journal`), so an interrupted run (Ctrl-C, a lost cluster)
@@ -40,9 +40,9 @@ import numpy as np
 from maskdata.extras import install_hint
 from maskdata.scoring import SKIPPED
 from serving import objectstore, ray_output
-from serving.job import GridOutcome, JobPlan, SubmitResult, finish_job, plan_job, predict_batch
+from serving.submission_job import GridOutcome, JobPlan, SubmitResult, finish_job, plan_job, predict_batch
 from serving.journal import Journal, model_identity, open_job_journal, record_rows
-from serving.pipeline import DecodedBatch, decode_batch
+from serving.decode_pool import DecodedBatch, decode_batch
 from serving.ray_output import PROB_COLUMNS
 from serving.settings import JOB_DEFAULTS, Settings
 
@@ -231,7 +231,7 @@ def run_ray_submission(model: str, info_csv, images: str, out_csv, *, precision:
                        batch_size: int = JOB_DEFAULTS.batch_size, on_error: str = JOB_DEFAULTS.on_error,
                        probs_csv=None, probs_dir=None, resume: bool = False,
                        ray_options: RayOptions = RayOptions(), settings: Settings | None = None) -> SubmitResult:
-    """The submission job on Ray Data; same outputs as :func:`serving.submission.run_submission`,
+    """The submission job on Ray Data; same outputs as :func:`serving.local_engine.run_submission`,
     and the same journal, so ``resume=True`` continues an interrupted run. ValueError on bad input.
     ``settings`` (default :meth:`Settings.defaults`) travel to every actor."""
     ray = require_ray()

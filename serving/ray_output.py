@@ -1,7 +1,7 @@
 """Outputs of the Ray engine: what the driver gathers, and ``--probs-dir`` Parquet written by the workers.
 
 ``--probs-dir DIR`` holds one row per image — ``row`` (0-based info.csv position), ``ImageID``,
-``ans``, ``error`` (empty unless skipped) and ``p0..p17`` (NaN where skipped) — in Parquet files
+``ans``, ``error`` (empty unless skipped) and ``prob_0..prob_17`` (NaN where skipped) — in Parquet files
 written by Ray Data's ``write_parquet`` from the workers, never gathered at the driver:
 
 * on a local disk (a path or ``file://``) the files go to a hidden sibling ``.DIR.tmp-PID`` that is
@@ -27,7 +27,7 @@ from serving import objectstore
 
 MARKER = "_SUCCESS"
 KEEP = ["row", "ans", "error"]
-PROB_COLUMNS = [f"p{c}" for c in range(labels.NUM_CLASSES)]
+PROB_COLUMNS = list(labels.PROB_COLUMNS)
 
 
 @dataclass

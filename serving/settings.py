@@ -81,7 +81,7 @@ def check_nice(value: int, name: str = "decode nice") -> int:
 @dataclass(frozen=True)
 class JobDefaults:
     """``mask-submit``'s defaults (command-line flags, not environment variables): the local and the
-    Ray engine, :class:`serving.submission.SubmitOptions` and the argparse parser all read these."""
+    Ray engine, :class:`serving.local_engine.SubmitOptions` and the argparse parser all read these."""
 
     batch_size: int = 64          # images per model call, the grid of the job
     worker_kind: str = "thread"   # decode in threads (PIL releases the GIL) or processes

@@ -32,7 +32,7 @@ import anyio
 from maskdata.io import LOCKS
 from serving import task_runner, tasks
 from serving.errors import PayloadTooLarge, as_request_error
-from serving.submission import check_inputs
+from serving.local_engine import check_inputs
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ when this process exits: the worker's memory is the same after a 12,600-image jo
 crash here (a decoder fault, the OOM killer) fails the task, not the worker.
 
 It loads the model the service serves with the service's settings (``task.json``), extracts the
-archive, runs :func:`serving.submission.run_archive_job` in the task's ``work/`` folder (journalled:
+archive, runs :func:`serving.local_engine.run_archive_job` in the task's ``work/`` folder (journalled:
 a run killed part-way is resumed by the next, not restarted), reports ``progress.json`` about once a
 second, and writes ``result.csv`` and the final status itself, so the outcome is recorded even if
 the worker is gone by then. On Linux it asks to be sent SIGTERM if the worker dies, so no job
@@ -64,7 +64,7 @@ def _run_job(store, task_id: str) -> None:
     from serving.errors import status_of
     from serving.predictor import Predictor
     from serving.settings import Settings
-    from serving.submission import run_archive_job
+    from serving.local_engine import run_archive_job
 
     folder, meta = store.folder(task_id), store.meta(task_id)
     work = folder / tasks.WORK_DIR

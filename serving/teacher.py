@@ -86,7 +86,7 @@ def write_teacher(model: str, data_dir: str, out: str | Path, batch_size: int = 
         raise ValueError(f"no training images in {data_dir}")
     paths = [s.path for s in samples]
     logp, preprocess = teacher_logp(model, paths, batch_size, workers, progress)
-    header = ["path"] + [f"logp_{c}" for c in range(labels.NUM_CLASSES)]
+    header = ["path", *labels.LOGP_COLUMNS]
     rows = [dict(zip(header, [p, *(f"{v:.9g}" for v in row)])) for p, row in zip(paths, logp)]
     model_path = Path(model)
     meta = {"model": str(model_path.resolve()) if model_path.is_file() else model,

@@ -12,7 +12,7 @@ import pytest
 from maskdata.io import read_csv
 from serving.archive import ArchiveLimits, ArchiveTooLarge, check_archive, extract_images, member_name
 from serving.settings import Settings
-from serving.submission import check_inputs, run_archive_job, run_submission
+from serving.local_engine import check_inputs, run_archive_job, run_submission
 
 JPEG = b"\xff\xd8\xff\xe0 not really a jpeg"
 

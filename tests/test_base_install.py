@@ -25,7 +25,7 @@ def test_mask_submit_runs_and_scores_without_the_training_stack(serving_venv, on
     python, _ = serving_venv
     ev = synth_root / "eval"
     out = tmp_path / "sub.csv"
-    done = _run(python, "-m", "serving.submit", "--info", str(ev / "info.csv"), "--images", str(ev / "images"),
+    done = _run(python, "-m", "serving.submit_cli", "--info", str(ev / "info.csv"), "--images", str(ev / "images"),
                 "--out", str(out), "--model", str(onnx_model), "--labels", str(ev / "answers.csv"), "--no-progress",
                 env=_env(BENTOML_HOME=str(tmp_path / "home")))
     assert done.returncode == 0, done.stderr[-3000:]

@@ -160,7 +160,7 @@ def test_aspect_settings_and_submit_flag():
     assert Settings.from_env({"MASK_ASPECT": "PAD"}).aspect == "pad"
     with pytest.raises(ValueError, match="unknown aspect policy 'wide' \\(MASK_ASPECT\\)"):
         Settings.from_env({"MASK_ASPECT": "wide"})
-    from serving.submit import build_parser
+    from serving.submit_cli import build_parser
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--info", "i", "--images", "d", "--out", "o", "--aspect", "wide"])
 
@@ -172,7 +172,7 @@ def test_a_crop_is_applied_alike_by_training_export_rest_batch_and_torch(synth_r
     """Train with --crop, export (its parity check decodes with the recorded crop), then the same
     image gets the same answer from the REST predictor, the batch job and the PyTorch backend."""
     from export.cli import main as export_main
-    from serving.submission import run_submission
+    from serving.local_engine import run_submission
     from training.cli import main as train_main
 
     run = tmp_path / "run"

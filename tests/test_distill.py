@@ -215,7 +215,7 @@ def test_onnx_teacher_runs_once_and_is_cached(onnx_model, synth_root, tmp_path):
 
 @pytest.fixture(scope="module")
 def eval_probs(onnx_model, synth_root, tmp_path_factory):
-    from serving.submit import main as submit
+    from serving.submit_cli import main as submit
 
     out = tmp_path_factory.mktemp("pseudo")
     ev = synth_root / "eval"
@@ -228,8 +228,21 @@ def test_submit_probs_carry_log_probabilities(eval_probs):
     table = teacher.read_teacher(eval_probs)
     with open(eval_probs, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    p = np.array([[float(r[f"p{c}"]) for c in range(C)] for r in rows])
+    p = np.array([[float(r[f"prob_{c}"]) for c in range(C)] for r in rows])
     assert table.exact and np.allclose(np.exp(table.logp), p, rtol=1e-6, atol=1e-9), "logp != log(p)"
+
+
+def test_older_probs_spellings_are_still_read(eval_probs, tmp_path):
+    """mask-submit --probs wrote p0../logp0.. before every file used prob_/logp_: such a file is the
+    same teacher."""
+    text = eval_probs.read_text()
+    header, rest = text.split("\n", 1)
+    old = tmp_path / "old_probs.csv"
+    old.write_text(header.replace("prob_", "p").replace("logp_", "logp") + "\n" + rest)
+    assert "prob_" not in old.read_text().split("\n", 1)[0], "the old file must not carry the new names"
+    new_table, old_table = teacher.read_teacher(eval_probs), teacher.read_teacher(old)
+    assert old_table.exact and list(old_table.keys) == list(new_table.keys), "log-probabilities of the same rows"
+    assert np.array_equal(old_table.logp, new_table.logp), "old and new spellings must read the same values"
 
 
 def _eval_paths(synth_root) -> set[str]:

@@ -99,7 +99,7 @@ def test_upload_is_complete_or_absent(s3_server):
 # ---------------------------------------------------------------- mask-submit --images s3://… (local engine)
 
 def _submit(info, images, out, model, *extra):
-    from serving.submit import main
+    from serving.submit_cli import main
 
     return main(["--info", str(info), "--images", str(images), "--out", str(out), "--model", str(model),
                  "--batch-size", "8", "--no-progress", *map(str, extra)])

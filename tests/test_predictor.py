@@ -260,3 +260,14 @@ def test_the_shipped_demo_model_records_no_absolute_path():
     repo = Path(__file__).resolve().parents[1]
     paths = [s["path"] for s in read_metadata(repo / "demo" / "model.onnx").sources]
     assert paths and not any(Path(p).is_absolute() for p in paths), paths
+
+
+def test_every_backend_setting_has_a_loader_and_every_exported_variant_a_precision():
+    """One list of backend names (serving.settings) and one of exported variants (export.config):
+    what the service can be told to use is exactly what it can load."""
+    from export.config import VARIANT_PRECISIONS
+    from serving.predictor import BACKEND_LOADERS
+    from serving.settings import BACKENDS, PRECISIONS
+
+    assert tuple(BACKEND_LOADERS) == BACKENDS, (tuple(BACKEND_LOADERS), BACKENDS)
+    assert set(VARIANT_PRECISIONS) <= set(PRECISIONS), (VARIANT_PRECISIONS, PRECISIONS)

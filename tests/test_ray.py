@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.submit import main
+from serving.submit_cli import main
 
 ray = pytest.importorskip("ray", reason="--engine ray needs the [ray] extra (make test installs it)")
 
@@ -120,7 +120,7 @@ def test_probs_dir_parquet_from_the_workers(eval_dir, onnx_model, tmp_path, caps
     table = pd.read_parquet(probs_dir).sort_values("row")
     csv = pd.read_csv(tmp_path / "probs.csv")
     assert table["ImageID"].tolist() == csv["ImageID"].tolist(), "Parquet rows are not info.csv's images"
-    cols = [f"p{c}" for c in range(18)]
+    cols = [f"prob_{c}" for c in range(18)]
     np.testing.assert_allclose(table[cols].to_numpy(), csv[cols].to_numpy(), rtol=1e-7,
                                err_msg="Parquet probabilities differ from --probs")
     sub = pd.read_csv(tmp_path / "ray.csv")
@@ -155,7 +155,7 @@ def test_unreachable_address_fails_in_seconds(eval_dir, onnx_model, tmp_path):
     from serving import ray_engine
 
     out = tmp_path / "sub.csv"
-    proc = subprocess.run([sys.executable, "-m", "serving.submit", "--info", str(eval_dir / "info.csv"),
+    proc = subprocess.run([sys.executable, "-m", "serving.submit_cli", "--info", str(eval_dir / "info.csv"),
                            "--images", str(eval_dir / "images"), "--out", str(out), "--model", str(onnx_model),
                            "--engine", "ray", "--ray-address", "127.0.0.1:9"],
                           capture_output=True, text=True, timeout=60, cwd=REPO)

@@ -69,7 +69,7 @@ def local_reference(synth_root, onnx_model, tmp_path_factory) -> bytes:
 
 
 def submit_command(synth_root, model, out: Path, images, *extra) -> list[str]:
-    return [sys.executable, "-m", "serving.submit", "--info", str(synth_root / "eval" / "info.csv"),
+    return [sys.executable, "-m", "serving.submit_cli", "--info", str(synth_root / "eval" / "info.csv"),
             "--images", str(images), "--out", str(out), "--model", str(model), "--batch-size", "2",
             "--no-progress", *map(str, extra)]
 

@@ -35,7 +35,7 @@ def command_lines(text: str) -> list[list[str]]:
 def _parsers():
     from export.cli import build_parser as export_parser
     from maskdata.cli import build_parser as data_parser
-    from serving.submit import build_merge_parser, build_parser as submit_parser
+    from serving.submit_cli import build_merge_parser, build_parser as submit_parser
     from training.cli import build_parser as train_parser
     from training.tune import build_parser as tune_parser
     from workflow.cli import build_parser as run_parser

@@ -276,7 +276,7 @@ def test_serving_runs_in_a_torch_free_environment(serving_venv, onnx_model, eval
     probe = subprocess.run([str(python), "-c", "import torch"], capture_output=True, text=True, timeout=60)
     assert probe.returncode != 0 and "No module named 'torch'" in probe.stderr, "venv must not have torch"
     env = _env(MASK_MODEL=str(onnx_model), BENTOML_HOME=str(tmp_path / "home"))
-    imports = subprocess.run([str(python), "-c", "import serving.service, serving.submission, serving.submit"],
+    imports = subprocess.run([str(python), "-c", "import serving.service, serving.local_engine, serving.submit_cli"],
                              cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert imports.returncode == 0, f"serving modules need more than the requirements: {imports.stderr[-1500:]}"
     with bentoml_serve(str(python), env, tmp_path / "serve.log") as url:

@@ -57,8 +57,8 @@ def test_get_settings_sees_a_changed_environment(monkeypatch):
 
 
 def test_mask_submit_flags_default_to_the_settings():
-    from serving.submission import SubmitOptions
-    from serving.submit import build_parser
+    from serving.local_engine import SubmitOptions
+    from serving.submit_cli import build_parser
 
     args = build_parser().parse_args(["--info", "i.csv", "--images", "d", "--out", "o.csv"])
     assert (args.batch_size, args.workers, args.worker_kind, args.on_error) == \
@@ -118,7 +118,7 @@ def test_an_explicit_mapping_ignores_the_process_environment(monkeypatch):
 
 
 # --- one read of the environment per process ------------------------------------------------------
-ENTRY_POINTS = {"serving/service.py": 1, "serving/submit.py": 1}   # the service's declaration, mask-submit's main
+ENTRY_POINTS = {"serving/service.py": 1, "serving/submit_cli.py": 1}   # the service's declaration, mask-submit's main
 
 
 def test_only_the_entry_points_read_the_settings_from_the_environment():

@@ -18,8 +18,8 @@ from maskdata.io import read_csv
 from serving.shards import Shard
 from maskdata.scoring import score
 from serving.journal import Journal
-from serving.submission import run_submission
-from serving.submit import main
+from serving.local_engine import run_submission
+from serving.submit_cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -214,7 +214,7 @@ def test_resume_after_kill(sig, eval_dir, onnx_model, tmp_path):
     # Ctrl-C as a terminal delivers it: to a process whose SIGINT is at its default. An ignored signal is
     # inherited across exec, and Python then installs no KeyboardInterrupt handler; earlier tests in this
     # pytest process (Ray's driver among them) may leave SIGINT ignored, so the child resets it.
-    proc = subprocess.Popen([sys.executable, "-m", "serving.submit", *args, "--out", str(out)], cwd=REPO, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "serving.submit_cli", *args, "--out", str(out)], cwd=REPO, env=env,
                             stderr=subprocess.PIPE, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -269,7 +269,7 @@ def test_journal_torn_header_and_foreign_file(tmp_path):
 
 def test_default_path_is_torch_free(eval_dir, onnx_model, tmp_path):
     """An ONNX run of mask-submit never imports torch or the training package."""
-    code = ("import sys; from serving.submit import main; "
+    code = ("import sys; from serving.submit_cli import main; "
             f"rc = main(['--info', {str(eval_dir / 'info.csv')!r}, '--images', {str(eval_dir / 'images')!r}, "
             f"'--out', {str(tmp_path / 'o.csv')!r}, '--model', {str(onnx_model)!r}, '--no-progress', '-q']); "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'training', 'torchvision')); "

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from maskdata.io import read_csv
-from serving.submit import main
+from serving.submit_cli import main
 
 
 @pytest.fixture(scope="module")

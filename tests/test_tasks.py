@@ -199,7 +199,7 @@ def test_a_job_stopped_part_way_is_resumed_not_restarted(tmp_path, three_batches
             task_runner.run(store.folder(stopped))
     assert store.status(stopped)["status"] == "in_progress"
     assert (store.folder(stopped) / tasks.WORK_DIR).is_dir(), "the stopped job's journal must stay for the next run"
-    with caplog.at_level("INFO", logger="serving.submission"):
+    with caplog.at_level("INFO", logger="serving.local_engine"):
         assert task_runner.run(store.folder(stopped)) == task_runner.DONE
     assert "resuming: 64 of 140 images already done" in caplog.text, caplog.text[-2000:]
     assert store.status(stopped)["status"] == "completed", store.status(stopped)
@@ -211,7 +211,7 @@ def test_a_job_stopped_part_way_is_resumed_not_restarted(tmp_path, three_batches
 def test_the_task_modules_and_the_job_process_import_neither_bentoml_nor_torch():
     """The job process starts once per task: it loads the serving stack, not BentoML or PyTorch."""
     code = ("import sys; import serving.task_runner, serving.tasks, serving.task_queue, serving.task_routes, "
-            "serving.submission, "
+            "serving.local_engine, "
             "serving.predictor; print(sorted(m for m in ('bentoml', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "[]", (out.stdout, out.stderr[-2000:])

@@ -8,7 +8,7 @@ import pytest
 
 from serving.predictor import SPINNING_KEY
 from serving.predictor import load_predictor
-from serving.submit import build_parser, main
+from serving.submit_cli import build_parser, main
 
 
 def _session_options(predictor):
@@ -94,7 +94,7 @@ def test_decode_workers_run_nicer_than_the_caller_and_only_they(nice):
     runs the model, and ONNX Runtime's threads it starts keep their priority."""
     import os
 
-    from serving.pipeline import create_executor
+    from serving.decode_pool import create_executor
 
     before = os.getpriority(os.PRIO_PROCESS, 0)
     with create_executor("thread", 1, nice) as pool:
@@ -109,7 +109,7 @@ def _decode_priorities(monkeypatch, predictor, synth_root, out, **options) -> se
     import threading
 
     from maskdata.preprocess import Preprocess
-    from serving.submission import run_submission
+    from serving.local_engine import run_submission
 
     seen: set[int] = set()
     real = Preprocess.__call__
@@ -151,12 +151,12 @@ def test_decode_nice_default_comes_from_the_settings(onnx_model, synth_root, tmp
     assert not out.exists() and not Path(f"{out}.journal").exists(), "output before the check"
 
 
-def test_decode_nice_reaches_the_pipeline(onnx_model, synth_root, tmp_path, monkeypatch):
-    from serving import pipeline
+def test_decode_nice_reaches_the_decode_pool(onnx_model, synth_root, tmp_path, monkeypatch):
+    from serving import decode_pool
 
     seen = []
-    real = pipeline.create_executor
-    monkeypatch.setattr(pipeline, "create_executor", lambda kind, workers, nice=0: seen.append(nice) or
+    real = decode_pool.create_executor
+    monkeypatch.setattr(decode_pool, "create_executor", lambda kind, workers, nice=0: seen.append(nice) or
                         real(kind, workers, nice))
     rc = main(["--info", str(synth_root / "eval" / "info.csv"), "--images", str(synth_root / "eval" / "images"),
                "--out", str(tmp_path / "o.csv"), "--model", str(onnx_model), "--decode-nice", "7", "--no-progress"])

@@ -4,7 +4,8 @@ A teacher is a table of per-image class distributions. Three kinds of file are r
 
 - ``oof_predictions.csv`` / ``val_predictions.csv`` from ``mask-train`` (column ``path``; ``prob_0..17``
   and, since they carry them, the log-probabilities ``logp_0..17``);
-- ``mask-submit --probs`` output (column ``ImageID``; ``p0..p17``, and ``logp0..logp17`` when written);
+- ``mask-submit --probs`` output (column ``ImageID``; ``prob_0..17`` and ``logp_0..17``, or from older
+  versions ``p0..p17`` and ``logp0..logp17``);
 - the teacher file ``python -m serving.teacher`` writes for an exported ONNX model or ensemble
   (``path``, ``logp_0..17``, with ``FILE.json`` beside it recording the model's preprocessing).
 

@@ -121,7 +121,7 @@ def _step(n: int, command: str, argv: list[str] | None, what: Path, run) -> int:
 def run_plan(plan: Plan) -> int:
     """The three steps in order; the first failing step's exit code."""
     from export.entry import main as export_main
-    from serving.submit import main as submit_main
+    from serving.submit_cli import main as submit_main
     from training.entry import train
 
     if not (plan.data / "train").is_dir() or not (plan.data / "eval" / "info.csv").is_file():

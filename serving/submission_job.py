@@ -1,6 +1,6 @@
 """The submission job's skeleton, shared by every engine: plan → run the grid → finish.
 
-``mask-submit`` (:func:`serving.submission.run_submission`, the local decode pipeline), the
+``mask-submit`` (:func:`serving.local_engine.run_submission`, the local decode pipeline), the
 ``/submission`` task (the same, on an extracted archive) and ``mask-submit --engine ray``
 (:func:`serving.ray_engine.run_ray_submission`, Ray Data actors) are one job::
 
@@ -223,7 +223,7 @@ def plan_job(info_csv: str | Path | bytes, images: str | Path, out_csv, on_error
 def predict_batch(predictor, batch, ids: list[str], missing: dict[str, str],
                   on_error: str) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
     """(ans, probs, {row: reason}) for one grid batch whose present images are ``batch``
-    (a :class:`serving.pipeline.DecodedBatch`)."""
+    (a :class:`serving.decode_pool.DecodedBatch`)."""
     present = [i for i, image_id in enumerate(ids) if image_id not in missing]   # what the worker decoded
     errors = {i: missing[image_id] for i, image_id in enumerate(ids) if image_id in missing}
     errors.update({present[j]: reason for j, reason in batch.errors.items()})
@@ -262,10 +262,10 @@ class GridOutcome:
 
 
 def _format_probs(image_ids: list[str], probs: np.ndarray, uncertain_below: float | None = None) -> str:
-    """ImageID, p0..p17, uncertain, then logp0..logp17: the natural log of the float32 probabilities
-    (-inf where one underflowed to 0), which a distillation teacher at temperature T needs."""
+    """ImageID, prob_0..prob_17, uncertain, then logp_0..logp_17: the natural log of the float32
+    probabilities (-inf where one underflowed to 0), which a distillation teacher at temperature T needs."""
     n = labels.NUM_CLASSES
-    header = ["ImageID"] + [f"p{c}" for c in range(n)] + ["uncertain"] + [f"logp{c}" for c in range(n)]
+    header = ["ImageID", *labels.PROB_COLUMNS, "uncertain", *labels.LOGP_COLUMNS]
     rows = []
     with np.errstate(divide="ignore"):
         logp = np.log(probs.astype(np.float64))

@@ -3,8 +3,8 @@
 ``run_submission`` is what ``mask-submit`` runs and ``run_archive_job`` is what the service's
 ``/submission`` task runs; both go through :class:`serving.predictor.Predictor`, so a batch answer
 equals the ``/predict`` answer for the same file. The plan (checks before any work) and the finish
-(outputs written atomically) are :mod:`serving.job`'s, shared with the Ray engine; this module runs
-the grid: decode in parallel workers overlapped with batched inference (:mod:`serving.pipeline`),
+(outputs written atomically) are :mod:`serving.submission_job`'s, shared with the Ray engine; this module runs
+the grid: decode in parallel workers overlapped with batched inference (:mod:`serving.decode_pool`),
 appending each finished batch to a journal beside the output (``OUT.journal``), deleted at the end.
 
 An interrupted run (Ctrl-C, kill -9) resumes from the journal with ``resume=True``. Batches sit on
@@ -26,9 +26,9 @@ from tqdm import tqdm
 
 from serving import objectstore
 from serving.archive import ArchiveLimits, check_archive, extract_images
-from serving.job import GridOutcome, JobPlan, SubmitResult, check_on_error, finish_job, plan_job, predict_batch, read_info
+from serving.submission_job import GridOutcome, JobPlan, SubmitResult, check_on_error, finish_job, plan_job, predict_batch, read_info
 from serving.journal import model_identity, open_job_journal, record_rows
-from serving.pipeline import EXECUTORS, decoded_batches
+from serving.decode_pool import EXECUTORS, decoded_batches
 from serving.settings import JOB_DEFAULTS, Settings, check_nice
 from serving.shards import Shard
 

@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     ray.add_argument("--gpus-per-actor", type=float, default=0.0,
                      help="GPUs each actor reserves; > 0 runs ONNX Runtime's CUDA provider (default 0)")
     ray.add_argument("--probs-dir", metavar="DIR",
-                     help="write ImageID/ans/p0..p17 as Parquet partitions from the workers (path, or a prefix "
+                     help="write ImageID/ans/prob_0..prob_17 as Parquet partitions from the workers (path, or a prefix "
                           "such as s3://BUCKET/PREFIX, finished by a _SUCCESS marker)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
@@ -148,7 +148,7 @@ def write_class_report(result, labels_csv, out) -> Path:
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     from serving.predictor import load_predictor
-    from serving.submission import run_submission
+    from serving.local_engine import run_submission
 
     shard = Shard.parse(args.shard) if args.shard else None
     if args.labels:   # a bad answers file should fail now, not after the whole run

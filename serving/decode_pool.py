@@ -1,4 +1,4 @@
-"""Throughput pipeline of the batch job: parallel decode+resize overlapped with batched inference.
+"""The batch job's decode pool: parallel decode+resize overlapped with batched inference.
 
 Batches are decoded by a pool of workers (threads by default: PIL releases the GIL while it
 decodes and resizes, and JPEG draft mode makes decoding cheap enough that shipping arrays between
