@@ -104,9 +104,11 @@ def _ids(rng: np.random.Generator, n: int) -> list[str]:
     return out
 
 
-def _train_table(rng: np.random.Generator, n: int,
+def people_table(rng: np.random.Generator, n: int,
                  label_noise: float) -> tuple[list[PersonSpec], list[dict], list[str]]:
-    """(specs, train.csv rows, folders whose recorded label is wrong)."""
+    """The training people before anything is drawn: (their true specs, the train.csv rows as recorded,
+    the folders whose recorded gender/age is wrong — a ``label_noise`` share of the people), so the planted noise can be
+    checked without drawing a photo."""
     ids = _ids(rng, n)
     slot_of = np.argsort(rng.permutation(n))  # person -> its place in a random order
     specs, rows, noisy = [], [], []
@@ -270,7 +272,7 @@ def generate(out_dir: str | os.PathLike, people: int = 300, eval_people: int = 1
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     table_rng = np.random.default_rng([seed, 0])
-    train_specs, train_rows, noisy = _train_table(table_rng, people, label_noise)
+    train_specs, train_rows, noisy = people_table(table_rng, people, label_noise)
     train_specs = _plan_swaps(seed, train_specs, mask_swap)
     eval_specs, answers = _eval_table(table_rng, eval_people)
 

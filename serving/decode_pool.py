@@ -33,7 +33,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from maskdata.preprocess import ImageError, Preprocess
-from serving.settings import MAX_NICE, check_nice
+from serving.settings import JOB_DEFAULTS, MAX_NICE, check_nice
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def decode_batch(preprocess: Preprocess, max_pixels: int, paths: Sequence[str]) 
 
 
 def decoded_batches(batches: Sequence[Sequence[str]], preprocess: Preprocess, *, max_pixels: int,
-                    workers: int = 2, kind: str = "thread", prefetch: int | None = None,
+                    workers: int | None = None, kind: str = JOB_DEFAULTS.worker_kind, prefetch: int | None = None,
                     indices: Sequence[int] | None = None, nice: int = 0) -> Iterator[DecodedBatch]:
     """Yield each batch of ``batches`` decoded, in order, decoding up to ``prefetch`` ahead.
 
@@ -117,6 +117,7 @@ def decoded_batches(batches: Sequence[Sequence[str]], preprocess: Preprocess, *,
     Leaving the loop early (exception, Ctrl-C) cancels the batches not yet started.
     """
     indices = list(range(len(batches))) if indices is None else list(indices)
+    workers = JOB_DEFAULTS.workers() if workers is None else workers
     prefetch = max(prefetch or 2 * workers, 1)
     executor = create_executor(kind, workers, nice)
     pending: collections.deque[tuple[int, Future]] = collections.deque()

@@ -33,7 +33,7 @@ from maskdata import labels
 from maskdata.extras import install_hint
 from maskdata.artifact import MODEL_FILE, STORE_NAME, ModelMetadata, portable_paths, variant_path
 from maskdata.preprocess import ImageError, ImageTooLarge, Preprocess  # noqa: F401  (errors re-exported for callers)
-from serving.settings import Settings
+from serving.settings import JOB_DEFAULTS, Settings
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +317,7 @@ class Predictor:
                               for head, values in marginals.items()},
         }
 
-    def predict(self, sources: Sequence, batch_size: int = 32) -> list[dict]:
+    def predict(self, sources: Sequence, batch_size: int = JOB_DEFAULTS.batch_size) -> list[dict]:
         """Files/bytes/PIL images → one decoded dict each, in order. Bad images raise ImageError."""
         results: list[dict] = []
         for start in range(0, len(sources), batch_size):

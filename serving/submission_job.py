@@ -32,6 +32,7 @@ from maskdata import labels
 from maskdata.io import atomic_write_text, read_csv
 from maskdata.scoring import SKIPPED
 from serving import objectstore
+from serving.settings import JOB_DEFAULTS
 from serving.shards import Shard, write_csv_text
 
 log = logging.getLogger(__name__)
@@ -199,7 +200,7 @@ def locate_any(image_ids: list[str], images: str | Path) -> tuple[list[str], dic
     return locate_images(image_ids, objectstore.local_path(images))
 
 
-def plan_job(info_csv: str | Path | bytes, images: str | Path, out_csv, on_error: str = "fail",
+def plan_job(info_csv: str | Path | bytes, images: str | Path, out_csv, on_error: str = JOB_DEFAULTS.on_error,
              shard: Shard | None = None, locate: Locate | None = None, images_root: str | None = None) -> JobPlan:
     """Every check that needs no model, in order: output path → info.csv → locate → missing images.
 

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from maskdata import labels
 from maskdata.io import atomic_write_text, sha256_file
 from maskdata.layout import fingerprint, read_train_dir
+from serving.settings import JOB_DEFAULTS
 from serving.shards import write_csv_text
 
 log = logging.getLogger("serving.teacher")
@@ -59,14 +60,14 @@ def _model_logp(predictor, batch: np.ndarray) -> np.ndarray:
         return np.log(predictor.infer(batch).astype(np.float64))
 
 
-def teacher_logp(model: str, paths: list[str], batch_size: int = DEFAULT_BATCH, workers: int = 2,
+def teacher_logp(model: str, paths: list[str], batch_size: int = DEFAULT_BATCH, workers: int | None = None,
                  progress: bool = True) -> tuple[np.ndarray, dict]:
     """(N, 18) log-probabilities of ``paths`` and the model's recorded preprocessing (a dict)."""
     predictor = _predictor(model)
     pre = predictor.metadata.preprocess
     out = np.zeros((len(paths), labels.NUM_CLASSES), dtype=np.float64)
     bar = tqdm(total=len(paths), desc="teacher", unit="img", disable=not progress, leave=False)
-    with ThreadPoolExecutor(max(1, workers)) as pool:
+    with ThreadPoolExecutor(JOB_DEFAULTS.workers() if workers is None else max(1, workers)) as pool:
         for start in range(0, len(paths), batch_size):
             chunk = paths[start:start + batch_size]
             batch = np.stack(list(pool.map(pre, chunk)))
@@ -77,7 +78,7 @@ def teacher_logp(model: str, paths: list[str], batch_size: int = DEFAULT_BATCH, 
 
 
 def write_teacher(model: str, data_dir: str, out: str | Path, batch_size: int = DEFAULT_BATCH,
-                  workers: int = 2, progress: bool = True) -> Path:
+                  workers: int | None = None, progress: bool = True) -> Path:
     out = Path(out)
     if not out.parent.is_dir():
         raise FileNotFoundError(f"--out {out}: folder {out.parent} does not exist")
@@ -107,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", required=True, help="DIR/train with train.csv and images/")
     p.add_argument("--out", required=True, help="CSV to write (OUT.json beside it records the preprocessing)")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="images per model call (default %(default)s)")
-    p.add_argument("--workers", type=int, default=2, help="decode threads (default %(default)s)")
+    p.add_argument("--workers", type=int, default=None,
+                   help=f"decode threads (default: one per CPU core, at most {JOB_DEFAULTS.max_workers})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        if args.batch_size < 1 or args.workers < 1:
+        if args.batch_size < 1 or (args.workers is not None and args.workers < 1):
             raise ValueError("--batch-size and --workers must be at least 1")
         out = write_teacher(args.model, args.data_dir, args.out, args.batch_size, args.workers,
                             not args.no_progress)

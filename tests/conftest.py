@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import sys
 import tempfile
 
@@ -40,6 +41,14 @@ def synth_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
     generate(root, people=24, eval_people=8, seed=0)
     return root
+
+
+@pytest.fixture()
+def train_copy(synth_root, tmp_path):
+    """A private copy of the shared synthetic train/ folder that a test may break."""
+    dst = tmp_path / "train"
+    shutil.copytree(synth_root / "train", dst)
+    return dst
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,6 @@ import json
 import os
 import resource
 import shutil
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -23,6 +22,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+from servers import free_port
 
 TOOLS = ("buildah", "podman", "debootstrap")
 BASE = "localhost/mask-test-base:bookworm"
@@ -81,12 +82,6 @@ def run_flags() -> list[str]:
     nofile = min(resource.getrlimit(resource.RLIMIT_NOFILE)[1], 65536)
     return ["--runtime", "runc", "--ulimit", f"nofile={nofile}:{nofile}", "--ulimit", "nproc=8192:8192",
             "--health-interval", "disable"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Container:

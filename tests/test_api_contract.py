@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from test_serve_subprocess import _env, bentoml_serve, store_home  # noqa: F401  (fixture)
+from servers import serve_env as _env, bentoml_serve
+from test_serve_subprocess import store_home  # noqa: F401  (fixture)
 from test_service import submission_inputs
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from test_serve_subprocess import _env, serving_venv  # noqa: F401  (fixture)
+from servers import serve_env as _env
+from test_serve_subprocess import serving_venv  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow   # builds a venv and runs commands in it
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from test_serve_subprocess import _env, bentoml_serve
+from servers import serve_env as _env, bentoml_serve
 
 pytestmark = pytest.mark.slow
 WINDOW_MS = 5

@@ -1,7 +1,6 @@
 """``mask-data`` CLI: synth / check / sheet, and one-line errors with exit code 2 on bad input."""
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 
@@ -19,13 +18,6 @@ def _one_line_error(capsys, *names: str) -> str:
     for name in names:
         assert name in last, f"{name!r} not named in {last!r}"
     return last
-
-
-@pytest.fixture()
-def train_copy(synth_root, tmp_path):
-    dst = tmp_path / "train"
-    shutil.copytree(synth_root / "train", dst)
-    return dst
 
 
 def test_check_reports_counts_and_no_problems(synth_root, capsys):

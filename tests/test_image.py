@@ -35,7 +35,7 @@ import yaml
 
 import containers as c
 from serving.tasks import STATUS_FILE
-from test_serve_subprocess import _env
+from servers import serve_env as _env
 from test_task_server import submit, wait_final
 from test_tasks import synthetic_job
 

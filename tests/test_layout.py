@@ -13,14 +13,6 @@ from maskdata import labels
 from maskdata.layout import DataError, class_counts, fingerprint, people, read_eval_info, read_train_dir
 
 
-@pytest.fixture()
-def train_copy(synth_root, tmp_path):
-    """A private copy of the shared synthetic train/ folder that a test may break."""
-    dst = tmp_path / "train"
-    shutil.copytree(synth_root / "train", dst)
-    return dst
-
-
 def _rows(train_dir: Path) -> list[dict]:
     with open(train_dir / "train.csv", newline="") as f:
         return list(csv.DictReader(f))

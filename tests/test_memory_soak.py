@@ -19,7 +19,7 @@ import httpx
 import psutil
 import pytest
 
-from test_serve_subprocess import _env, bentoml_serve_process
+from servers import serve_env as _env, bentoml_serve_process
 
 pytestmark = pytest.mark.slow
 

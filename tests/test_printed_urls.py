@@ -24,7 +24,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from test_serve_subprocess import _env, bentoml_serve
+from servers import serve_env as _env, bentoml_serve
 from test_service import submission_inputs
 
 REPO = Path(__file__).resolve().parents[1]

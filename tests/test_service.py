@@ -112,6 +112,15 @@ def test_model_route_get_and_post(client, onnx_model):
     assert info["input"]["shape"] == ["N", 64, 48, 3] and len(info["labels"]) == 18, info["input"]
 
 
+def test_get_model_documents_only_limits_the_service_reports(client):
+    """The limits GET /model's documented example shows are ones the service answers."""
+    from serving.schemas import ModelInfo
+
+    example = ModelInfo.model_config["json_schema_extra"]["example"]["limits"]
+    reported = client.get("/model").json()["limits"]
+    assert example and set(example) <= set(reported), f"documented but not reported: {set(example) - set(reported)}"
+
+
 def test_openapi_documents_responses_with_examples(client):
     spec = client.get("/docs.json").json()
     for route in ("/predict", "/predict_batch", "/model", "/submission/submit"):

@@ -56,57 +56,79 @@ def test_get_settings_sees_a_changed_environment(monkeypatch):
         get_settings()
 
 
-def test_mask_submit_flags_default_to_the_settings():
-    from serving.local_engine import SubmitOptions
-    from serving.submit_cli import build_parser
-
-    args = build_parser().parse_args(["--info", "i.csv", "--images", "d", "--out", "o.csv"])
-    assert (args.batch_size, args.workers, args.worker_kind, args.on_error) == \
-        (JOB_DEFAULTS.batch_size, JOB_DEFAULTS.workers(), JOB_DEFAULTS.worker_kind, JOB_DEFAULTS.on_error), args
-    assert args.model == Settings.model_fields["model"].default, args.model
-    opts = SubmitOptions()
-    assert (opts.batch_size, opts.workers, opts.worker_kind, opts.on_error) == \
-        (JOB_DEFAULTS.batch_size, JOB_DEFAULTS.workers(), JOB_DEFAULTS.worker_kind, JOB_DEFAULTS.on_error), opts
-
-
 @pytest.mark.parametrize("cpus, expected", [(None, 1), (1, 1), (2, 2), (6, 6), (64, JOB_DEFAULTS.max_workers)])
 def test_decode_workers_are_one_per_core_up_to_the_cap(cpus, expected, monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: cpus)
     assert JOB_DEFAULTS.workers() == expected, f"{cpus} CPUs should give {expected} decode workers"
 
 
-def test_the_ray_engine_defaults_to_the_same_grid():
-    import inspect
-
-    from serving.ray_engine import run_ray_submission
-
-    params = inspect.signature(run_ray_submission).parameters
-    assert params["batch_size"].default == JOB_DEFAULTS.batch_size, "the Ray grid must be the local one"
-    assert params["on_error"].default == JOB_DEFAULTS.on_error
+JOB_OPTIONS = {"batch_size", "workers", "worker_kind", "on_error", "model", "decode_nice", "prefetch"}
 
 
-def test_bentofile_does_not_repeat_a_default():
-    """An environment value in bentofile.yaml is there to change a default, never to restate it (a
-    restated value silently stops following the settings)."""
+def _literal_defaults(path: Path) -> list[str]:
+    """``name=<literal>`` defaults of job options in one file: function parameters, dataclass fields
+    and ``add_argument("--name", default=<literal>)`` (None, "no default", is allowed)."""
+    import ast
+
+    def literal(node) -> bool:
+        return isinstance(node, ast.Constant) and node.value is not None
+
+    found, tree = [], ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            args = node.args.posonlyargs + node.args.args
+            pairs = list(zip(args[len(args) - len(node.args.defaults):], node.args.defaults))
+            pairs += [(a, d) for a, d in zip(node.args.kwonlyargs, node.args.kw_defaults) if d is not None]
+            found += [f"{path.name}:{d.lineno} {node.name}({a.arg}=...)" for a, d in pairs
+                      if a.arg in JOB_OPTIONS and literal(d)]
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if node.target.id in JOB_OPTIONS and node.value is not None and literal(node.value):
+                found.append(f"{path.name}:{node.lineno} {node.target.id} = ...")
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument" and node.args:
+            flag = node.args[0].value if isinstance(node.args[0], ast.Constant) else ""
+            name = str(flag).lstrip("-").replace("-", "_")
+            found += [f"{path.name}:{k.value.lineno} {flag} default=..." for k in node.keywords
+                      if k.arg == "default" and name in JOB_OPTIONS and literal(k.value)]
+    return found
+
+
+def test_job_option_defaults_are_written_only_in_the_settings():
+    """mask-submit's parser, both engines, the archive job and the workflow take the batch size, decode
+    workers, worker kind, error policy and model from serving/settings.py (JOB_DEFAULTS, Settings),
+    never from a number or a name written again beside them."""
+    files = [p for d in ("serving", "workflow") for p in sorted((ROOT / d).glob("*.py")) if p.name != "settings.py"]
+    found = [hit for p in files for hit in _literal_defaults(p)]
+    assert not found, f"job option defaults written outside serving/settings.py: {found}"
+    planted = ROOT / "serving" / "settings.py"   # the one place they are written: the scan must see them
+    assert _literal_defaults(planted), "the scan finds nothing even in settings.py: it checks nothing"
+
+
+def _mask_values_set_in_images() -> list[tuple[str, str, str]]:
+    """(file, MASK_ name, value) for every MASK_* value bentofile.yaml's ``envs`` or the Dockerfile's
+    ``ENV`` sets."""
     import yaml
 
-    envs = yaml.safe_load((ROOT / "bentofile.yaml").read_text()).get("envs") or []
+    found = [("bentofile.yaml", e["name"], str(e["value"]))
+             for e in yaml.safe_load((ROOT / "bentofile.yaml").read_text()).get("envs") or []]
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    for line in text.splitlines():
+        if line.strip().startswith("ENV "):
+            found += [("Dockerfile", *m.groups()) for m in re.finditer(r"(\w+)=(\S+)", line)]
+    return [f for f in found if f[1].startswith("MASK_")]
+
+
+def test_the_images_set_a_mask_variable_only_to_change_its_default():
+    """A MASK_* value in bentofile.yaml or the Dockerfile is there to change a default, never to restate
+    it (a restated value silently stops following the settings)."""
+    found = _mask_values_set_in_images()
+    assert ("Dockerfile", "MASK_TASKS_DIR", "/var/lib/mask-classifier/tasks") in found, \
+        f"the Dockerfile's task volume setting should be seen: {found}"
     defaults = Settings.from_env({}).model_dump()
-    for env in envs:
-        name = env["name"]
-        if not name.startswith("MASK_"):
-            continue
+    for where, name, value in found:
         field = name[len("MASK_"):].lower()
-        value = Settings.from_env({name: str(env["value"])}).model_dump()[field]
-        assert value != defaults[field], f"bentofile.yaml sets {name}={env['value']}, the settings' default already"
-
-
-def test_schema_example_limits_are_the_defaults():
-    from serving.schemas import ModelInfo
-
-    example = ModelInfo.model_config["json_schema_extra"]["example"]["limits"]
-    defaults = Settings.from_env({}).model_dump()
-    assert example == {k: defaults[k] for k in example}, example
+        assert field in defaults, f"{where} sets {name}, which is no setting"
+        assert Settings.from_env({name: value}).model_dump()[field] != defaults[field], \
+            f"{where} sets {name}={value}, the settings' default already"
 
 
 def test_an_explicit_mapping_ignores_the_process_environment(monkeypatch):

@@ -101,7 +101,7 @@ def test_eval_layout_and_answers(synth_root):
 
 def test_age_distribution_is_skewed_and_label_noise_is_planted():
     rng = np.random.default_rng([0, 0])
-    specs, rows, noisy = synth._train_table(rng, 2000, label_noise=0.05)
+    specs, rows, noisy = synth.people_table(rng, 2000, label_noise=0.05)
     groups = Counter(labels.age_group(s.age) for s in specs)
     assert 0.05 < groups[2] / 2000 < 0.2, f">=60 share {groups[2] / 2000:.3f}; expected a few"
     assert groups[0] > 3 * groups[2] and groups[1] > 3 * groups[2], groups
@@ -111,7 +111,7 @@ def test_age_distribution_is_skewed_and_label_noise_is_planted():
 
     wrong = [(s, r) for s, r in zip(specs, rows) if recorded(r) != (s.gender, labels.age_group(s.age))]
     assert {r["path"] for _, r in wrong} == set(noisy), "every noisy person's recorded class must differ from the truth"
-    _, _, clean = synth._train_table(np.random.default_rng(1), 500, label_noise=0.0)
+    _, _, clean = synth.people_table(np.random.default_rng(1), 500, label_noise=0.0)
     assert clean == []
 
 

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from serving.tasks import TaskStore
-from test_serve_subprocess import _env, bentoml_serve_process
+from servers import serve_env as _env, bentoml_serve_process
 from test_tasks import synthetic_job
 
 pytestmark = pytest.mark.slow   # see pyproject's `slow` marker: make test-fast leaves it out

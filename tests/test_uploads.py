@@ -9,15 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 import tiny_service
+from tiny_service import png
 from maskdata.preprocess import ImageError, ImageTooLarge
 from serving.errors import BadRequest, PayloadTooLarge
 from serving.uploads import decode_upload, decode_uploads
-
-
-def png() -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 6), (10, 20, 30)).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def test_bentoml_answers_a_non_image_for_a_pil_parameter_with_500():

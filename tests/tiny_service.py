@@ -60,7 +60,8 @@ class Tiny:
         return {}
 
 
-def _png() -> bytes:
+def png() -> bytes:
+    """An 8x6 PNG photo."""
     buf = io.BytesIO()
     Image.new("RGB", (8, 6), (10, 20, 30)).save(buf, format="PNG")
     return buf.getvalue()
@@ -74,7 +75,7 @@ def probe() -> dict:
         def answer(r) -> dict:
             return {"status": r.status_code, "body": r.text, "headers": dict(r.headers)}
         found = {
-            "photo_good": answer(c.post("/photo", files={"image": ("a.png", _png(), "image/png")})),
+            "photo_good": answer(c.post("/photo", files={"image": ("a.png", png(), "image/png")})),
             "photo_bad": answer(c.post("/photo", files={"image": ("a.png", b"not an image", "image/png")})),
             "answered_400": answer(c.post("/answered_400", json={})),
             "busy": answer(c.post("/busy", json={})),
