@@ -42,7 +42,7 @@ def bare_step(amp: str, channels_last: bool, steps: int, seed: int = 0, arch: st
     import torch
 
     from maskdata.preprocess import Preprocess
-    from training.engine import autocast
+    from training.loop.engine import autocast
     from training.models import create_model
 
     torch.manual_seed(seed)
@@ -133,8 +133,9 @@ def _cpu_s() -> float:
 
 def full_run(data_dir: Path, out: Path, epochs: int, amp: str) -> dict:
     """mask-train in this process with its parts timed; seconds per part, loop img/s, run img/s."""
-    from training import calibration, cli, data, engine, trainer
-    from training.tensorboard import RunLogger
+    from training import cli, data
+    from training.loop import calibration, engine, trainer
+    from training.loop.tensorboard import RunLogger
 
     timers, loop = Timers(), {"images": 0, "seconds": 0.0, "cpu_s": 0.0, "active": False}
     orig_train, orig_loader = engine.train_one_epoch, data.make_loader

@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_study(a: argparse.Namespace, data: Path, name: str, pruner: str) -> dict:
     out = a.workdir / name
-    cmd = [sys.executable, "-m", "training.tune", "--space", str(a.space), "--out", str(out), "--trials",
+    cmd = [sys.executable, "-m", "training.tuning.cli", "--space", str(a.space), "--out", str(out), "--trials",
            str(a.trials), "--pruner", pruner, "--sampler-seed", str(a.sampler_seed),
            "--data-dir", str(data / "train"), "--model", a.model, "--resize", *map(str, a.resize),
            "--epochs", str(a.epochs), "--workers", "0", "--no-tensorboard"]

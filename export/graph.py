@@ -126,7 +126,7 @@ def build_metadata(ckpts: list[dict], paths: list[str | os.PathLike], tta: tuple
         producer = f"mask-classifier {version('mask-classifier')}, torch {torch.__version__}"
     except PackageNotFoundError:
         producer = f"mask-classifier (not installed), torch {torch.__version__}"
-    from training.calibration import calibration_metadata
+    from training.loop.calibration import calibration_metadata
 
     first = ckpts[0]
     # a distilled / pseudo-labelled member shows its teacher and how many pseudo-labelled images it took

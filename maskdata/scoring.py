@@ -1,7 +1,7 @@
 """Scoring predictions against an answers CSV, and the one confusion-matrix figure.
 
 Torch-free and beside :mod:`maskdata.metrics`, whose numbers it reports: ``mask-submit --labels``
-(serving) and a training run's ``confusion.png`` (training.plots) both draw their confusion matrix
+(serving) and a training run's ``confusion.png`` (training.loop.plots) both draw their confusion matrix
 with :func:`plot_confusion`, so the two figures read the same way.
 """
 from __future__ import annotations

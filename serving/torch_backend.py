@@ -20,7 +20,7 @@ import torch
 
 from maskdata.artifact import ModelMetadata, portable_path
 from maskdata.preprocess import Preprocess
-from training.calibration import calibration_metadata
+from training.loop.calibration import calibration_metadata
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Temperature scaling (training.calibration) and ECE (maskdata.metrics)."""
+"""Temperature scaling (training.loop.calibration) and ECE (maskdata.metrics)."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from maskdata.metrics import ece
-from training.calibration import fit_temperature, softmax
+from training.loop.calibration import fit_temperature, softmax
 
 
 def _sample(rng, n=4000, k=18, scale=3.0):

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from maskdata import labels
-from training import distill, teacher
+from training.distillation import distill, teacher
 from training.augment import BatchMix
 from training.cli import main
 from training.losses import create_criterion
@@ -291,7 +291,7 @@ def test_pseudo_labels_never_validate_in_any_fold(eval_probs, synth_root, tmp_pa
 
 def test_threshold_selects_by_teacher_confidence(eval_probs, synth_root):
     from training.cli import build_parser, config_from_args
-    from training.pseudo import select_pseudo
+    from training.distillation.pseudo import select_pseudo
     from maskdata.layout import read_train_dir
     from maskdata.preprocess import Preprocess
 

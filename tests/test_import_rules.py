@@ -328,3 +328,54 @@ def test_the_cycle_finder_sees_lazy_and_relative_imports(tmp_path):
     assert graph["pkg.b"] == {"pkg.sub.c"} and graph["pkg.sub.c"] == {"pkg.a"} and graph["pkg.d"] == {"pkg.sub.c"}, graph
     assert find_cycles(graph) == [["pkg.a", "pkg.b", "pkg.sub.c", "pkg.a"]], find_cycles(graph)
     assert find_cycles({"x": {"y"}, "y": set()}) == [], "an acyclic graph has no cycle"
+
+
+# --- training/'s own layers ----------------------------------------------------------------------------
+# Each layer may import the ones after it, never one before it: the entry points (entry, __main__) start
+# either command; tuning (mask-tune) drives mask-train runs through its parser; mask-train (cli) runs the
+# loop; the loop calls distillation for soft targets; distillation builds on the core (models, data,
+# augment, losses, soft targets, optimizers, checkpoints, precision, DDP).
+TRAINING_LAYERS = (
+    ("entry points", {"training.entry", "training.__main__"}),
+    ("tuning", {"training.tuning"}),
+    ("mask-train", {"training.cli"}),
+    ("loop", {"training.loop"}),
+    ("distillation", {"training.distillation"}),
+    ("core", {"training"}),   # every other module of training/
+)
+
+
+def training_layer(module: str) -> int:
+    for rank, (_, members) in enumerate(TRAINING_LAYERS):
+        if any(module == m or module.startswith(m + ".") for m in members):
+            return rank
+    raise AssertionError(f"{module} is in no layer")
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    """``a -> b`` for every import (lazy ones too) of a training module by one in a lower layer."""
+    out = []
+    for src, dsts in sorted(graph.items()):
+        if not src.startswith("training"):
+            continue
+        for dst in sorted(d for d in dsts if d.startswith("training")):
+            if training_layer(dst) < training_layer(src):
+                out.append(f"{src} ({TRAINING_LAYERS[training_layer(src)][0]}) imports {dst} "
+                           f"({TRAINING_LAYERS[training_layer(dst)][0]})")
+    return out
+
+
+def test_training_subpackages_import_only_downwards():
+    modules = project_modules(packages=("training",))
+    assert {"training.loop.trainer", "training.tuning.run", "training.distillation.teacher"} <= set(modules), \
+        sorted(modules)
+    found = layer_violations(import_graph(modules))
+    assert found == [], "training/ layers imported upwards (docs/ARCHITECTURE.md):\n" + "\n".join(found)
+
+
+def test_the_layer_rule_names_an_upward_import():
+    graph = {"training.models": {"training.loop.engine"}, "training.loop.trainer": {"training.models"},
+             "training.distillation.pseudo": {"training.tuning.space"}}
+    assert layer_violations(graph) == [
+        "training.distillation.pseudo (distillation) imports training.tuning.space (tuning)",
+        "training.models (core) imports training.loop.engine (loop)"], layer_violations(graph)

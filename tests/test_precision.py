@@ -10,7 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from training import calibration, engine, precision
+from training import precision
+
+from training.loop import calibration, engine
 from training.checkpoint import load_checkpoint
 from training.cli import main
 from training.optim import Schedule
@@ -112,7 +114,7 @@ def test_training_and_evaluation_run_under_the_chosen_autocast(dtype):
 
 
 def test_temperature_fit_evaluates_in_fp32_even_after_bf16_training(monkeypatch, tmp_path):
-    from training.trainer import Env
+    from training.loop.trainer import Env
 
     seen = []
     monkeypatch.setattr(engine, "evaluate", lambda *a, **kw: (seen.append(kw["amp_dtype"]), ({}, np.zeros((0, 18))))[1])

@@ -37,7 +37,7 @@ def _parsers():
     from maskdata.cli import build_parser as data_parser
     from serving.submit_cli import build_merge_parser, build_parser as submit_parser
     from training.cli import build_parser as train_parser
-    from training.tune import build_parser as tune_parser
+    from training.tuning.cli import build_parser as tune_parser
     from workflow.cli import build_parser as run_parser
 
     return {"mask-data": data_parser, "mask-train": train_parser, "mask-export": export_parser,

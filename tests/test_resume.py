@@ -13,7 +13,7 @@ import math
 import pytest
 
 from export.graph import mean_metrics
-from training import engine
+from training.loop import engine
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.cli import main
 

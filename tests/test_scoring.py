@@ -17,7 +17,7 @@ def _cm(seed: int = 0) -> np.ndarray:
 
 
 def test_training_draws_the_same_confusion_figure_as_submission(tmp_path):
-    from training import plots
+    from training.loop import plots
 
     cm = _cm()
     plot_confusion(cm, tmp_path / "submit.png", title="t")

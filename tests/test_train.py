@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from training import data, engine
+from training import data
+
+from training.loop import engine
 from training.checkpoint import load_checkpoint
 from training.cli import main
 from training.optim import Schedule

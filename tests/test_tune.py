@@ -18,9 +18,9 @@ import optuna
 import pytest
 import yaml
 
-from training import tune, tune_run, tune_storage as store
+from training.tuning import cli as tune, run as tune_run, storage as store
 from training.cli import CONFIG_ALIASES, build_parser as train_parser, config_from_args, given_options
-from training.tune_space import key_types, load_space
+from training.tuning.space import key_types, load_space
 from maskdata.yamlconfig import parse_with_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -139,7 +139,7 @@ def test_an_sqlite_study_waits_out_a_lock_held_past_sqlites_default_timeout(tmp_
     import sqlite3
     import threading
 
-    from training.tune_storage import SQLITE_BUSY_TIMEOUT_S, open_storage
+    from training.tuning.storage import SQLITE_BUSY_TIMEOUT_S, open_storage
 
     held = 7.0
     assert SQLITE_BUSY_TIMEOUT_S > 2 * held
@@ -282,12 +282,12 @@ def test_best_yaml_reruns_to_the_best_trials_config(study_dir, tmp_path):
 
 def _spawn(argv: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "training.tune", *argv], cwd=REPO, env=env,
+    return subprocess.Popen([sys.executable, "-m", "training.tuning.cli", *argv], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def _study(storage: str, name: str) -> optuna.Study:
-    from training.tune_storage import open_storage
+    from training.tuning.storage import open_storage
     return optuna.load_study(study_name=name, storage=open_storage(storage, Path(".")))
 
 
@@ -352,7 +352,7 @@ _ASKER = """
 import sys, time
 from pathlib import Path
 import optuna
-from training import tune_storage as store
+from training.tuning import storage as store
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 spec, out, n, workers = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 study = optuna.load_study(study_name="s", storage=store.open_storage(spec, out))

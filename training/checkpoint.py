@@ -97,5 +97,5 @@ def model_from_checkpoint(ckpt: dict | str | os.PathLike) -> MaskNet:
     except RuntimeError as e:
         raise ValueError(f"checkpoint weights do not fit {ckpt['arch']}/{ckpt['head']}: "
                          f"{str(e).splitlines()[0]}") from None
-    model.temperature.fill_(float(ckpt.get("temperature", 1.0)))  # fitted by training.calibration
+    model.temperature.fill_(float(ckpt.get("temperature", 1.0)))  # fitted by training.loop.calibration
     return model.eval()

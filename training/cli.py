@@ -182,7 +182,7 @@ def _check_args(a: argparse.Namespace) -> None:
         raise FileNotFoundError(f"weights file not found: {a.weights}")
     if a.pretrained and not a.weights:
         backbones.check_pretrained_available(a.model)
-    from training.distill_cli import check_distill_args
+    from training.distillation.options import check_distill_args
     check_distill_args(a)
 
 
@@ -297,8 +297,8 @@ def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
 def run(cfg: RunConfig, resume: Path | None = None, on_epoch_end=None) -> dict:
     """Train ``cfg``; ``on_epoch_end(fold, epoch, row)`` (fold 0 without --folds) is called after every
     epoch and may raise to stop the run there (``mask-tune`` prunes trials with it)."""
-    from training.kfold import run_kfold
-    from training.trainer import Env, fit
+    from training.loop.kfold import run_kfold
+    from training.loop.trainer import Env, fit
     from maskdata.io import atomic_write_text
     from maskdata.splits import train_val_split
 
@@ -316,7 +316,7 @@ def run(cfg: RunConfig, resume: Path | None = None, on_epoch_end=None) -> dict:
         log.info("%d images of %d people from %s; device %s, world size %d", len(samples),
                  len({s.person for s in samples}), cfg.data.data_dir, device, ranks.world)
         if cfg.loss.teacher:   # an .onnx teacher runs once (rank 0), cached in RUN_DIR; CSV teachers are read as is
-            from training.distill_cli import prepare_teacher
+            from training.distillation.options import prepare_teacher
             prepare_teacher(cfg, samples, ranks)
         if cfg.train.folds >= 2:
             if ranks.main:

@@ -34,6 +34,6 @@ def train(argv: list[str] | None = None) -> int:
 def tune(argv: list[str] | None = None) -> int:
     prepare_process()
     exit_unless_installed("tune", "mask-tune")
-    from training.tune import main
+    from training.tuning.cli import main
 
     return main(argv)

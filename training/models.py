@@ -15,7 +15,7 @@ torchvision's weights API / timm's ``pretrained=True`` (the usual torch hub / Hu
 no network on a cache hit), ``--weights FILE`` reads any local state dict for the backbone.
 
 ``temperature`` (a non-persistent buffer, 1 while training) divides the 18 logits; it is set from
-the checkpoint's fitted temperature (``training.calibration``), so export bakes it into the graph.
+the checkpoint's fitted temperature (``training.loop.calibration``), so export bakes it into the graph.
 """
 from __future__ import annotations
 

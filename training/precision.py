@@ -13,7 +13,7 @@ Modes: ``off`` (FP32), ``auto``, ``bf16``, ``fp16``.
 
 Only the forward and backward passes run under autocast: weights, optimizer state and checkpoints
 stay FP32, the validation metrics come from logits cast back to FP32, the temperature fit evaluates
-the model in FP32 (``training.calibration``), and export writes FP32 graphs.
+the model in FP32 (``training.loop.calibration``), and export writes FP32 graphs.
 
 Native bf16 is read from the CPU's flags in ``/proc/cpuinfo`` (Linux). torch's public
 ``torch.backends.cpu.get_cpu_capability()`` names only the vector width ("AVX512"), not whether bf16

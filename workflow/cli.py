@@ -59,7 +59,7 @@ def checkpoints(run: Path) -> list[Path]:
 
 def training_left(run: Path) -> str:
     """'' when the run in ``run`` is finished; else what is left ('not started', ...)."""
-    from training.trainer import nothing_left
+    from training.loop.trainer import nothing_left
 
     if (run / "summary.json").is_file():     # a k-fold run writes it once every fold is done
         return ""

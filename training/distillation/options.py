@@ -37,7 +37,7 @@ def check_distill_args(a: argparse.Namespace) -> None:
 
 
 def prepare_teacher(cfg, samples, ranks: dist.Dist) -> None:
-    from training.teacher import prepare_onnx_teacher
+    from training.distillation.teacher import prepare_onnx_teacher
 
     if ranks.main:
         prepare_onnx_teacher(cfg, samples, progress=cfg.train.progress)

@@ -23,7 +23,7 @@ import torch
 from maskdata import labels
 from maskdata.layout import Sample
 from maskdata.preprocess import Preprocess
-from training import distill, teacher
+from training.distillation import distill, teacher
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ _AGE_OF_GROUP = (20, 45, 65)   # a representative age per age group, for pseudo-
 @dataclass
 class TrainTargets:
     samples: list[Sample]                 # the run's training images, then the pseudo-labelled ones
-    packed: list[torch.Tensor]            # one (2 * 18,) float target per image (training.distill.pack)
+    packed: list[torch.Tensor]            # one (2 * 18,) float target per image (training.distillation.distill.pack)
     hard: list[int]                       # class per image (argmax for pseudo-labelled ones): samplers
     record: dict = field(default_factory=dict)   # what config.json, the checkpoints and the export show
 

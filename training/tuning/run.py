@@ -19,11 +19,11 @@ from optuna.trial import TrialState
 from tqdm import tqdm
 
 from maskdata.io import atomic_write_text
-from training import tune_report, tune_storage as store
-from training.tune_base import Base, make_pruner, objective_text, reference_params
-from training.tune_space import Space, key_types, load_space
+from training.tuning import report as tune_report, storage as store
+from training.tuning.base import Base, make_pruner, objective_text, reference_params
+from training.tuning.space import Space, key_types, load_space
 
-log = logging.getLogger("training.tune")
+log = logging.getLogger("training.tuning.cli")
 
 MAX_FAILURES_IN_A_ROW = 3
 

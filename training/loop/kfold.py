@@ -17,14 +17,14 @@ from maskdata import metrics, splits
 from maskdata.io import atomic_write_text
 from maskdata.layout import Sample
 from training.config import RunConfig
-from training.trainer import Env, fit
+from training.loop.trainer import Env, fit
 
 log = logging.getLogger(__name__)
 
 
 def run_kfold(cfg: RunConfig, samples: list[Sample], out: Path, env: Env, resume_dir: Path | None = None,
               on_epoch_end=None) -> dict:
-    """``on_epoch_end(fold, epoch, row)``: ``training.trainer.fit``'s per-epoch hook, told the fold."""
+    """``on_epoch_end(fold, epoch, row)``: ``training.loop.trainer.fit``'s per-epoch hook, told the fold."""
     k = cfg.train.folds
     folds = splits.kfold_indices(samples, k, seed=cfg.train.seed)
     results = []

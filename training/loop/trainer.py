@@ -30,14 +30,16 @@ from maskdata.io import atomic_write_text
 from maskdata.layout import Sample, fingerprint
 from maskdata.preprocess import Preprocess
 from maskdata.report import class_report, report_csv_text
-from training import calibration, data, dist, distill, engine, plots, precision
-from training.tensorboard import RunLogger
+from training import data, dist, precision
+from training.loop import calibration, engine, plots
+from training.distillation import distill
+from training.loop.tensorboard import RunLogger
 from training.augment import BatchMix
 from training.checkpoint import build_checkpoint, load_checkpoint, save_checkpoint, unwrap
 from training.config import RunConfig, config_yaml
 from training.losses import balanced_class_weights, create_criterion
 from training.models import create_model
-from training.pseudo import build_train_targets
+from training.distillation.pseudo import build_train_targets
 from training.optim import create_optimizer, create_scheduler, extend_restarts, updates_per_epoch
 from training.soft_targets import SoftAware
 
@@ -181,7 +183,7 @@ def _build(cfg: RunConfig, loaders: Loaders, env: Env, upe: int, restarts: list)
     criterion = create_criterion(loss_cfg.criterion, gamma=loss_cfg.focal_gamma, smoothing=loss_cfg.smoothing,
                                  class_weights=weights).to(env.device)
     mix = BatchMix(cfg.data.mixup, cfg.data.cutmix, cfg.data.mix_prob, seed=cfg.train.seed * 31 + env.ranks.rank)
-    if loaders.soft is not None:   # distillation / pseudo-labels: packed targets (training.distill)
+    if loaders.soft is not None:   # distillation / pseudo-labels: packed targets (training.distillation.distill)
         criterion, mix = distill.wrap(criterion, mix, cfg.loss.distill_weight if cfg.loss.teacher else 0.0,
                                       cfg.loss.distill_temperature)
     elif mix.enabled:   # MixUp/CutMix: soft targets, a function of (seed, rank, epoch, step)

@@ -107,7 +107,7 @@ def calibrate_run(out_dir: Path, logits, y) -> dict:
 def calibrate_best(model, loader, y_val, out_dir: Path, env) -> dict:
     """The trainer's end-of-run step: best.pt's weights on the validation loader (every rank takes
     part under DDP), then :func:`calibrate_run` on rank 0. Returns {} on other ranks or without best.pt."""
-    from training import engine
+    from training.loop import engine
     from training.checkpoint import load_checkpoint, unwrap
 
     best = out_dir / "best.pt"

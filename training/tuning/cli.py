@@ -18,7 +18,7 @@ import logging
 import sys
 from dataclasses import dataclass, field, fields
 
-log = logging.getLogger("training.tune")
+log = logging.getLogger("training.tuning.cli")
 
 PRUNERS = ("median", "percentile", "hyperband", "halving", "none")
 
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         log.setLevel(logging.INFO)
         if not o.verbose:   # the trainer's per-epoch lines; each trial's metrics.csv has them
             training_log.setLevel(logging.WARNING)
-        from training import tune_run
+        from training.tuning import run as tune_run
 
         study, ctx = tune_run.prepare(o, train_argv)
         if o.create_only:
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted: study kept in {o.out}; the same command resumes it", file=sys.stderr)
         return 130
     except _storage_errors() as e:   # the database went away or stayed locked: what finished is kept
-        from training.tune_storage import one_line
+        from training.tuning.storage import one_line
 
         study = None   # finish() would only wait on the same storage again
         print(f"error: the study's storage failed: {one_line(e.__cause__ or e)}; what finished is kept "

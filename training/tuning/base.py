@@ -1,5 +1,5 @@
-"""The parts of a ``mask-tune`` study that the CLI (``training.tune``) and the worker
-(``training.tune_run``) share: the base run, its reference trial, the pruner and the objective's text.
+"""The parts of a ``mask-tune`` study that the CLI (``training.tuning.cli``) and the worker
+(``training.tuning.run``) share: the base run, its reference trial, the pruner and the objective's text.
 A module of its own, so that the worker imports them without importing the CLI that starts it.
 """
 from __future__ import annotations
@@ -71,7 +71,7 @@ def _to_namespace(key: str, value):
 
 def reference_params(space, base: Base) -> dict:
     """The base run's values as Optuna parameters (those the space can express), queued as trial 0."""
-    from training.tune_space import label
+    from training.tuning.space import label
 
     out = {}
     for p in space.params:
