@@ -16,7 +16,13 @@ What BentoML 1.4 (seen with 1.4.40) answers on its own, and why this module exis
   as a photo or a CSV). :func:`patch_openapi` fixes each (and one schema BentoML gets wrong:
   ``POST /infer``'s null rows), and
   :class:`ErrorEnvelope` serves the patched document at ``/docs.json``, which the Swagger UI at
-  ``/`` reads too.
+  ``/`` reads too;
+- ``/schema.json``, from which ``bentoml.SyncHTTPClient`` / ``AsyncHTTPClient`` learn the routes, calls
+  ``submission`` a plain API, because the task routes are a mounted app rather than
+  ``@bentoml.task`` (serving/tasks.py says why): :func:`patch_client_schema` marks it a task, so
+  ``AsyncHTTPClient``'s ``client.submission.submit(info=..., archive=...)`` → ``.get_status()`` /
+  ``.get()`` reach the ``/submission/*`` routes, which keep BentoML's task URLs and answers
+  (tests/test_api_contract.py; the sync client's ``submit`` is broken for every task in 1.4.40).
 
 Plain ASGI, the standard library and the task routes' own description: nothing here imports
 BentoML, so the rules are testable alone.
@@ -31,6 +37,8 @@ from maskdata import __version__
 from serving import task_routes
 
 DOCS_PATH = "/docs.json"
+CLIENT_SCHEMA_PATH = "/schema.json"
+TASK_APIS = ("submission",)   # APIs whose /NAME/submit, /status, /get ... routes the service mounts
 ERROR_SCHEMA_NAME = "Error"
 ERROR_SCHEMA = {
     "type": "object", "title": ERROR_SCHEMA_NAME, "required": ["error", "status"],
@@ -186,10 +194,19 @@ def patch_openapi(doc: dict, max_files: int | None = None) -> dict:
     return doc
 
 
+def patch_client_schema(doc: dict) -> dict:
+    """BentoML's client schema with :data:`TASK_APIS` marked as tasks."""
+    doc = copy.deepcopy(doc)
+    for route in doc.get("routes", []):
+        if route.get("name") in TASK_APIS:
+            route["is_task"] = True
+    return doc
+
+
 class ErrorEnvelope:
     """ASGI middleware: every error response in the ``{"error", "status"}`` shape, and the patched
-    OpenAPI document at ``/docs.json``. Only error bodies and that document are buffered (small);
-    every other response streams through untouched."""
+    OpenAPI document at ``/docs.json`` and client schema at ``/schema.json``. Only error bodies and
+    those two documents are buffered (small); every other response streams through untouched."""
 
     def __init__(self, app, max_files: int | None = None) -> None:
         self.app, self.max_files = app, max_files
@@ -197,7 +214,8 @@ class ErrorEnvelope:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        docs = scope.get("path") == DOCS_PATH and scope.get("method") == "GET"
+        docs = scope.get("path") if scope.get("path") in (DOCS_PATH, CLIENT_SCHEMA_PATH) and \
+            scope.get("method") == "GET" else None
         held: dict = {}
         chunks: list[bytes] = []
 
@@ -216,14 +234,16 @@ class ErrorEnvelope:
         await self.app(scope, receive, rewriting_send)
 
     @staticmethod
-    async def _flush(start: dict, body: bytes, docs: bool, send, max_files: int | None) -> None:
+    async def _flush(start: dict, body: bytes, docs: str | None, send, max_files: int | None) -> None:
         status = start["status"]
         headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
         content_type = next((v for k, v in headers if k.lower() == b"content-type"), b"").lower()
         new = None
         if docs and status == 200:
             try:
-                new = json.dumps(patch_openapi(json.loads(body), max_files)).encode()
+                value = json.loads(body)
+                patched = patch_openapi(value, max_files) if docs == DOCS_PATH else patch_client_schema(value)
+                new = json.dumps(patched).encode()
             except ValueError:
                 new = None
         elif status >= 400:

@@ -85,3 +85,13 @@ def test_openapi_patch_says_what_the_routes_take_as_a_body():
     assert "required" not in patched["/model"]["post"]["requestBody"], "POST /model needs no body"
     task_id = patched["/submission/status"]["get"]["parameters"][0]["schema"]
     assert task_id["pattern"] == "^[0-9a-f]{32}$", task_id
+
+
+def test_the_client_schema_marks_the_task_apis():
+    from serving.contract import patch_client_schema
+
+    schema = {"name": "mask-classifier", "routes": [{"name": "predict", "route": "/predict"},
+                                                    {"name": "submission", "route": "/submission"}]}
+    patched = patch_client_schema(schema)
+    assert [r.get("is_task", False) for r in patched["routes"]] == [False, True], patched
+    assert "is_task" not in schema["routes"][1], "the original document is left as it was"
