@@ -10,17 +10,20 @@ The job is the local one (:mod:`serving.submission_job`: plan → run the grid �
    TCP probe, so an unreachable head fails in seconds; one small task then loads the model on a
    worker, so a model path the workers cannot read fails before any image is read;
 3. the batches of the local job's fixed grid become the rows of a Ray dataset and
-   ``map_batches(_PredictActor, batch_size=1, concurrency=N)`` runs them on an actor pool holding
-   one :class:`~serving.predictor.Predictor` per actor (model loaded once per actor). Each actor
+   ``map_batches(_PredictActor, batch_size=1, compute=ActorPoolStrategy(size=N))`` runs them on an
+   actor pool holding one :class:`~serving.predictor.Predictor` per actor (model loaded once per actor). Each actor
    reads its images' bytes, decodes them and predicts the very batch the local engine would, so
    the file is byte-identical (ONNX Runtime's float results may depend on the batch's make-up);
 4. the driver gathers ``ans`` and the probabilities and finishes the job as the local engine does
    (:func:`serving.submission_job.finish_job`); ``--probs-dir`` Parquet partitions are written by the workers
    (:mod:`serving.ray_output`) and committed once the outputs are in place;
-5. as the rows come back, every batch whose rows are all in is appended to the local engine's
-   journal (``OUT.journal``, :mod:`serving.journal`), so an interrupted run (Ctrl-C, a lost cluster)
-   continues with ``--resume``, on either engine. A ``--probs-dir`` run has no journal: its Parquet
-   parts are written by the workers and committed whole, so it is rerun, not resumed.
+5. each batch is one Ray block and one actor call, and (without ``--probs-dir``) the driver takes the
+   blocks in the order they finish, so a batch is appended to the local engine's journal
+   (``OUT.journal``, :mod:`serving.journal`) as soon as its predictions reach the driver: an
+   interrupted run (Ctrl-C, a lost node) continues with ``--resume``, on either engine, and recomputes
+   at most the batches that were in flight (``IN_FLIGHT_PER_ACTOR`` per actor). A ``--probs-dir`` run
+   has no journal: its Parquet parts are written by the workers, in info.csv order, and committed
+   whole, so it is rerun, not resumed.
 
 Faults: actors run with ``max_restarts`` / ``max_task_retries`` (``RESTARTS``), so a worker that
 dies mid-job is restarted and its batch retried. ``MASK_RAY_TEST_CRASH_ONCE=MARKER`` (tests only)
@@ -54,6 +57,7 @@ RESTARTS = 3                 # actor restarts and task retries per actor: surviv
 CONNECT_TIMEOUT_S = 5.0      # TCP probe of --ray-address before ray.init
 MODEL_PROBE_TIMEOUT_S = 300.0
 DEFAULT_CPUS_PER_ACTOR = 0.5  # < 1 so read/write tasks always find a free CPU (1.0 each hung on 2 CPUs)
+IN_FLIGHT_PER_ACTOR = 2      # batch calls queued per actor: one running, one whose arguments are being pulled
 
 
 def require_ray():
@@ -107,11 +111,11 @@ class _PredictActor:
     """One Predictor per Ray actor; each call is one batch of the job's grid → one row per image."""
 
     def __init__(self, spec: ActorModel, threads: int, gpu: bool, images: str, on_error: str,
-                 crash_marker: str | None = None):
+                 with_ids: bool = True, crash_marker: str | None = None):
         self.predictor = load_actor_predictor(spec, threads, gpu)
         # an object-store prefix travels as its URI; the filesystem is opened here, from this node's env
         self.preprocess = objectstore.reader_for(images, self.predictor.preprocess)
-        self.on_error, self.crash_marker = on_error, crash_marker
+        self.on_error, self.with_ids, self.crash_marker = on_error, with_ids, crash_marker
 
     def __call__(self, batch: dict) -> dict:
         job = json.loads(batch["job"][0])
@@ -121,9 +125,10 @@ class _PredictActor:
         ans, probs, errors = predict_batch(self.predictor, DecodedBatch(0, images, ok, errs), ids, missing,
                                             self.on_error)
         self._maybe_crash()
-        out = {"row": np.arange(job["start"], job["start"] + len(ids), dtype=np.int64),
-               "ImageID": np.asarray(ids, dtype=object), "ans": ans,
+        out = {"row": np.arange(job["start"], job["start"] + len(ids), dtype=np.int64), "ans": ans,
                "error": np.asarray([errors.get(i, "") for i in range(len(ids))], dtype=object)}
+        if self.with_ids:   # only the Parquet files need them; the driver goes by row
+            out["ImageID"] = np.asarray(ids, dtype=object)
         out.update({name: probs[:, c] for c, name in enumerate(PROB_COLUMNS)})
         return out
 
@@ -280,7 +285,8 @@ def _run_grid(ray, plan: JobPlan, batch_size: int, spec: ActorModel, sink, want_
         try:
             columns = _empty_columns()
             if todo:
-                ds = _dataset(ray, spec, plan.images, plan.on_error, _grid_items(plan, grid, todo), ray_options)
+                ds = _dataset(ray, spec, plan.images, plan.on_error, _grid_items(plan, grid, todo), ray_options,
+                              in_order=sink is not None)
                 record = _BatchRecorder(journal, grid) if journal is not None else None
                 columns = ray_output.collect(ds, sink, want_probs=want_probs or journal is not None, on_rows=record)
         except Exception as e:
@@ -352,19 +358,23 @@ def _with_done(columns: dict[str, np.ndarray], done: dict[int, dict], grid: list
     return {k: np.concatenate([p[k] for p in parts]) for k in columns}
 
 
-def _dataset(ray, spec: ActorModel, images: str, on_error, items, opts: RayOptions):
+def _dataset(ray, spec: ActorModel, images: str, on_error, items, opts: RayOptions, in_order: bool):
+    """One block per grid batch on a fixed pool of actors. ``in_order`` (the Parquet sink: partitions
+    follow info.csv) keeps Ray's output in input order; otherwise blocks come back as they finish, so
+    the journal is never held back behind a slower earlier batch."""
     cpus = ray.cluster_resources().get("CPU", 1)
     actors = opts.num_actors or max(1, int(cpus))
     threads = max(1, int(opts.cpus_per_actor))
     ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True   # partitions follow info.csv; rows are re-ordered anyway
-    ds = ray.data.from_items(items, override_num_blocks=min(len(items), 4 * actors))
+    ctx.execution_options.preserve_order = in_order
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
     kwargs = {"num_gpus": opts.gpus_per_actor} if opts.gpus_per_actor > 0 else {}
+    pool = ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=IN_FLIGHT_PER_ACTOR)
     return ds.map_batches(
-        _PredictActor, batch_size=1, batch_format="numpy", concurrency=actors, num_cpus=opts.cpus_per_actor,
+        _PredictActor, batch_size=1, batch_format="numpy", compute=pool, num_cpus=opts.cpus_per_actor,
         fn_constructor_kwargs={"spec": spec, "threads": threads,
                                "gpu": opts.gpus_per_actor > 0, "images": images, "on_error": on_error,
-                               "crash_marker": os.environ.get(CRASH_ONCE_ENV) or None},
+                               "with_ids": in_order, "crash_marker": os.environ.get(CRASH_ONCE_ENV) or None},
         max_restarts=RESTARTS, max_task_retries=RESTARTS, **kwargs)
 
 

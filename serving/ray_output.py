@@ -98,9 +98,8 @@ def collect(ds, sink: ProbsSink | None, want_probs: bool, on_rows=None) -> dict[
 
     names = PROB_COLUMNS
     wanted = KEEP + (names if want_probs else [])
-    if sink is None:
-        return _gather(ds.select_columns(wanted).iter_batches(batch_size=None, batch_format="numpy"),
-                       names, want_probs, on_rows)
+    if sink is None:   # the actors return just these columns: no further stage between them and the driver
+        return _gather(ds.iter_batches(batch_size=None, batch_format="numpy"), names, want_probs, on_rows)
     try:
         path, fs = sink.target()
         ds.write_parquet(path, filesystem=fs)

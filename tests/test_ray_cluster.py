@@ -68,9 +68,21 @@ def local_reference(synth_root, onnx_model, tmp_path_factory) -> bytes:
     return out.read_bytes()
 
 
+BATCH = 2
+
+
+def _journalled(journal: Path) -> int:
+    """Whole batch lines in a job's journal (its first line is the header)."""
+    try:
+        lines = journal.read_bytes().split(b"\n")[:-1]   # the part after the last newline may be half-written
+    except FileNotFoundError:
+        return 0
+    return max(0, len(lines) - 1)
+
+
 def submit_command(synth_root, model, out: Path, images, *extra) -> list[str]:
     return [sys.executable, "-m", "serving.submit_cli", "--info", str(synth_root / "eval" / "info.csv"),
-            "--images", str(images), "--out", str(out), "--model", str(model), "--batch-size", "2",
+            "--images", str(images), "--out", str(out), "--model", str(model), "--batch-size", str(BATCH),
             "--no-progress", *map(str, extra)]
 
 
@@ -131,26 +143,36 @@ def test_lost_worker_node_mid_job_finishes_or_stops_then_rerun_is_identical(
     Which one happens depends on timing: a batch call already sent to an actor whose node dies comes
     back as ``ActorUnavailableError`` ("may or may not have been executed"), which Ray Data does not
     retry; a node lost between calls is absorbed by the actor restarts.
+
+    The node is lost at about half-way, and the journal must follow inference: every batch whose
+    images were read is in the journal then, but for those still on an actor or on their way to the
+    driver (at most ``IN_FLIGHT_PER_ACTOR`` per actor, and one block the driver is taking in).
     """
+    from serving.journal import Journal
+    from serving.ray_engine import IN_FLIGHT_PER_ACTOR
+
     c, workers = cluster
     n_images = local_reference.count(b"\n") - 1
     fragment = f"/{BUCKET}/eval/images/"
     before = s3_server.gets(fragment)
     out = tmp_path / "lost-node.csv"
+    journal = Journal.path_for(out)
     cmd = submit_command(synth_root, onnx_model, out, s3_images, "--engine", "ray", "--ray-address", c.address,
                          "--num-actors", "2", "--cpus-per-actor", "1")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
-        victim, read_at_kill = None, 0
+        victim, read_at_kill, journalled_at_kill = None, 0, 0
         deadline = time.monotonic() + JOB_TIMEOUT_S
         while proc.poll() is None and time.monotonic() < deadline:
+            journalled = _journalled(journal)   # before the reads: a batch is read before it is journalled
             read_at_kill = s3_server.gets(fragment) - before
             hosting = [w for w in workers if _actor_pids(w)]
-            if read_at_kill >= 6 and hosting:   # a few batches read, most still to come
+            if read_at_kill >= n_images // 2 and hosting:   # about half-way
                 victim = hosting[-1]
                 os.kill(victim.all_processes["raylet"][0].process.pid, signal.SIGKILL)
+                journalled_at_kill = journalled
                 break
-            time.sleep(0.1)
+            time.sleep(0.05)
         assert victim is not None, f"the job ended before a node could be lost (read {read_at_kill} images)"
         still_running = proc.poll() is None
         stdout, stderr = proc.communicate(timeout=JOB_TIMEOUT_S)
@@ -159,9 +181,14 @@ def test_lost_worker_node_mid_job_finishes_or_stops_then_rerun_is_identical(
             proc.kill()
             proc.wait()
     c.remove_node(victim, allow_graceful=False)   # reap the dead node's remaining processes
-    print(f"worker node lost after {read_at_kill} of {n_images} image reads; job exit {proc.returncode}")
+    read_batches, batches = -(-read_at_kill // BATCH), -(-n_images // BATCH)
+    print(f"worker node lost after {read_at_kill} of {n_images} image reads ({read_batches} of {batches} batches), "
+          f"{journalled_at_kill} batches journalled then; job exit {proc.returncode}")
     assert still_running and read_at_kill < n_images, \
         f"the node was lost after the job had read everything ({read_at_kill}/{n_images}); nothing was in flight"
+    lag = read_batches - journalled_at_kill
+    assert lag <= 2 * IN_FLIGHT_PER_ACTOR + 1, \
+        f"the journal lags inference: {read_batches} batches read but {journalled_at_kill} journalled at the kill"
     if proc.returncode == 0:
         assert out.read_bytes() == local_reference, "output after losing a node differs from the local engine"
         return
@@ -170,8 +197,18 @@ def test_lost_worker_node_mid_job_finishes_or_stops_then_rerun_is_identical(
         f"a lost node must finish the job or stop it with one line and exit 2: exit {proc.returncode}, {stderr[-3000:]}"
     assert not out.exists(), "a stopped job left an output file"
     assert "--resume" in errors[0], f"the stop must say how to continue: {errors[0]}"
+    kept = _journalled(journal)
+    started = time.perf_counter()
     rerun = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, cwd=REPO, timeout=JOB_TIMEOUT_S)
+    resume_s = time.perf_counter() - started
     resumed = [line for line in rerun.stderr.splitlines() if "resuming:" in line]
-    print(f"stopped with: {errors[0][:200]}; rerun exit {rerun.returncode}; {resumed or 'nothing to resume'}")
+    fresh_out = tmp_path / "fresh.csv"
+    started = time.perf_counter()
+    fresh = subprocess.run([*cmd[:cmd.index("--out") + 1], str(fresh_out), *cmd[cmd.index("--out") + 2:]],
+                           capture_output=True, text=True, cwd=REPO, timeout=JOB_TIMEOUT_S)
+    print(f"stopped with: {errors[0][:200]}; {kept} batches kept, {batches - kept} recomputed by the resume "
+          f"({resume_s:.1f} s; a fresh run on the same nodes {time.perf_counter() - started:.1f} s, exit "
+          f"{fresh.returncode}); rerun exit {rerun.returncode}; {resumed or 'nothing to resume'}")
+    assert kept >= journalled_at_kill, f"the journal lost batches: {journalled_at_kill} at the kill, {kept} after"
     assert rerun.returncode == 0, f"the rerun on the remaining node failed: {rerun.stderr[-3000:]}"
     assert out.read_bytes() == local_reference, "the rerun after a lost node differs from the local engine"
