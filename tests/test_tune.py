@@ -236,6 +236,42 @@ def test_a_pruned_trial_stops_at_the_epoch_boundary_and_is_recorded_as_pruned(sy
     assert "trial 1 pruned after 1 of 2 epoch(s)" in printed and "optuna-dashboard" in printed, printed
 
 
+# --- draws: every trial number its own, a repeat never trained ---------------------------------------
+
+def test_each_trial_number_draws_its_own_values_whatever_the_worker():
+    """Trial N's draw depends on (seed, N) only, so a restarted or second worker (new numbers)
+    cannot replay the first worker's draws, and a rerun with the same seed is reproducible."""
+    def draw(seed, number):
+        study = optuna.create_study(sampler=tune_run.trial_sampler(seed, number))
+        return study.ask().suggest_float("lr", 1e-3, 1e-2, log=True)
+
+    assert draw(0, 5) == draw(0, 5), "the same seed and trial number must draw the same value"
+    values = [draw(0, n) for n in range(8)]
+    assert len(set(values)) == 8, f"trial numbers repeated a draw: {values}"
+    assert draw(1, 5) != draw(0, 5), "--sampler-seed must change the draws"
+
+
+@pytest.mark.slow
+def test_a_draw_that_repeats_a_finished_trial_is_not_trained(synth_root, tmp_path, capsys):
+    """A space with one point: the reference trial trains, every later draw repeats it and is closed
+    unfinished with ``repeat_of``, until the worker says the space is exhausted."""
+    out = tmp_path / "study"
+    space = _yaml(tmp_path / "s.yaml", {"criterion": {"choices": ["cross_entropy"]}})
+    assert tune.main(_argv(synth_root, space, out, "--trials", "2", "--pruner", "none",
+                           "--config", str(_yaml(tmp_path / "b.yaml", {"criterion": "cross_entropy"})))) == 2
+    err = capsys.readouterr().err
+    assert "space seems exhausted" in err, err[-2000:]
+    trials = _study(str(out / "study.journal"), "study").get_trials(deepcopy=False)
+    assert [t.state.name for t in trials[:1]] == ["COMPLETE"], trials[0]
+    repeats = trials[1:]
+    assert len(repeats) == tune_run.MAX_REPEATS_IN_A_ROW and \
+        all(t.state.name == "FAIL" and t.user_attrs.get("repeat_of") == 0 for t in repeats), \
+        [(t.number, t.state.name, t.user_attrs) for t in repeats]
+    assert not any("run_dir" in t.user_attrs for t in repeats), "a repeated draw must not train"
+    rows = _rows(out / "trials.csv")
+    assert [r["repeat_of"] for r in rows] == [""] + ["0"] * len(repeats), rows
+
+
 # --- a study's outputs -----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -298,24 +334,29 @@ def _check_budget(study: optuna.Study, n: int) -> list:
     assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING")], "a trial was left behind"
     dirs = [t.user_attrs["run_dir"] for t in done]
     assert len(set(dirs)) == n and all((Path(d) / "metrics.csv").is_file() for d in dirs), dirs
+    drawn = [tuple(sorted(t.params.items())) for t in done]
+    assert len(set(drawn)) == n, f"finished trials drew the same values: {drawn}"
     return trials
 
 
 @pytest.mark.slow
-def test_resume_after_kill_9_retries_the_killed_trial(synth_root, tmp_path):
-    out, n = tmp_path / "study", 3
+def test_resume_after_kill_9_continues_the_killed_trial_and_draws_new_values(synth_root, tmp_path):
+    """kill -9 while trial 1 trains its second epoch; the same command (same ``--sampler-seed``) then
+    continues trial 1 from its epoch-1 checkpoint and draws values no finished trial had."""
+    out, n, epochs = tmp_path / "study", 3, 3
     argv = _argv(synth_root, _yaml(tmp_path / "s.yaml", SPACE), out, "--trials", str(n), "--pruner", "none",
-                 epochs=2)
+                 epochs=epochs)
     proc = _spawn(argv)
     journal = str(out / "study.journal")
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:   # kill it while trial 1 trains (trial 0 done)
+    while time.monotonic() < deadline:   # kill it while trial 1 trains past its first epoch (trial 0 done)
         try:
             trials = _study(journal, "study").get_trials(deepcopy=False)
         except KeyError:   # the journal file exists before the study is written into it
             trials = []
         states = {t.number: t.state.name for t in trials}
-        if states.get(0) == "COMPLETE" and states.get(1) == "RUNNING" and "run_dir" in trials[1].user_attrs:
+        if states.get(0) == "COMPLETE" and states.get(1) == "RUNNING" and \
+                trials[1].user_attrs.get("epochs_run", 0) >= 1:
             break
         assert proc.poll() is None, f"mask-tune ended early: {proc.stdout.read()[-2000:]}"
         time.sleep(0.5)
@@ -328,6 +369,13 @@ def test_resume_after_kill_9_retries_the_killed_trial(synth_root, tmp_path):
     retry = [t for t in trials if t.user_attrs.get("retry_of") == 1]
     assert len(retry) == 1 and retry[0].params == killed.params and retry[0].state.name == "COMPLETE", \
         "the killed trial's settings must run again, once"
+    assert retry[0].user_attrs.get("resumed_from") == killed.user_attrs["run_dir"], retry[0].user_attrs
+    trained = killed.user_attrs["epochs_run"]
+    assert retry[0].user_attrs["epochs_run"] == epochs and \
+        sorted(retry[0].intermediate_values) == list(range(1, epochs + 1)), \
+        f"the retry continues from the killed trial's {trained} epoch(s): {retry[0].user_attrs}"
+    with open(Path(retry[0].user_attrs["run_dir"]) / "metrics.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == epochs, "one metrics row per epoch, none trained twice"
 
 
 @pytest.mark.slow

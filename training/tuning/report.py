@@ -1,7 +1,7 @@
 """What a ``mask-tune`` study leaves in its folder, rewritten after every trial and at the end:
 
 - ``trials.csv``: one row per trial (number, state, value, epochs run, seconds, reference, retry_of,
-  every parameter, run folder);
+  repeat_of, every parameter, run folder);
 - ``best.yaml``: the best finished trial's ``config.yaml`` without ``out``, so
   ``mask-train --config STUDY/best.yaml --out runs/best`` reruns it;
 - ``history.png``, ``intermediate.png``, ``importances.png``: Optuna's matplotlib plots of the
@@ -52,12 +52,14 @@ def trials_csv(study: optuna.Study) -> str:
     names = sorted({k for t in trials for k in t.params})
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["number", "state", "value", "epochs_run", "seconds", "reference", "retry_of", *names, "run_dir"])
+    w.writerow(["number", "state", "value", "epochs_run", "seconds", "reference", "retry_of", "repeat_of", *names,
+                "run_dir"])
     for t in trials:
         a = t.user_attrs
         w.writerow([t.number, t.state.name, "" if t.value is None else f"{t.value:.6f}", a.get("epochs_run", ""),
                     f"{t.duration.total_seconds():.1f}" if t.duration else "", int(bool(a.get("reference"))),
-                    a.get("retry_of", ""), *[t.params.get(k, "") for k in names], a.get("run_dir", "")])
+                    a.get("retry_of", ""), a.get("repeat_of", ""), *[t.params.get(k, "") for k in names],
+                    a.get("run_dir", "")])
     return buf.getvalue()
 
 

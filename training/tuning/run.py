@@ -5,15 +5,23 @@ STUDY_DIR/trials/NNNN/; its per-epoch hook reports the validation macro F1 to Op
 epochs + epoch) and raises ``optuna.TrialPruned`` when the pruner says so, which stops the run at
 that epoch boundary. The trial is then told PRUNED, COMPLETE (value: the best epoch's val macro F1, or
 its mean over the folds with ``--folds``) or FAIL (one line logged).
+
+Every worker, first or resumed, explores: trial N's values are drawn by a TPE sampler seeded from
+(``--sampler-seed``, N), so a rerun of the same command continues the study's draws instead of
+replaying them (trial numbers are never reused), and a draw that equals a finished trial's values
+exactly is closed as FAIL with ``repeat_of`` set, before any training. A trial queued again after
+its worker stopped (``retry_of``) continues from the stopped trial's last epoch checkpoint.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 from tqdm import tqdm
@@ -26,6 +34,7 @@ from training.tuning.space import Space, key_types, load_space
 log = logging.getLogger("training.tuning.cli")
 
 MAX_FAILURES_IN_A_ROW = 3
+MAX_REPEATS_IN_A_ROW = 20   # draws that repeat a finished trial before the space counts as exhausted
 
 
 @dataclass
@@ -54,7 +63,7 @@ def prepare(o: argparse.Namespace, train_argv: list[str]) -> tuple[optuna.Study,
     read_train_dir(ref_cfg.data.data_dir, strict=ref_cfg.data.strict)   # the data is there and readable
     storage = store.open_storage(o.storage, out)
     optuna.logging.set_verbosity(optuna.logging.WARNING)   # mask-tune prints its own line per trial
-    sampler = optuna.samplers.TPESampler(seed=o.sampler_seed)
+    sampler = trial_sampler(o.sampler_seed, 0)
     study = store.open_study(storage, store.lock_target(o.storage, out), o.study or out.resolve().name, objective_text(ref_cfg), sampler,
                              make_pruner(o), reference_params(space, base))
     out.mkdir(parents=True, exist_ok=True)
@@ -62,9 +71,17 @@ def prepare(o: argparse.Namespace, train_argv: list[str]) -> tuple[optuna.Study,
     return study, Context(o, base, space, out, store.describe(o.storage, out))
 
 
+def trial_sampler(seed: int | None, number: int) -> optuna.samplers.TPESampler:
+    """The sampler that draws trial ``number``: seeded from (``seed``, number), so each trial number has
+    its own draw, whichever worker or restart asks for it; None: a fresh seed."""
+    if seed is None:
+        return optuna.samplers.TPESampler()
+    return optuna.samplers.TPESampler(seed=int(np.random.SeedSequence([seed, number]).generate_state(1)[0]))
+
+
 def work(study: optuna.Study, ctx: Context) -> None:
     """Run trials until the study holds ``--trials`` finished ones (or ``--timeout`` passes)."""
-    o, failures = ctx.o, 0
+    o, failures, repeats = ctx.o, 0, 0
     bar = tqdm(total=o.trials or None, initial=store.count(study, store.DONE), unit="trial",
                desc=f"study {study.study_name}", dynamic_ncols=True)
     try:
@@ -88,6 +105,14 @@ def work(study: optuna.Study, ctx: Context) -> None:
                 study.tell(trial, state=TrialState.FAIL)   # nothing trained: another worker took the last slot
                 continue
             t = run_trial(study, trial, ctx)
+            if "repeat_of" in t.user_attrs:
+                repeats += 1
+                bar.write(f"trial {t.number} drew trial {t.user_attrs['repeat_of']}'s values again: not trained")
+                if repeats >= MAX_REPEATS_IN_A_ROW:
+                    raise ValueError(f"{repeats} draws in a row repeated finished trials: the space seems "
+                                     f"exhausted ({store.count(study, store.DONE)} finished trials)")
+                continue
+            repeats = 0
             bar.write(tune_report.trial_line(t))
             tune_report.write_tables(study, ctx.out)
             failures = failures + 1 if t.state == TrialState.FAIL else 0
@@ -109,16 +134,62 @@ def _values(trial: optuna.Trial, ctx: Context) -> dict:
     return {}
 
 
+def _repeat_of(study: optuna.Study, trial: optuna.Trial) -> int | None:
+    """The number of a finished trial with exactly ``trial``'s values, if there is one."""
+    if trial.user_attrs.get("retry_of") is not None:   # queued again on purpose: its first run failed
+        return None
+    return next((t.number for t in study.get_trials(deepcopy=False, states=store.DONE)
+                 if t.params == trial.params), None)
+
+
+def _continue_retry(study: optuna.Study, trial: optuna.Trial, run_dir: Path, cfg) -> tuple[Path | None, int]:
+    """For a trial queued again after its worker stopped: the stopped trial's folder copied to
+    ``run_dir`` and its epochs replayed to the pruner. (what ``training.cli.run`` resumes from or None,
+    epochs already trained)."""
+    from training.checkpoint import load_checkpoint
+
+    retry_of = trial.user_attrs.get("retry_of")
+    old = _frozen(study, retry_of) if retry_of is not None else None
+    old_dir = Path(old.user_attrs["run_dir"]) if old is not None and old.user_attrs.get("run_dir") else None
+    if old_dir is None or not old_dir.is_dir() or run_dir.exists():
+        return None, 0
+    kfold = cfg.train.folds >= 2
+    lasts = {f: old_dir / f"fold{f}" / "last.pt" for f in range(cfg.train.folds)} if kfold else {0: old_dir / "last.pt"}
+    try:
+        trained = {f: int(load_checkpoint(p)["epoch"]) for f, p in lasts.items() if p.is_file()}
+    except (ValueError, OSError, KeyError) as e:   # an unreadable checkpoint: train from the start instead
+        log.warning("trial %d starts over: trial %d's checkpoint is unreadable (%s)", trial.number, retry_of,
+                    store.one_line(e))
+        return None, 0
+    if not trained:
+        return None, 0
+    shutil.copytree(old_dir, run_dir)
+    for f, n in trained.items():   # what the pruner saw of those epochs, so it judges the trial as a whole
+        for step in range(f * cfg.train.epochs + 1, f * cfg.train.epochs + n + 1):
+            if step in old.intermediate_values:
+                trial.report(old.intermediate_values[step], step)
+    trial.set_user_attr("resumed_from", str(old_dir))
+    log.info("trial %d continues trial %d from its epoch checkpoint(s) (%d epoch(s) trained)", trial.number,
+             retry_of, sum(trained.values()))
+    return (run_dir if kfold else run_dir / "last.pt"), sum(trained.values())
+
+
 def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: Context) -> optuna.trial.FrozenTrial:
     from training.cli import run
 
+    study.sampler = trial_sampler(ctx.o.sampler_seed, trial.number)   # before any value is drawn
     values = _values(trial, ctx)
+    repeat = _repeat_of(study, trial)
+    if repeat is not None:
+        trial.set_user_attr("repeat_of", repeat)
+        study.tell(trial, state=TrialState.FAIL)
+        return _frozen(study, trial.number)
     run_dir = (ctx.out / "trials" / f"{trial.number:04d}").resolve()
-    for k, v in (("run_dir", str(run_dir)), ("worker", store.worker_id()), ("epochs_run", 0)):
-        trial.set_user_attr(k, v)
     cfg = ctx.base.config(values, run_dir)
+    resume, epochs_run = _continue_retry(study, trial, run_dir, cfg)
+    for k, v in (("run_dir", str(run_dir)), ("worker", store.worker_id()), ("epochs_run", epochs_run)):
+        trial.set_user_attr(k, v)
     trial.set_user_attr("epochs_planned", cfg.train.epochs * max(1, cfg.train.folds))
-    epochs_run = 0
 
     def on_epoch_end(fold: int, epoch: int, row: dict) -> None:
         nonlocal epochs_run
@@ -130,7 +201,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: Context) -> optuna.
 
     try:
         with store.Heartbeat(trial, ctx.o.heartbeat):
-            best = run(cfg, None, on_epoch_end)
+            best = run(cfg, resume, on_epoch_end)
     except optuna.TrialPruned:
         study.tell(trial, state=TrialState.PRUNED)
     except KeyboardInterrupt:
