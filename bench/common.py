@@ -260,6 +260,18 @@ def load_results(results_dir: Path = RESULTS_DIR) -> dict[str, dict]:
     return out
 
 
+def measure_and_save(name: str, argv: list[str] | None, args, measure: Callable[[object], dict],
+                     extra_config: dict | None = None) -> dict:
+    """``measure(args)`` under a :class:`CpuMonitor`, saved with :func:`save_run` to ``args.out``
+    (``args``' values as the config, paths as text, plus ``extra_config``); the result."""
+    started = utc_now()
+    with CpuMonitor() as monitor:
+        result = measure(args)
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    save_run(name, argv, started, monitor, args.quick, {**config, **(extra_config or {})}, result, args.out)
+    return result
+
+
 def setup_logging(verbose: bool = False) -> None:
     """INFO for the harness and the product's modules; WARNING for library chatter (the ONNX
     quantizer logs one line per rescaled weight on the root logger)."""

@@ -158,12 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     common.setup_logging()
 
     def body() -> None:
-        started = common.utc_now()
-        with common.CpuMonitor() as monitor:
-            result = measure(args)
-        config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-        config["recipe"] = list(QUICK_RECIPE if args.quick else RECIPE)
-        common.save_run("label_audit", argv, started, monitor, args.quick, config, result, args.out)
+        result = common.measure_and_save("label_audit", argv, args, measure,
+                                         {"recipe": list(QUICK_RECIPE if args.quick else RECIPE)})
         print(json.dumps(result, indent=1))
 
     return common.run_part(body, no_report=True)

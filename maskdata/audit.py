@@ -6,6 +6,28 @@ file's name, so it is audited per image. Head probabilities are the marginals of
 probabilities (``class = mask * 6 + gender * 3 + age``): exact for multi-head runs (whose 18
 probabilities are the product of their heads) and the head view of single-head runs.
 
+A label is flagged only when the evidence supports it, field by field:
+
+* the field's item probabilities (pooled over a person's images for gender and age) are calibrated
+  against the model's own error rate at that level: one temperature per field, fitted on the items
+  against their given labels (all seven photos of one face are misjudged together, which
+  image-level calibration cannot see); the few wrong labels only soften it;
+* the field is audited only if the model is good at it: its macro F1 against the given labels, over
+  the field's items, is at least ``MIN_FIELD_F1``, and it is unsure (the given value's calibrated
+  probability strictly between ``MAX_GIVEN_PROB`` and 1 - ``MAX_GIVEN_PROB``) about at most
+  ``MAX_UNSURE`` of them. Wrong labels make a good model confidently disagree, not hesitate, so
+  hesitation measures the model, not the noise; a model that hesitates often is also confidently
+  wrong often, and its flags would be mostly its own mistakes (measured: bench.audit_precision).
+  Otherwise the audit says so, in one line and in its report, and flags nothing there;
+* cleanlab's confident learning must flag the item, **and** the calibrated probability of the given
+  value must be at most ``MAX_GIVEN_PROB``, so each flag is a label the model, at the level the
+  label is recorded, calls wrong at least 1 - MAX_GIVEN_PROB of the time. The report gives, per
+  field, the precision those probabilities predict for the flags (1 - their mean probability of the
+  given value).
+
+Every flag carries the two numbers a reviewer reads: the probability of the given value (``score``,
+the ranking, lowest first) and of the suggested one (``p_suggested``).
+
     issues, cover = audit(read_oof("RUN/oof_predictions.csv"), samples)
 
 cleanlab is imported inside :func:`find_issues`, so ``import maskdata`` stays light.
@@ -14,6 +36,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import warnings
 from dataclasses import dataclass
@@ -21,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maskdata import labels
+from maskdata import labels, metrics
 from maskdata.extras import install_hint
 from maskdata.io import atomic_write_text, read_csv
 
@@ -29,7 +52,11 @@ log = logging.getLogger(__name__)
 
 PROB_COLUMNS = labels.PROB_COLUMNS
 HEAD_NAMES = {"mask": labels.MASK_NAMES, "gender": labels.GENDER_NAMES, "age": labels.AGE_NAMES}
-ISSUE_COLUMNS = ("rank", "person", "image", "field", "given", "suggested", "score", "images")
+ISSUE_COLUMNS = ("rank", "person", "image", "field", "given", "suggested", "score", "p_suggested", "images")
+FIELDS = ("gender", "age", "mask")
+MIN_FIELD_F1 = 0.75    # a field whose out-of-fold macro F1 (against the given labels) is lower is not audited
+MAX_GIVEN_PROB = 0.15  # a flag needs the given value's calibrated out-of-fold probability at most this
+MAX_UNSURE = 0.1       # a field is audited only if the model is sure (either way) about the rest of its items
 
 
 @dataclass(frozen=True)
@@ -48,8 +75,38 @@ class Issue:
     field: str        # gender | age | mask
     given: str
     suggested: str
-    score: float      # cleanlab label quality of the given label (lower = more likely wrong)
+    score: float      # out-of-fold probability of the given value (lower = more likely wrong)
+    p_suggested: float  # out-of-fold probability of the suggested value
     images: int       # images the probabilities came from
+
+
+@dataclass(frozen=True)
+class FieldAudit:
+    """How one field was audited: its items, how good the model is at it, what was flagged."""
+    field: str
+    items: int             # people (gender, age) or images (mask)
+    f1: float              # out-of-fold macro F1 against the given labels, over the items
+    unsure: float          # share of items whose given value has a calibrated probability strictly
+                           # between MAX_GIVEN_PROB and 1 - MAX_GIVEN_PROB
+    temperature: float     # fitted on the items against their given labels
+    audited: bool          # False: f1 below MIN_FIELD_F1 or unsure above MAX_UNSURE; nothing flagged
+    candidates: int        # flagged by confident learning alone
+    flagged: int
+    expected_precision: float | None   # 1 - mean probability of the given value over the flags
+
+    def text(self) -> str:
+        unit = "images" if self.field == "mask" else "people"
+        head = (f"{self.field}: out-of-fold macro F1 {self.f1:.3f} over {self.items} {unit}, unsure about "
+                f"{self.unsure:.0%}")
+        if not self.audited:
+            why = (f"F1 below {MIN_FIELD_F1}" if self.f1 < MIN_FIELD_F1 else f"unsure about more than {MAX_UNSURE:.0%}")
+            return (f"{head}: not audited ({why}): the model is too weak here to tell wrong labels from its own "
+                    f"mistakes")
+        out = f"{head}; {self.flagged} flagged ({self.candidates} by confident learning alone)"
+        return out + (f", expected precision {self.expected_precision:.2f}" if self.flagged else "")
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
 @dataclass(frozen=True)
@@ -60,6 +117,7 @@ class Coverage:
     total_people: int
     unmatched_rows: int    # rows of the file that are not images of the data
     audited: dict          # field -> number of items (people or images) audited
+    fields: dict = None    # field -> FieldAudit
 
     def text(self) -> str:
         share = self.images / self.total_images if self.total_images else 0.0
@@ -85,6 +143,51 @@ def read_oof(path: str | Path) -> Oof:
     return Oof(str(path), [r["path"] for r in rows], [r["person"].strip() for r in rows], probs / sums)
 
 
+NOISE_GRID = np.linspace(0.0, 0.3, 31)   # label-noise shares the calibration considers
+
+
+def fit_temperature(logp: np.ndarray, given: np.ndarray) -> tuple[float, float]:
+    """(T, noise) that make the given labels most likely under ``(1 - noise) * softmax(logp / T) +
+    noise / K``: the model re-tempered, plus a share of labels that are right or wrong regardless of
+    it. The noise term takes the confident disagreements that wrong labels cause, so they do not
+    soften T for every item. Golden-section search on log T in [1/20, 20] for each noise share."""
+    if len(given) < 2:
+        return 1.0, 0.0
+    k = logp.shape[1]
+
+    def nll(log_t: float, noise: float) -> float:
+        z = logp / np.exp(log_t)
+        z = z - z.max(1, keepdims=True)
+        p = np.exp(z[np.arange(len(given)), given]) / np.exp(z).sum(1)
+        return float(-np.mean(np.log((1 - noise) * p + noise / k)))
+
+    best = (np.inf, 1.0, 0.0)
+    for noise in NOISE_GRID:
+        lo, hi, ratio = -np.log(20.0), np.log(20.0), (np.sqrt(5) - 1) / 2
+        a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+        for _ in range(40):
+            if nll(a, noise) < nll(b, noise):
+                hi, b = b, a
+                a = hi - ratio * (hi - lo)
+            else:
+                lo, a = a, b
+                b = lo + ratio * (hi - lo)
+        log_t = (lo + hi) / 2
+        best = min(best, (nll(log_t, noise), float(np.exp(log_t)), float(noise)))
+    return best[1], best[2]
+
+
+def calibrate(probs: np.ndarray, given: np.ndarray) -> tuple[np.ndarray, float]:
+    """(probs re-tempered to match how often they agree with ``given``, the temperature); the share
+    of wrong labels fitted beside it is left out of the result."""
+    logp = np.log(np.clip(probs, 1e-12, None))
+    t, _ = fit_temperature(logp, given)
+    z = logp / t
+    z = z - z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True), t
+
+
 def head_probs(probs: np.ndarray) -> dict[str, np.ndarray]:
     """(N, 18) class probabilities -> {head: (N, head size)} marginals."""
     m, g, a = (labels.HEAD_SIZES[h] for h in ("mask", "gender", "age"))
@@ -106,49 +209,66 @@ def match(oof: Oof, samples: list) -> np.ndarray:
     return out
 
 
-def find_issues(given: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(flagged mask, label quality scores) by cleanlab's confident learning; nothing flagged for
-    fewer than two items. Classes no item is labeled with cannot be flagged toward (cleanlab needs
+def find_issues(given: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Which items cleanlab's confident learning flags (``prune_by_noise_rate``); nothing for fewer
+    than two items. Classes no item is labeled with cannot be flagged toward (cleanlab needs
     examples of a class to set its threshold)."""
     try:
         from cleanlab.filter import find_label_issues
-        from cleanlab.rank import get_label_quality_scores
     except ImportError:
         raise ValueError(install_hint("audit", "the label audit", ["cleanlab"])) from None
 
     if len(given) < 2:
-        return np.zeros(len(given), dtype=bool), np.ones(len(given))
+        return np.zeros(len(given), dtype=bool)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # cleanlab warns about classes without examples; Coverage says it
         flagged = find_label_issues(given, probs, filter_by="prune_by_noise_rate", n_jobs=1)
-        scores = get_label_quality_scores(given, probs, method="self_confidence")
-    return np.asarray(flagged, dtype=bool), np.asarray(scores, dtype=np.float64)
+    return np.asarray(flagged, dtype=bool)
+
+
+def field_f1(given: np.ndarray, probs: np.ndarray) -> float:
+    """Macro F1 of the probabilities' argmax against the given labels, over the classes that occur."""
+    cm = metrics.confusion(given, probs.argmax(1), probs.shape[1])
+    present = (cm.sum(0) + cm.sum(1)) > 0
+    return float(metrics.f1_from_confusion(cm)[present].mean()) if present.any() else 0.0
 
 
 def _issues(field: str, given: np.ndarray, probs: np.ndarray, where: list[tuple[str, str]],
-            counts: list[int]) -> list[Issue]:
-    flagged, scores = find_issues(given, probs)
+            counts: list[int]) -> tuple[list[Issue], FieldAudit]:
+    f1 = field_f1(given, probs)
+    probs, temperature = calibrate(probs, given)
+    p_given = probs[np.arange(len(given)), given]
+    unsure = float(((p_given > MAX_GIVEN_PROB) & (p_given < 1 - MAX_GIVEN_PROB)).mean()) if len(given) else 0.0
+    if f1 < MIN_FIELD_F1 or unsure > MAX_UNSURE:
+        return [], FieldAudit(field, len(given), f1, unsure, temperature, False, 0, 0, None)
+    candidates = find_issues(given, probs)
+    flagged = candidates & (p_given <= MAX_GIVEN_PROB)
     names = HEAD_NAMES[field]
     out = []
     for k in np.flatnonzero(flagged):
         others = probs[k].copy()
         others[given[k]] = -1.0          # the suggestion is the likeliest *other* value
-        out.append(Issue(where[k][0], where[k][1], field, names[given[k]], names[int(others.argmax())],
-                         float(scores[k]), counts[k]))
-    return out
+        s = int(others.argmax())
+        out.append(Issue(where[k][0], where[k][1], field, names[given[k]], names[s], float(p_given[k]),
+                         float(probs[k, s]), counts[k]))
+    precision = 1.0 - float(p_given[flagged].mean()) if flagged.any() else None
+    return out, FieldAudit(field, len(given), f1, unsure, temperature, True, int(candidates.sum()),
+                           int(flagged.sum()), precision)
 
 
 def audit(oof: Oof, samples: list) -> tuple[list[Issue], Coverage]:
-    """Suspected wrong labels, worst first, and how much of the data the prediction file covered."""
+    """Suspected wrong labels, worst first, and how much of the data the prediction file covered
+    (with each field's :class:`FieldAudit`)."""
     idx = match(oof, samples)
     keep = idx >= 0
     if not keep.any():
         raise ValueError(f"{oof.source}: none of its {len(idx)} rows is an image of the data read; "
                          "is it from a run on this data folder?")
-    heads = {h: p[keep] for h, p in head_probs(oof.probs).items()}
     rows = [samples[i] for i in idx[keep]]
-    issues = _issues("mask", np.array([s.mask for s in rows]), heads["mask"],
-                     [(s.person, Path(s.path).name) for s in rows], [1] * len(rows))
+    heads = head_probs(oof.probs[keep])
+    issues, fields = _issues("mask", np.array([s.mask for s in rows]), heads["mask"],
+                             [(s.person, Path(s.path).name) for s in rows], [1] * len(rows))
+    fields = {"mask": fields}
     by_person: dict[str, list[int]] = {}
     for k, s in enumerate(rows):
         by_person.setdefault(s.person, []).append(k)
@@ -158,10 +278,12 @@ def audit(oof: Oof, samples: list) -> tuple[list[Issue], Coverage]:
     where = [(p, "") for p in persons]
     for field, given in (("gender", [s.gender for s in first]), ("age", [labels.age_group(s.age) for s in first])):
         pooled = np.stack([heads[field][by_person[p]].mean(0) for p in persons])
-        issues += _issues(field, np.array(given), pooled, where, counts)
-    issues.sort(key=lambda i: (i.score, i.field, i.person, i.image))
+        found, fields[field] = _issues(field, np.array(given), pooled, where, counts)
+        issues += found
+    issues.sort(key=lambda i: (i.score, -i.p_suggested, i.field, i.person, i.image))
     cover = Coverage(len(rows), len(samples), len(persons), len({s.person for s in samples}),
-                     int((~keep).sum()), {"mask": len(rows), "gender": len(persons), "age": len(persons)})
+                     int((~keep).sum()), {"mask": len(rows), "gender": len(persons), "age": len(persons)},
+                     {f: fields[f] for f in FIELDS})
     return issues, cover
 
 
@@ -170,7 +292,8 @@ def issues_csv(issues: list[Issue]) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(ISSUE_COLUMNS)
     for rank, i in enumerate(issues, start=1):
-        w.writerow([rank, i.person, i.image, i.field, i.given, i.suggested, f"{i.score:.6f}", i.images])
+        w.writerow([rank, i.person, i.image, i.field, i.given, i.suggested, f"{i.score:.6f}", f"{i.p_suggested:.6f}",
+                    i.images])
     return buf.getvalue()
 
 
@@ -187,19 +310,31 @@ def corrections_csv(issues: list[Issue], top: int | None = None, max_score: floa
 
 
 def summary_text(issues: list[Issue], cover: Coverage, oof_source: str) -> str:
-    per_field = {f: sum(1 for i in issues if i.field == f) for f in ("gender", "age", "mask")}
+    per_field = {f: sum(1 for i in issues if i.field == f) for f in FIELDS}
     lines = [f"audit of {oof_source}: {cover.text()}",
              "suspects: " + ", ".join(f"{f} {n} of {cover.audited[f]} {'images' if f == 'mask' else 'people'}"
                                       for f, n in per_field.items())]
-    lines += [f"  {i.score:.4f}  {i.field:<6} {i.person}{'/' + i.image if i.image else ''}: "
-              f"{i.given} -> {i.suggested}" for i in issues[:10]]
+    lines += [cover.fields[f].text() for f in FIELDS if cover.fields]
+    lines += [f"  p(given) {i.score:.3f}  p(suggested) {i.p_suggested:.3f}  {i.field:<6} "
+              f"{i.person}{'/' + i.image if i.image else ''}: {i.given} -> {i.suggested}" for i in issues[:10]]
     if len(issues) > 10:
         lines.append(f"  ... and {len(issues) - 10} more in label_issues.csv")
     return "\n".join(lines)
 
 
-def write_outputs(out_dir: str | Path, issues: list[Issue], samples: list, sheet_n: int) -> list[Path]:
-    """label_issues.csv and label_issues.png (the ``sheet_n`` worst suspects) in ``out_dir``."""
+def report_json(issues: list[Issue], cover: Coverage) -> str:
+    """audit.json: coverage, the thresholds, and each field's :class:`FieldAudit`."""
+    return json.dumps({"images": cover.images, "total_images": cover.total_images, "people": cover.people,
+                       "total_people": cover.total_people, "unmatched_rows": cover.unmatched_rows,
+                       "min_field_f1": MIN_FIELD_F1, "max_unsure": MAX_UNSURE,
+                       "max_given_prob": MAX_GIVEN_PROB, "flagged": len(issues),
+                       "fields": {f: a.to_dict() for f, a in (cover.fields or {}).items()}}, indent=2) + "\n"
+
+
+def write_outputs(out_dir: str | Path, issues: list[Issue], samples: list, sheet_n: int,
+                  cover: Coverage | None = None) -> list[Path]:
+    """label_issues.csv, audit.json (with ``cover``) and label_issues.png (the ``sheet_n`` worst
+    suspects) in ``out_dir``."""
     from maskdata.audit_sheet import draw_sheet
     from maskdata.io import atomic_path
 
@@ -207,6 +342,9 @@ def write_outputs(out_dir: str | Path, issues: list[Issue], samples: list, sheet
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "label_issues.csv", issues_csv(issues))
     written = [out / "label_issues.csv"]
+    if cover is not None:
+        atomic_write_text(out / "audit.json", report_json(issues, cover))
+        written.append(out / "audit.json")
     if issues and sheet_n > 0:
         sheet = draw_sheet(issues[:sheet_n], samples)
         with atomic_path(out / "label_issues.png", suffix=".png") as tmp:

@@ -41,7 +41,7 @@ def draw_sheet(issues: list, samples: list):
         if path is not None:
             sheet.paste(open_image(path).resize(CELL, Image.Resampling.BILINEAR), (x, y))
         what = f"{issue.field} of {issue.image.split('.')[0]}" if issue.image else issue.field
-        for line, (text, colour) in enumerate(((f"#{k + 1}  score {issue.score:.3f}", "black"),
+        for line, (text, colour) in enumerate(((f"#{k + 1}  p {issue.score:.2f} -> {issue.p_suggested:.2f}", "black"),
                                                (issue.person[:24], "dimgray"), (what, "black"),
                                                (f"{issue.given} -> {issue.suggested}", "firebrick"))):
             draw.text((x + 3, y + h + 2 + 14 * line), text, fill=colour, font=font)

@@ -171,7 +171,7 @@ def cmd_audit(args) -> int:
     oof = audit.read_oof(args.oof)
     samples, report = read_train_dir(_train_dir(args.data_dir), strict=False, relabel=args.relabel)
     issues, cover = audit.audit(oof, samples)
-    written = audit.write_outputs(args.out, issues, samples, args.sheet)
+    written = audit.write_outputs(args.out, issues, samples, args.sheet, cover)
     print(audit.summary_text(issues, cover, args.oof))
     if args.write_corrections:
         text = audit.corrections_csv(issues, args.top, args.max_score)
@@ -183,14 +183,29 @@ def cmd_audit(args) -> int:
     return 0
 
 
+def audit_limits() -> tuple[float, float, float]:
+    """(MIN_FIELD_F1, MAX_GIVEN_PROB, MAX_UNSURE) of the audit, for the help text (maskdata.audit is
+    light to import)."""
+    from maskdata.audit import MAX_GIVEN_PROB, MAX_UNSURE, MIN_FIELD_F1
+
+    return MIN_FIELD_F1, MAX_GIVEN_PROB, MAX_UNSURE
+
+
 def _add_audit(sub) -> None:
     ap = sub.add_parser("audit", help="rank suspected wrong labels from out-of-fold predictions (cleanlab)",
-                        description="Confident learning (cleanlab) on a run's out-of-fold predictions: gender "
-                                    "and age per person (the person's images' probabilities pooled), mask per "
-                                    "image. Writes OUT/label_issues.csv (worst first) and OUT/label_issues.png "
-                                    "(the top suspects, given -> suggested under each). A prediction file that "
-                                    "covers part of the set (one run's val_predictions.csv) audits what it "
-                                    "covers and says how much that is.")
+                        description="Confident learning (cleanlab) on a run's out-of-fold predictions: "
+                                    "gender and age per person (the person's "
+                                    "images' probabilities pooled), mask per image, each field calibrated at "
+                                    "that level. A label is flagged when cleanlab flags it and the probability "
+                                    f"of the given value is at most {audit_limits()[1]}; a field the model is "
+                                    f"weak at (macro F1 below {audit_limits()[0]}, or unsure about more than "
+                                    f"{audit_limits()[2]:.0%} of its items) is not audited, and the summary "
+                                    "says so. Writes "
+                                    "OUT/label_issues.csv (lowest probability of the given value first), "
+                                    "OUT/audit.json (per field: F1, flags, expected precision) and "
+                                    "OUT/label_issues.png (the top suspects, given -> suggested under each). A "
+                                    "prediction file that covers part of the set (one run's val_predictions.csv) "
+                                    "audits what it covers and says how much that is.")
     ap.add_argument("--oof", required=True, help="RUN/oof_predictions.csv (mask-train --folds K) or "
                                                  "RUN/val_predictions.csv")
     ap.add_argument("--data-dir", required=True, help="DIR/train the run was trained on")
@@ -201,7 +216,8 @@ def _add_audit(sub) -> None:
                     help="write a starter corrections CSV (the suggested values) for mask-train --relabel")
     ap.add_argument("--top", type=int, help="with --write-corrections: only the K worst suspects")
     ap.add_argument("--max-score", type=float,
-                    help="with --write-corrections: only suspects whose label quality is at most this")
+                    help="with --write-corrections: only suspects whose given value has at most this "
+                         "out-of-fold probability (the score column)")
     ap.set_defaults(func=cmd_audit)
 
 
