@@ -11,9 +11,10 @@ The job is the local one (:mod:`serving.submission_job`: plan â†’ run the grid â
    worker, so a model path the workers cannot read fails before any image is read;
 3. the batches of the local job's fixed grid become the rows of a Ray dataset and
    ``map_batches(_PredictActor, batch_size=1, compute=ActorPoolStrategy(size=N))`` runs them on an
-   actor pool holding one :class:`~serving.predictor.Predictor` per actor (model loaded once per actor). Each actor
-   reads its images' bytes, decodes them and predicts the very batch the local engine would, so
-   the file is byte-identical (ONNX Runtime's float results may depend on the batch's make-up);
+   actor pool holding one :class:`~serving.predictor.Predictor` per actor (model loaded once per
+   actor). Each actor reads its images' bytes, decodes them and predicts the very batch the local
+   engine would, so the file is byte-identical (ONNX Runtime's float results may depend on the
+   batch's make-up);
 4. the driver gathers ``ans`` and the probabilities and finishes the job as the local engine does
    (:func:`serving.submission_job.finish_job`); ``--probs-dir`` Parquet partitions are written by the workers
    (:mod:`serving.ray_output`) and committed once the outputs are in place;
@@ -21,9 +22,9 @@ The job is the local one (:mod:`serving.submission_job`: plan â†’ run the grid â
    blocks in the order they finish, so a batch is appended to the local engine's journal
    (``OUT.journal``, :mod:`serving.journal`) as soon as its predictions reach the driver: an
    interrupted run (Ctrl-C, a lost node) continues with ``--resume``, on either engine, and recomputes
-   at most the batches that were in flight (``IN_FLIGHT_PER_ACTOR`` per actor). A ``--probs-dir`` run
-   has no journal: its Parquet parts are written by the workers, in info.csv order, and committed
-   whole, so it is rerun, not resumed.
+   only the batches that were in flight (``IN_FLIGHT_PER_ACTOR`` calls per actor) or on their way to
+   the driver. A ``--probs-dir`` run has no journal: its Parquet parts are written by the workers,
+   in info.csv order, and committed whole, so it is rerun, not resumed.
 
 Faults: actors run with ``max_restarts`` / ``max_task_retries`` (``RESTARTS``), so a worker that
 dies mid-job is restarted and its batch retried. ``MASK_RAY_TEST_CRASH_ONCE=MARKER`` (tests only)

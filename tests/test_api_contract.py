@@ -211,7 +211,9 @@ def test_schema_driven_fuzzing_passes_every_check(api_server, tmp_path):
     found = out.stdout[max(0, out.stdout.find("= FAILURES =")):] + out.stderr
     report = "\n".join(line[:300] for line in found.splitlines())[-8000:]   # a curl line holds whole images
     assert out.returncode == 0, f"schemathesis found failures:\n{report}"
-    assert re.search(r"(\d+) generated, \1 passed", out.stdout), report
+    summary = re.search(r"(\d+) generated, \1 passed", out.stdout)
+    assert summary, report
+    print(f"schemathesis --checks all: {summary.group(0)}")   # shown with pytest -s
 
 
 def test_workers_run_uvicorn_s_fast_paths(api_server, store_home):  # noqa: F811
