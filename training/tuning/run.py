@@ -155,8 +155,9 @@ def _continue_retry(study: optuna.Study, trial: optuna.Trial, run_dir: Path, cfg
         return None, 0
     kfold = cfg.train.folds >= 2
     lasts = {f: old_dir / f"fold{f}" / "last.pt" for f in range(cfg.train.folds)} if kfold else {0: old_dir / "last.pt"}
-    try:
-        trained = {f: int(load_checkpoint(p)["epoch"]) for f, p in lasts.items() if p.is_file()}
+    try:   # each fold's finished epochs: their val macro F1, as last.pt records them
+        trained = {f: [float(row["val_f1"]) for row in load_checkpoint(p)["history"]]
+                   for f, p in lasts.items() if p.is_file()}
     except (ValueError, OSError, KeyError) as e:   # an unreadable checkpoint: train from the start instead
         log.warning("trial %d starts over: trial %d's checkpoint is unreadable (%s)", trial.number, retry_of,
                     store.one_line(e))
@@ -164,14 +165,14 @@ def _continue_retry(study: optuna.Study, trial: optuna.Trial, run_dir: Path, cfg
     if not trained:
         return None, 0
     shutil.copytree(old_dir, run_dir)
-    for f, n in trained.items():   # what the pruner saw of those epochs, so it judges the trial as a whole
-        for step in range(f * cfg.train.epochs + 1, f * cfg.train.epochs + n + 1):
-            if step in old.intermediate_values:
-                trial.report(old.intermediate_values[step], step)
+    for f, scores in trained.items():   # replayed to the pruner, so it judges the trial as a whole (the
+        for epoch, value in enumerate(scores, start=1):   # stopped trial may have died before reporting one)
+            trial.report(value, f * cfg.train.epochs + epoch)
+    epochs = sum(len(v) for v in trained.values())
     trial.set_user_attr("resumed_from", str(old_dir))
     log.info("trial %d continues trial %d from its epoch checkpoint(s) (%d epoch(s) trained)", trial.number,
-             retry_of, sum(trained.values()))
-    return (run_dir if kfold else run_dir / "last.pt"), sum(trained.values())
+             retry_of, epochs)
+    return (run_dir if kfold else run_dir / "last.pt"), epochs
 
 
 def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: Context) -> optuna.trial.FrozenTrial:
