@@ -162,16 +162,20 @@ def fit_temperature(logp: np.ndarray, given: np.ndarray) -> tuple[float, float]:
         return float(-np.mean(np.log((1 - noise) * p + noise / k)))
 
     best = (np.inf, 1.0, 0.0)
+    ratio = (np.sqrt(5) - 1) / 2
     for noise in NOISE_GRID:
-        lo, hi, ratio = -np.log(20.0), np.log(20.0), (np.sqrt(5) - 1) / 2
+        lo, hi = -np.log(20.0), np.log(20.0)
         a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-        for _ in range(40):
-            if nll(a, noise) < nll(b, noise):
-                hi, b = b, a
+        fa, fb = nll(a, noise), nll(b, noise)
+        for _ in range(40):   # one new evaluation per step: the kept point is already known
+            if fa < fb:
+                hi, b, fb = b, a, fa
                 a = hi - ratio * (hi - lo)
+                fa = nll(a, noise)
             else:
-                lo, a = a, b
+                lo, a, fa = a, b, fb
                 b = lo + ratio * (hi - lo)
+                fb = nll(b, noise)
         log_t = (lo + hi) / 2
         best = min(best, (nll(log_t, noise), float(np.exp(log_t)), float(noise)))
     return best[1], best[2]
