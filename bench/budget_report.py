@@ -1,4 +1,4 @@
-"""docs/benchmarks.md sections for the thread budget, INT8 calibration and bf16 parts (bench.report calls them)."""
+"""docs/benchmarks.md sections for the thread budget, INT8 calibration, INT8 across CPUs and bf16 parts (bench.report calls them)."""
 from __future__ import annotations
 
 from bench import fmt
@@ -116,3 +116,36 @@ def eval_scale_section(result: dict | None) -> str:
         _table(["run", "images", "wall s", "loop s", "img/s end to end", "peak RSS MB"], rows), "",
         f"All rows / first rows: img/s {_f(result['img_per_s_ratio'], 2)}×, peak RSS "
         f"{_f(result['max_rss_ratio'], 2)}×.", ""])
+
+
+def int8_isa_section(result: dict | None) -> str:
+    if not result:
+        return "## INT8 on every CPU\n\nNot measured yet: `python -m bench.int8_isa`.\n"
+    emu = result.get("emulated")
+    native = result["native_cpu"]
+    rows = []
+    for r in result["rows"]:
+        em = "not measured (no qemu-user)" if not emu else (
+            f"**{_pct(r['agreement_emulated'], 2)}** (native on the same images {_pct(r['agreement_native_same_images'], 2)})")
+        same = "–" if not emu else (f"{_pct(r['emulated_vs_native_argmax_same'], 2)}, max \\|Δprob\\| "
+                                    f"{r['emulated_vs_native_max_abs_diff']:.2g}")
+        rows.append([r["variant"], f"{r['float_convs']} of {r['convs']}", r["exact_on"],
+                     f"**{_pct(r['agreement_native'], 2)}** on {r['check_images']}", em, same,
+                     f"{_f(r['speedup_batch_64'], 2)}×"])
+    ladder = next((r["ladder"] for r in result["rows"] if r["variant"].startswith("mask-export default")), [])
+    steps = "; ".join(f"{c['float_convs']} float: {_pct(c['agreement'], 2)}, {_f(c['speedup'], 2)}×" for c in ladder)
+    fp32 = "" if not emu or "fp32_max_abs_diff" not in emu else (
+        f" FP32 itself under the emulator vs natively, {emu['fp32_images']} images: argmax "
+        f"{_pct(emu['fp32_argmax_agreement'], 2)} the same, max |Δprob| {emu['fp32_max_abs_diff']:.2g}.")
+    return "\n".join([
+        "## INT8 on every CPU: agreement with FP32 on VNNI and on AVX2-only kernels", "",
+        f"`{result['command']}` — model `{result['onnx']}`; measured natively on {native['cpu']} (SIMD: "
+        f"{', '.join(native['simd']) or 'unknown'}; ORT INT8 kernel: {native['int8_kernel']}); {_load(result)}. "
+        + ("AVX2-only column: the same INT8 files run by ONNX Runtime under `qemu-x86_64 -cpu "
+           f"{emu['cpu']}` (AVX2 + FMA, no AVX-512, no VNNI: ORT reads the emulated CPUID and runs its real "
+           f"AVX2 kernels) on {emu['images']} of the check images, evenly drawn, against the native FP32 answers."
+           + fp32 if emu else "AVX2-only column not measured (qemu-user missing).")
+        + " Speed is native only (batch of 64, interleaved medians); an emulator's speed says nothing.", "",
+        _table(["variant", "convolutions kept float", "integer sums exact on", "agreement, this CPU",
+                "agreement, AVX2-only (emulated)", "AVX2 vs this CPU, same INT8 file", "speed vs FP32 (this CPU)"], rows),
+        "", f"The default's ladder (`mask-export --int8`): {steps or '–'}.", ""])

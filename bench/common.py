@@ -21,6 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
+from maskdata.cpu import cpu_model, simd_flags
 from maskdata.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -34,30 +35,6 @@ PACKAGES = ("torch", "torchvision", "onnxruntime-gpu", "onnxruntime", "onnx", "b
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def cpu_flags() -> list[str]:
-    """The SIMD features that decide CPU inference speed (AVX2/AVX-512/VNNI for INT8, BF16)."""
-    wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
-              "amx_tile", "amx_int8", "amx_bf16")
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                return [f for f in wanted if f in have]
-    except OSError:
-        pass
-    return []
 
 
 def memory_gib() -> float | None:
@@ -92,7 +69,7 @@ def machine_info() -> dict:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = os.cpu_count()
-    return {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "logical_cpus": os.cpu_count(), "usable_cpus": usable,
+    return {"cpu": cpu_model(), "cpu_flags": simd_flags(), "logical_cpus": os.cpu_count(), "usable_cpus": usable,
             "memory_gib": memory_gib(), "os": platform.platform(), "python": platform.python_version(),
             "versions": versions, "gpus": gpu_names(),
             "threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}}
@@ -252,7 +229,7 @@ def timed_submit(model: Path, info: Path, images: Path, out: Path, extra: list[s
 def load_results(results_dir: Path = RESULTS_DIR) -> dict[str, dict]:
     """``{"model_only": {...}, "batch_job": {...}, "rest": {...}}`` for whichever files exist."""
     out = {}
-    for name in ("model_only", "batch_job", "rest", "ray_job", "thread_budget", "int8_calibration", "bf16",
+    for name in ("model_only", "batch_job", "rest", "ray_job", "thread_budget", "int8_calibration", "int8_isa", "bf16",
                  "eval_scale", "memory_soak", "train_bare", "train_ceiling", "train_baseline", "first_run", "image"):
         p = results_dir / f"{name}.json"
         if p.is_file():

@@ -411,6 +411,7 @@ def render(results: dict[str, dict], docs_dir: Path) -> str:
              rest_section(results.get("rest"), results.get("model_only")),
              budget_report.thread_budget_section(results.get("thread_budget")),
              budget_report.int8_section(results.get("int8_calibration")),
+             budget_report.int8_isa_section(results.get("int8_isa")),
              budget_report.bf16_section(results.get("bf16")),
              budget_report.eval_scale_section(results.get("eval_scale")),
              memory_report.section(results.get("memory_soak")),

@@ -30,11 +30,10 @@ from pathlib import Path
 
 from demo.ready import wait_ready
 from maskdata.artifact import STORE_NAME
+from maskdata.cpu import simd_flags
 from maskdata.io import atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
-
-
 
 SHIPPED = Path(__file__).with_name("model.onnx")       # the demo model the repository ships
 SHIPPED_CARD = Path(__file__).with_name("model.json")   # how it was built, what it scored
@@ -170,14 +169,6 @@ def _train(cfg: DemoConfig) -> Path:
     return run
 
 
-def _cpu_flags() -> list[str]:
-    try:
-        words = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return []
-    return sorted(words & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16"})
-
-
 def rebuild(cfg: DemoConfig) -> str:
     """`make demo-model`: train, export, check, then replace the shipped model and import it."""
     from export.cli import main as export_main
@@ -202,7 +193,7 @@ def rebuild(cfg: DemoConfig) -> str:
                                                       "overrides": {"model": cfg.model, "epochs": cfg.epochs,
                                                                     "sampler": cfg.sampler}},
             "check_set": {"seed": cfg.check_seed, "people": cfg.eval_people, **score},
-            "machine": {"cpu_flags": _cpu_flags(), "processor": platform.processor() or platform.machine()},
+            "machine": {"cpu_flags": simd_flags(), "processor": platform.processor() or platform.machine()},
             "build_seconds": round(time.perf_counter() - started)}
     atomic_write_text(cfg.model_file.with_suffix(".json"), json.dumps(card, indent=2) + "\n")
     tag = import_to_store(cfg.model_file, STORE_NAME)

@@ -44,6 +44,8 @@ class ExportConfig:
     int8_check_images: str | None
     int8_check_max: int
     int8_min_agreement: float | None
+    int8_format: str
+    int8_float_convs: int | None
     bento_tag: str | None
     report: Path | None
     quiet: bool
@@ -69,7 +71,7 @@ class ExportConfig:
     def _make(cls, a: argparse.Namespace, **given) -> ExportConfig:
         same = ("parity_images", "max_images", "atol", "min_agreement", "labels", "explain", "opset", "exporter",
                 "calibration_images", "int8_calibration_images", "int8_calibration", "int8_check_images",
-                "int8_check_max", "int8_min_agreement", "bento_tag", "quiet")
+                "int8_check_max", "int8_min_agreement", "int8_format", "int8_float_convs", "bento_tag", "quiet")
         return cls(**{name: getattr(a, name) for name in same}, **given)
 
     @property
@@ -85,6 +87,8 @@ class ExportConfig:
         if self.int8_min_agreement is not None and (self.int8_min_agreement < 0 or not int8):
             raise ValueError(f"--int8-min-agreement {self.int8_min_agreement:g}: needs --int8 and a fraction >= 0 "
                              f"(1 or more: only identical answers pass)")
+        if self.int8_float_convs is not None and (self.int8_float_convs < 0 or not int8):
+            raise ValueError(f"--int8-float-convs {self.int8_float_convs}: needs --int8 and a count >= 0")
         if int8 and self.int8_calibration_images < 1:
             raise ValueError(f"--int8-calibration-images must be >= 1, got {self.int8_calibration_images}")
         for path in [self.out, *self.variant_paths.values()]:

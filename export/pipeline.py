@@ -20,7 +20,8 @@ from export.graph import EnsembleNet, build_metadata, describe_members, export_o
 from export.parity import (check_parity, labels_for, labels_from_csv, list_images, load_batch, onnx_probs,
                            onnx_session, recorded_images, sample_evenly)
 from export.store import DEFAULT_NAME, import_to_store, served_name_note
-from export.variants import compare_variant, to_fp16, to_int8
+from export.int8_choice import choose_int8
+from export.variants import MIN_INT8_AGREEMENT, compare_variant, to_fp16
 from maskdata.artifact import ModelMetadata, variant_path
 from maskdata.io import atomic_path
 from maskdata.metrics import ece
@@ -103,12 +104,16 @@ def int8_image_sets(cfg: ExportConfig, ckpts: list[dict], parity: list[Path]) ->
 
 
 def build_int8(cfg: ExportConfig, graph: Graph, parity: list[Path], fp32_path: Path, dst: Path, parity_set):
-    """Calibrate, quantize and measure the INT8 variant; below --int8-min-agreement raise (nothing written)."""
+    """Calibrate, quantize and measure the INT8 variant (export/int8_choice.py: the format asked for, the
+    float-layer rung measured); below --int8-min-agreement raise (nothing written)."""
     calib_paths, check_paths = int8_image_sets(cfg, graph.ckpts, parity)
     pre = graph.meta.preprocess
-    to_int8(fp32_path, dst, load_batch(calib_paths, pre), method=cfg.int8_calibration)
     batch, y = parity_set if check_paths is None else (load_batch(check_paths, pre), labels_for(check_paths))
-    report = compare_variant(fp32_path, dst, batch, y, timing=True, timing_images=64)
+    report, record = choose_int8(fp32_path, dst, load_batch(calib_paths, pre), batch, y, fmt=cfg.int8_format,
+                                 method=cfg.int8_calibration, float_convs=cfg.int8_float_convs,
+                                 min_agreement=cfg.int8_min_agreement or MIN_INT8_AGREEMENT)
+    print(f"INT8 {record['format']} ({record['weights']}; the same answers on {record['exact_on']}), first "
+          f"{record['float_convs']} of {record['convs']} convolutions float: {record['why']}")
     if report.images < 1000:
         log.warning("INT8 agreement measured on only %d images (pass --int8-check-images DIR with >= 1,000)",
                     report.images)

@@ -69,6 +69,19 @@ class _BatchReader(CalibrationDataReader):
         self.index = 0
 
 
+# How the weights are stored, and so on which CPUs the integer sums are exact (maskdata.cpu explains
+# the kernels): "portable" (int8 weights in a 7-bit range: exact on every kernel, the default),
+# "u8u8" (uint8 weights: exact on every kernel, another ORT kernel) and "vnni" (full-range int8:
+# a bit finer, exact only where the CPU has VNNI; elsewhere pairs of products saturate).
+INT8_FORMATS = {
+    "portable": {"weights": "int8, 7-bit range (reduce_range)", "exact_on": "every CPU"},
+    "u8u8": {"weights": "uint8", "exact_on": "every CPU"},
+    "vnni": {"weights": "int8, full range", "exact_on": "CPUs with VNNI (AVX-512 VNNI, AVX-VNNI)"},
+}
+PORTABLE_INT8_FORMATS = ("portable", "u8u8")
+DEFAULT_INT8_FORMAT = "auto"           # the fastest portable format keeping MIN_INT8_AGREEMENT, measured at export
+MIN_INT8_AGREEMENT = 0.99              # argmax agreement with FP32 an INT8 choice must keep to count as good
+
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_CALIBRATION = "percentile"   # measured best by bench/int8_calibration.py (docs/benchmarks.md)
 DEFAULT_CALIBRATION_IMAGES = 300
@@ -76,11 +89,18 @@ CALIBRATION_CHUNK = 16               # images per calibration call
 
 
 def to_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: np.ndarray,
-            per_channel: bool = True, method: str = DEFAULT_CALIBRATION, quantize_heads: bool = False) -> Path:
-    """Static INT8 quantization (QDQ, uint8 activations / int8 weights, ranges from ``calibration``).
+            per_channel: bool = True, method: str = DEFAULT_CALIBRATION, quantize_heads: bool = False,
+            fmt: str = "portable", float_convs: int = 0, cache: str | os.PathLike | None = None) -> Path:
+    """Static INT8 quantization (QDQ, uint8 activations, weights as ``fmt`` says: :data:`INT8_FORMATS`;
+    ranges from ``calibration``).
 
     ``method`` is ORT's activation-range calibration: ``minmax`` (the observed extremes),
     ``percentile`` (99.999th percentile of |x|) or ``entropy`` (KL-divergence optimal threshold).
+
+    ``float_convs``: the first this many Conv nodes in graph order stay float (the early,
+    high-resolution layers are where quantization moves the answers most: docs/benchmarks.md).
+    ``cache``: ORT's calibration cache file (written on the first call, read by later ones on the
+    same model and images), so several variants of one model calibrate once.
 
     ``quant_pre_process`` runs first, as ORT recommends: it folds BatchNorm into Conv and infers
     shapes, without which fewer tensors can be quantized. It drops metadata, so it is set again.
@@ -90,6 +110,8 @@ def to_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: np.ndar
 
     if calibration is None or len(calibration) == 0:
         raise ValueError("INT8 quantization needs calibration images")
+    if fmt not in INT8_FORMATS:
+        raise ValueError(f"unknown INT8 format {fmt!r}; expected one of {', '.join(INT8_FORMATS)}")
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"unknown INT8 calibration method {method!r}; expected one of {', '.join(CALIBRATION_METHODS)}")
     calibrate = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
@@ -102,13 +124,26 @@ def to_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: np.ndar
     with tempfile.TemporaryDirectory(prefix="mask-int8-") as tmp:
         pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        convs = conv_nodes(pre)
+        if not 0 <= float_convs <= len(convs):
+            raise ValueError(f"float_convs must be 0..{len(convs)} (the model has {len(convs)} Conv nodes), got {float_convs}")
         quantize_static(str(pre), str(out), _BatchReader(calibration, CALIBRATION_CHUNK), quant_format=QuantFormat.QDQ,
-                        per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        per_channel=per_channel, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QUInt8 if fmt == "u8u8" else QuantType.QInt8,
+                        reduce_range=fmt == "portable",
                         op_types_to_quantize=[t for t in INT8_OP_TYPES if quantize_heads or t not in HEAD_OP_TYPES],
-                        calibrate_method=calibrate)
+                        nodes_to_exclude=convs[:float_convs], calibrate_method=calibrate,
+                        calibration_cache_path=None if cache is None else str(cache))
         model = _load(out)
-    set_metadata(model, replace(meta, precision="int8"))
+    record = {"format": fmt, **INT8_FORMATS[fmt], "activations": "uint8", "calibration": method,
+              "calibration_images": len(calibration), "float_convs": float_convs, "convs": len(convs)}
+    set_metadata(model, replace(meta, precision="int8", quantization=record))
     return save_checked(model, dst)
+
+
+def conv_nodes(path: str | os.PathLike) -> list[str]:
+    """Names of the Conv nodes of an ONNX file, in graph (topological) order."""
+    return [n.name for n in _load(path).graph.node if n.op_type == "Conv"]
 
 
 def time_sessions(sessions: list, batch: np.ndarray, repeats: int = 5) -> list[float]:

@@ -58,6 +58,9 @@ class ModelMetadata:
     # class-activation maps in the graph (export/cam.py): {"available": bool, "output", "maps", "bias", ...}
     # or {"available": False, "reason": ...}; {} for models exported before it existed
     explain: dict = field(default_factory=dict)
+    # INT8 only (export/int8_choice.py): {"format", "weights", "exact_on", "float_convs", "agreement",
+    # "check_images", "measured_on": {"cpu", "simd", "int8_kernel"}, "why", "candidates": [...]}; {} otherwise
+    quantization: dict = field(default_factory=dict)
 
     def to_props(self) -> dict[str, str]:
         d = asdict(self)

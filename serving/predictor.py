@@ -32,6 +32,7 @@ from PIL import Image
 from maskdata import labels
 from maskdata.extras import install_hint
 from maskdata.artifact import MODEL_FILE, STORE_NAME, ModelMetadata, portable_paths, variant_path
+from maskdata.cpu import int8_on_this_cpu
 from maskdata.preprocess import ImageError, ImageTooLarge, Preprocess  # noqa: F401  (errors re-exported for callers)
 from serving.settings import JOB_DEFAULTS, Settings
 
@@ -158,6 +159,7 @@ class OnnxBackend:
         if wanted[0] != self.providers[0]:
             log.warning("asked for %s but ONNX Runtime runs on %s", wanted[0], self.providers[0])
         self.metadata = ModelMetadata.from_props(self.session.get_modelmeta().custom_metadata_map)
+        self.quantization = quantization_here(self.metadata)
         inputs = {i.name: i for i in self.session.get_inputs()}
         if self.metadata.input_name not in inputs:
             raise ValueError(f"{self.path}: no input named {self.metadata.input_name!r}; found {sorted(inputs)}")
@@ -178,6 +180,16 @@ class OnnxBackend:
     def run(self, batch: np.ndarray) -> np.ndarray:
         (probs,) = self.session.run(["probs"], {self.metadata.input_name: batch})
         return np.asarray(probs, dtype=np.float32)
+
+
+def quantization_here(meta: ModelMetadata) -> dict:
+    """An INT8 model's ``quantization`` record with ``on_this_cpu`` (does its measured agreement hold
+    on this CPU's kernel?), warned about when it may not; {} for other precisions."""
+    if meta.precision != "int8":
+        return {}
+    here = int8_on_this_cpu(meta.quantization)
+    (log.info if here["holds"] else log.warning)("INT8 model: %s", here["note"])
+    return {**meta.quantization, "on_this_cpu": here}
 
 
 def _torch_backend(model: Any, settings: Settings):
@@ -348,6 +360,7 @@ class Predictor:
             "sources": portable_paths(m.sources),
             "tta": list(m.tta),
             "calibration": m.calibration,
+            "quantization": getattr(self.backend, "quantization", {}),
             "uncertain_below": self.uncertain_below,
             "exported_at": m.exported_at,
             "producer_version": m.producer_version,

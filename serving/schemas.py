@@ -108,5 +108,8 @@ class ModelInfo(BaseModel):
     producer_version: str
     format_version: int
     limits: dict = Field(description="request limits in force (set by MASK_* environment variables)")
+    quantization: dict = Field(default_factory=dict, description="INT8 models: how the weights are stored, "
+                               "the agreement with FP32 measured at export and on which CPU, and `on_this_cpu` "
+                               "(whether that agreement holds on the serving CPU); {} otherwise")
     explain: dict = Field(default_factory=dict, description="whether POST /explain can answer "
                           "({\"available\": true, \"maps\": ...} or {\"available\": false, \"reason\": ...})")

@@ -25,16 +25,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
+
+from maskdata.cpu import cpu_flags  # noqa: F401  (training.precision.cpu_flags: its callers and tests)
 
 log = logging.getLogger(__name__)
 
 MODES = ("off", "auto", "bf16", "fp16")
 # x86 flags (AVX-512 BF16, AMX BF16) and the Arm feature name for bf16 arithmetic
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
-CPUINFO = Path("/proc/cpuinfo")
 
 
 @dataclass(frozen=True)
@@ -50,19 +50,6 @@ def normalize_mode(value) -> str:
         return "auto" if value else "off"
     text = str(value).strip().lower()
     return {"true": "auto", "yes": "auto", "on": "auto", "false": "off", "no": "off", "none": "off"}.get(text, text)
-
-
-def cpu_flags(path: Path = CPUINFO) -> set[str] | None:
-    """The CPU feature flags of the first processor in ``/proc/cpuinfo``; None where it is unreadable."""
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):   # x86 | Arm
-            return set(value.split())
-    return set()
 
 
 def native_bf16(flags: set[str] | None = None) -> tuple[bool, str]:
