@@ -81,8 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="INT8 activation-range calibration (default %(default)s; measured in docs/benchmarks.md)")
     p.add_argument("--int8-check-images", metavar="DIR",
                    help="INT8: held-out images to measure agreement with FP32 on (at most --int8-check-max, "
-                        "calibration images left out; default: the parity images). Use >= 1,000: on 64 images "
-                        "99%% means 64 of 64")
+                        "calibration images left out; default: the calibration folder's images of the people the "
+                        "checkpoints held out, else the parity images). Use >= 1,000: on 64 images 99%% means 64 of 64")
     p.add_argument("--int8-check-max", type=int, default=2000, metavar="N",
                    help="at most this many --int8-check-images, evenly sampled (default %(default)s)")
     p.add_argument("--int8-min-agreement", type=float, default=None, metavar="X",

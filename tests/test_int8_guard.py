@@ -86,3 +86,27 @@ def test_calibration_methods_quantize(onnx_model, synth_root, tmp_path, method):
     assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(dst)).graph.node), f"{method}: not quantized"
     report = compare_variant(onnx_model, dst, batch, timing=False)
     assert report.argmax_agreement > 0.5 and np.isfinite(report.max_abs_diff), report
+
+
+def test_without_check_images_the_calibration_folders_other_images_are_checked(trained_run, synth_root, tmp_path):
+    from export.parity import list_images
+    from training.checkpoint import load_checkpoint
+
+    train = synth_root / "train" / "images"
+    cfg = ExportConfig.from_args(build_parser().parse_args(
+        ["--checkpoint", "x.pt", "--out", str(tmp_path / "m.onnx"), "--int8", "--int8-calibration-images", "20"]))
+    parity = list_images(train, 8)
+    calib, check = int8_image_sets(cfg, [load_checkpoint(str(trained_run / "best.pt"))], parity)
+    ckpt = load_checkpoint(str(trained_run / "best.pt"))
+    held_out = set(ckpt["split"]["val_people"])
+    assert check is not None, "with a training folder on this machine the check set must not fall back to 8 parity images"
+    assert {p.parent.name for p in check} <= held_out, "only the people the model did not train on are checked"
+    expected = [p for p in list_images(train, 0) if p.parent.name in held_out and p not in set(calib)]
+    assert sorted(check) == sorted(expected) and not set(calib) & set(check), \
+        f"every held-out image not calibrated on is a check image: {len(check)} vs {len(expected)}"
+    every = ExportConfig.from_args(build_parser().parse_args(
+        ["--checkpoint", "x.pt", "--out", str(tmp_path / "m.onnx"), "--int8", "--int8-calibration-images", "100000"]))
+    calib_all, check_all = int8_image_sets(every, [ckpt], parity)
+    assert not {p.parent.name for p in calib_all} & held_out, "calibration takes the people trained on first"
+    assert sorted(check_all) == sorted(p for p in list_images(train, 0) if p.parent.name in held_out), \
+        "however many calibration images are asked for, the held-out people stay for the check"
