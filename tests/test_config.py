@@ -163,3 +163,20 @@ def test_mask_export_entry_point_sets_omp_wait_policy_before_torch_is_imported()
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=_fresh_env(), timeout=120)
     assert proc.returncode == 0 and "usage: mask-export" in proc.stdout, f"rc {proc.returncode}\n{proc.stderr[-2000:]}"
     assert "AT_TORCH_IMPORT PASSIVE" in proc.stdout, proc.stdout[:500]
+
+
+def test_loader_workers_default_to_this_process_when_images_are_cached(monkeypatch):
+    """Unset --workers: 0 with the decode cache (a worker process only competes with the training
+    threads), CPUs - 1 (at most 4) when every epoch decodes again; a given value always wins."""
+    import dataclasses
+
+    from training.config import DataConfig
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    cfg = build_parser().parse_args(["--data-dir", "x"])
+    assert cfg.workers is None, f"--workers must default to unset, got {cfg.workers!r}"
+    assert build_parser().parse_args(["--workers", "3"]).workers == 3, "--workers parses as an int"
+    cached = DataConfig()
+    assert cached.workers is None and cached.loader_workers == 0, cached.loader_workers
+    assert dataclasses.replace(cached, cache=False).loader_workers == 4, "8 CPUs, no cache: CPUs - 1, at most 4"
+    assert dataclasses.replace(cached, workers=2).loader_workers == 2, "a given --workers wins"

@@ -98,8 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     add(g, "val_fraction")
     add(g, "folds")
     add(g, "sampler", f": {list(SAMPLERS)}")
-    for dest in ("oversample", "age_bins", "batch_size", "workers"):
+    for dest in ("oversample", "age_bins", "batch_size"):
         add(g, dest)
+    add(g, "workers", type=int)   # default None: DataConfig.loader_workers decides
     g.add_argument("--no-cache", action="store_true", help="decode images every epoch instead of once")
     add(g, "strict")
     add(g, "relabel", metavar="FILE")
@@ -172,7 +173,7 @@ def _check_args(a: argparse.Namespace) -> None:
                              ("--batch-size", a.batch_size, 1), ("--workers", a.workers, 0),
                              ("--oversample", a.oversample, 1), ("--early-stop", a.early_stop, 0),
                              ("--stop-after", a.stop_after, 0)):
-        if value < low:
+        if value is not None and value < low:   # --workers None: the default (DataConfig.loader_workers)
             raise ValueError(f"{name} must be >= {low}, got {value}")
     if not 0 < a.val_fraction < 1:
         raise ValueError(f"--val-fraction must be in (0, 1), got {a.val_fraction}")

@@ -30,8 +30,10 @@ class DataConfig:
     oversample: int = _f(1, "repeat rarer-than-median classes N times (1 = off)")
     age_bins: tuple[int, int] = _f((30, 60), "training-target age thresholds (val always uses 30,60)")
     batch_size: int = _f(32, "per process")
-    workers: int = _f(help="DataLoader worker processes (default: CPUs - 1, at most 4)",
-                      factory=lambda: cpu_workers(reserve=1, at_most=4))
+    workers: int | None = _f(None, "DataLoader worker processes; unset (None): 0 — batches built in this process — "
+                                   "when decoded images are cached (a worker process competes with the training "
+                                   "threads for the cores and measured slower: docs/benchmarks.md), else CPUs - 1, "
+                                   "at most 4")
     cache: bool = _f(True, "keep decoded eval-size images in memory across epochs")
     strict: bool = _f(False, "fail on any data-layout problem instead of skipping")
     relabel: str | None = _f(None, "corrections CSV (person,image,field,value; docs/data.md) applied to the labels "
@@ -49,6 +51,13 @@ class DataConfig:
                            "on the eval set); the confident ones train on the teacher's soft targets, never validate")
     pseudo_threshold: float = _f(0.9, "--pseudo-label: keep images whose top teacher probability is at least this")
     pseudo_images: str = _f("", "--pseudo-label: folder the ImageIDs are relative to (default: DATA_DIR/../eval/images)")
+
+    @property
+    def loader_workers(self) -> int:
+        """``workers`` as given, else the default its help states."""
+        if self.workers is not None:
+            return self.workers
+        return 0 if self.cache else cpu_workers(reserve=1, at_most=4)
 
 
 @dataclass(frozen=True)

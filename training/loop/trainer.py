@@ -119,8 +119,8 @@ class Loaders:
         val_sampler = data.EpochSampler(len(self.val_ds), shuffle=False, rank=ranks.rank, world=ranks.world, pad=False,
                                         augment=False)
         pin = env.device.type == "cuda"
-        self.train = data.make_loader(self.train_ds, self.train_sampler, data_cfg.batch_size, data_cfg.workers, pin)
-        self.val = data.make_loader(self.val_ds, val_sampler, data_cfg.batch_size, data_cfg.workers, pin)
+        self.train = data.make_loader(self.train_ds, self.train_sampler, data_cfg.batch_size, data_cfg.loader_workers, pin)
+        self.val = data.make_loader(self.val_ds, val_sampler, data_cfg.batch_size, data_cfg.loader_workers, pin)
 
 
 METRIC_KEYS = ("f1", "acc", "f1_mask", "f1_gender", "f1_age", "loss")
