@@ -23,8 +23,8 @@ import sys
 from export.config import ExportConfig
 from export.parity import DEFAULT_ATOL, DEFAULT_MAX_IMAGES, DEFAULT_MIN_AGREEMENT
 from export.pipeline import run_export, run_import
-from export.variants import (CALIBRATION_METHODS, DEFAULT_CALIBRATION, DEFAULT_CALIBRATION_IMAGES, INT8_FORMATS,
-                             MIN_INT8_AGREEMENT)
+from export.variants import (CALIBRATION_METHODS, DEFAULT_CALIBRATION, DEFAULT_CALIBRATION_IMAGES,
+                             DEFAULT_INT8_FORMAT, INT8_FORMATS, MIN_INT8_AGREEMENT)
 from maskdata.io import atomic_write_text
 from maskdata.yamlconfig import parse_with_config
 
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="refuse (exit 2, nothing written) when the INT8 model's argmax agreement with FP32 on the "
                         f"check images is below X (0..1), e.g. 0.99; default: report only. Also the agreement the "
                         f"float-layer ladder aims for (default {MIN_INT8_AGREEMENT:g})")
-    p.add_argument("--int8-format", choices=tuple(INT8_FORMATS), default="portable",
+    p.add_argument("--int8-format", choices=tuple(INT8_FORMATS), default=DEFAULT_INT8_FORMAT,
                    help="INT8 weights: portable (7-bit range: the same answers on every CPU, VNNI or AVX2-only; "
                         "default), u8u8 (uint8 weights: also the same everywhere, slower here) or vnni "
                         "(full range: exact only on CPUs with VNNI; serving warns elsewhere)")

@@ -29,8 +29,8 @@ import numpy as np
 
 from export.graph import save_checked, set_metadata
 from export.parity import compare, onnx_probs, onnx_session
-from export.variants import (DEFAULT_CALIBRATION, INT8_FORMATS, MIN_INT8_AGREEMENT, VariantReport, _load,
-                             time_sessions, to_int8)
+from export.variants import (DEFAULT_CALIBRATION, DEFAULT_INT8_FORMAT, INT8_FORMATS, MIN_INT8_AGREEMENT,
+                             VariantReport, _load, time_sessions, to_int8)
 from maskdata import metrics
 from maskdata.artifact import read_metadata
 from maskdata.cpu import describe
@@ -46,7 +46,7 @@ def float_ladder(convs: int) -> list[int]:
 
 
 def choose_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: np.ndarray, check: np.ndarray,
-                y_true: np.ndarray | None = None, *, fmt: str = "portable", method: str = DEFAULT_CALIBRATION,
+                y_true: np.ndarray | None = None, *, fmt: str = DEFAULT_INT8_FORMAT, method: str = DEFAULT_CALIBRATION,
                 float_convs: int | None = None, min_agreement: float = MIN_INT8_AGREEMENT,
                 providers: list[str] | None = None) -> tuple[VariantReport, dict]:
     """Quantize ``src`` into ``dst`` (``fmt``; ``float_convs`` fixed, or None to climb the ladder),

@@ -78,8 +78,7 @@ INT8_FORMATS = {
     "u8u8": {"weights": "uint8", "exact_on": "every CPU"},
     "vnni": {"weights": "int8, full range", "exact_on": "CPUs with VNNI (AVX-512 VNNI, AVX-VNNI)"},
 }
-PORTABLE_INT8_FORMATS = ("portable", "u8u8")
-DEFAULT_INT8_FORMAT = "auto"           # the fastest portable format keeping MIN_INT8_AGREEMENT, measured at export
+DEFAULT_INT8_FORMAT = "portable"
 MIN_INT8_AGREEMENT = 0.99              # argmax agreement with FP32 an INT8 choice must keep to count as good
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
@@ -90,7 +89,7 @@ CALIBRATION_CHUNK = 16               # images per calibration call
 
 def to_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: np.ndarray,
             per_channel: bool = True, method: str = DEFAULT_CALIBRATION, quantize_heads: bool = False,
-            fmt: str = "portable", float_convs: int = 0, cache: str | os.PathLike | None = None) -> Path:
+            fmt: str = DEFAULT_INT8_FORMAT, float_convs: int = 0, cache: str | os.PathLike | None = None) -> Path:
     """Static INT8 quantization (QDQ, uint8 activations, weights as ``fmt`` says: :data:`INT8_FORMATS`;
     ranges from ``calibration``).
 
